@@ -1,0 +1,215 @@
+"""The one typed configuration shared by the CLI, the spark-submit jobs and the notebooks.
+
+A :class:`DselConfig` is built from keyword arguments, a dict, or a TOML file whose keys are
+the field names below (the CLI flags are the same names with dashes).  Every value is
+validated up front, and a bad one raises :class:`~dsel.errors.ConfigError` naming the key
+and what it accepts.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional, Union
+
+from dsel.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+FORMATS = ("auto", "json", "parquet", "delta", "table")
+METHODS = ("gumbel", "topk")
+HASH_KINDS = ("murmur3", "sha256")
+EXPORT_FORMATS = ("jsonl", "parquet")
+#: The reference's ``num_tokens_to_fit='auto'``: 100,000 n-gram features per bucket.
+AUTO_FIT_FEATURES_PER_BUCKET = 100_000
+
+
+@dataclass
+class DselConfig:
+    """Every setting of a dsel run.  Field names are the TOML keys; flags are ``--field-name``."""
+
+    raw: list[str] = field(default_factory=list)
+    target: list[str] = field(default_factory=list)
+    out: str = ""
+    raw_format: str = "auto"
+    target_format: str = "auto"
+    text_column: str = "text"
+    id_column: str = "id"
+    ngrams: int = 2
+    num_buckets: int = 10_000
+    hash_kind: str = "murmur3"
+    hash_seed: int = 0
+    num_tokens_to_fit: Union[str, int] = "auto"
+    combine_targets: bool = False
+    target_proportions: Optional[list[float]] = None
+    min_length: int = 100
+    max_doc_bytes: int = 64 * 1024 * 1024
+    num_samples: Optional[int] = None
+    num_tokens: Optional[int] = None
+    seed: int = 0
+    method: str = "gumbel"
+    run_id: Optional[str] = None
+    export: Optional[str] = None
+    export_format: str = "jsonl"
+    json_sampling_ratio: float = 1.0
+
+    # ---------------------------------------------------------------- construction
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> "DselConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(unknown[0], f"unknown key; allowed keys are: {', '.join(sorted(known))}")
+        cfg = cls(**{k: v for k, v in values.items()})
+        cfg.validate()
+        return cfg
+
+    @classmethod
+    def from_toml(cls, path: str, overrides: Optional[Mapping[str, Any]] = None) -> "DselConfig":
+        try:
+            with open(path, "rb") as fh:
+                values = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError("config", f"file not found: {path}; pass an existing TOML file to --config") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError("config", f"{path} is not valid TOML ({exc}); fix the file") from None
+        values = dict(values.get("dsel", values))
+        values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+        return cls.from_mapping(values)
+
+    def replace(self, **changes: Any) -> "DselConfig":
+        cfg = dataclasses.replace(self, **changes)
+        cfg.validate()
+        return cfg
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    # ---------------------------------------------------------------- derived values
+    @property
+    def fit_cap(self) -> Optional[int]:
+        """Raw n-gram features to count, or None for all of them."""
+        if self.num_tokens_to_fit == "all":
+            return None
+        if self.num_tokens_to_fit == "auto":
+            return AUTO_FIT_FEATURES_PER_BUCKET * self.num_buckets
+        return int(self.num_tokens_to_fit)
+
+    def fit_params(self) -> dict[str, Any]:
+        """The parameters a log-ratio table depends on; scoring must use the same ones."""
+        return {
+            "ngrams": self.ngrams,
+            "num_buckets": self.num_buckets,
+            "hash_kind": self.hash_kind,
+            "hash_seed": self.hash_seed,
+        }
+
+    def default_run_id(self, command: str) -> str:
+        params = {k: v for k, v in self.to_dict().items() if k not in ("run_id", "export", "export_format")}
+        digest = hashlib.sha256(json.dumps([command, params], sort_keys=True, default=str).encode()).hexdigest()
+        return f"{command}-{digest[:16]}"
+
+    # ---------------------------------------------------------------- validation
+    def validate(self) -> None:
+        """Check every value; raise ConfigError naming the key and the allowed values."""
+        for key in ("raw", "target"):
+            value = getattr(self, key)
+            if isinstance(value, str):
+                setattr(self, key, [value])
+            elif not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+                raise ConfigError(key, "must be a path or table name, or a list of them")
+        _choice("raw_format", self.raw_format, FORMATS)
+        _choice("target_format", self.target_format, FORMATS)
+        _choice("hash_kind", self.hash_kind, HASH_KINDS)
+        _choice("method", self.method, METHODS)
+        _choice("export_format", self.export_format, EXPORT_FORMATS)
+        for key in ("text_column", "id_column"):
+            value = getattr(self, key)
+            if not isinstance(value, str) or not value or "`" in value:
+                raise ConfigError(key, f"must be a non-empty column name without backticks, got {value!r}")
+        _int_range("ngrams", self.ngrams, 1, 8)
+        _int_range("num_buckets", self.num_buckets, 1, 1 << 26)
+        _int_range("hash_seed", self.hash_seed, 0, (1 << 32) - 1)
+        _int_range("min_length", self.min_length, 0, None)
+        _int_range("max_doc_bytes", self.max_doc_bytes, 1, (1 << 31) - 1)
+        _int_range("seed", self.seed, -(1 << 63), (1 << 63) - 1)
+        if self.num_tokens_to_fit not in ("auto", "all"):
+            try:
+                as_int = int(self.num_tokens_to_fit)
+            except (TypeError, ValueError):
+                raise ConfigError("num_tokens_to_fit", "must be 'auto', 'all' or a positive integer, "
+                                  f"got {self.num_tokens_to_fit!r}") from None
+            _int_range("num_tokens_to_fit", as_int, 1, None)
+            self.num_tokens_to_fit = as_int
+        if self.num_samples is not None:
+            _int_range("num_samples", self.num_samples, 0, None)
+        if self.num_tokens is not None:
+            _int_range("num_tokens", self.num_tokens, 1, None)
+        if self.num_samples is not None and self.num_tokens is not None:
+            raise ConfigError("num_tokens", "give either num_samples or num_tokens, not both")
+        if self.target_proportions is not None:
+            props = self.target_proportions
+            if (not isinstance(props, list) or not props
+                    or not all(isinstance(p, (int, float)) and p >= 0 for p in props) or sum(props) <= 0):
+                raise ConfigError("target_proportions", "must be a list of non-negative numbers with a positive sum")
+            if self.target and not self.combine_targets and len(props) != len(self.target):
+                raise ConfigError("target_proportions", f"has {len(props)} values but there are "
+                                  f"{len(self.target)} targets; give one proportion per --target")
+        if not 0.0 < float(self.json_sampling_ratio) <= 1.0:
+            raise ConfigError("json_sampling_ratio", "must be in (0, 1]")
+        if self.run_id is not None and (not self.run_id or len(self.run_id) > 128
+                                        or not all(c.isalnum() or c in "-_." for c in self.run_id)):
+            raise ConfigError("run_id", "must be 1-128 characters of letters, digits, '-', '_' or '.'")
+
+    def require(self, *keys: str) -> None:
+        """Fail clearly when a key that the command needs is missing."""
+        for key in keys:
+            value = getattr(self, key)
+            if value in (None, "", []):
+                raise ConfigError(key, f"is required; pass --{key.replace('_', '-')} or set '{key}' in the TOML file")
+
+
+def _choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(key, f"must be one of {', '.join(allowed)}; got {value!r}")
+
+
+def _int_range(key: str, value: Any, low: Optional[int], high: Optional[int]) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(key, f"must be an integer, got {value!r}")
+    if (low is not None and value < low) or (high is not None and value > high):
+        bounds = f">= {low}" if high is None else f"between {low} and {high}"
+        raise ConfigError(key, f"must be {bounds}, got {value}")
+
+#: Help text of each key, shown by ``dsel CMD --help``.
+FIELD_HELP: dict[str, str] = {
+    'raw': 'Raw corpus: JSON-lines files (plain or .gz), Parquet, Delta paths, globs or catalog tables.',
+    'target': 'Target samples.  Several values are several targets, each with its own weight and quota.',
+    'out': 'Output directory: the Delta tables log_ratios, weights, skipped, selected and runs go under it.',
+    'num_tokens_to_fit': "Raw n-gram features counted for the raw histogram: 'auto' (100,000 x num_buckets), 'all' or an int.",
+    'combine_targets': "Treat all --target inputs as one target (the reference's default) instead of one per input.",
+    'target_proportions': "Quota of each target; default: proportional to each target's n-gram count.",
+    'min_length': "Documents with fewer words than this are not eligible (the reference's min_example_length).",
+    'max_doc_bytes': 'Documents with more UTF-8 bytes of text are skipped (reason too_large) and counted.',
+    'num_tokens': 'Token (word) budget, an alternative to num_samples.',
+    'run_id': 'Defaults to a hash of the parameters, so that rerunning the same run replaces, never duplicates.',
+    'json_sampling_ratio': 'Fraction of JSON lines Spark reads to infer the schema of the extra columns.',
+    'raw_format': 'format of --raw: auto, json, parquet, delta or table',
+    'target_format': 'format of --target: auto, json, parquet, delta or table',
+    'text_column': 'column holding the document text (default text)',
+    'id_column': 'column holding the document id (default id; without it ids are the SHA-256 of the text)',
+    'ngrams': 'n of the n-grams: 2 means unigrams and bigrams',
+    'num_buckets': 'hash buckets (default 10000)',
+    'hash_kind': 'murmur3 (default) or sha256 (reproduces data-selection 1.0.3 exactly)',
+    'hash_seed': 'MurmurHash3 seed',
+    'seed': 'seed of the Gumbel noise',
+    'method': 'gumbel (sampling without replacement, default) or topk',
+    'num_samples': 'number of documents to select',
+    'export': 'also write the selection to this path',
+    'export_format': 'jsonl or parquet',
+}

@@ -1,0 +1,130 @@
+"""Fit: global raw and target bucket histograms and the log-ratio table.
+
+The raw histogram stops at a cap like the reference's ``num_tokens_to_fit``, but the
+documents it counts do not depend on file order or partitioning: every raw document falls in
+one of :data:`FIT_BINS` bins by a hash of its id, and whole bins are counted, in bin order,
+until the cap is reached.  That is a uniform, seed-free sample of the raw corpus that is the
+same on any cluster.  Targets are always counted in full.
+
+``log_ratio = log(p_target + 1e-8) - log(p_raw + 1e-8)``, as in data-selection 1.0.3.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from dsel.config import DselConfig
+from dsel.errors import DselError
+from dsel.featurize import histograms
+from dsel.read import ID
+
+SMOOTHING = 1e-8
+#: Number of id-hash bins used to cap the raw fit (only when the cap is not 'all').
+FIT_BINS = 64
+LOG_RATIO_SCHEMA = ("target int, target_name string, bucket int, raw_count long, target_count long, "
+                    "log_ratio double")
+
+
+@dataclass
+class Fit:
+    """The fitted importance estimator: histograms and log ratios, one row per target."""
+
+    target_names: list[str]
+    raw_counts: np.ndarray  # int64 [B]
+    target_counts: np.ndarray  # int64 [T, B]
+    params: dict
+    raw_features_total: Optional[int] = None  # all usable raw features, when known
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def log_ratios(self) -> np.ndarray:
+        """float64 [T, B]."""
+        p_raw = self.raw_counts / max(self.raw_counts.sum(), 1)
+        p_target = self.target_counts / np.maximum(self.target_counts.sum(axis=1, keepdims=True), 1)
+        return np.log(p_target + SMOOTHING) - np.log(p_raw + SMOOTHING)
+
+    @property
+    def target_sizes(self) -> np.ndarray:
+        """n-gram features per target; the default quota proportions, as the reference's separate_targets."""
+        return self.target_counts.sum(axis=1)
+
+    def to_frame(self, spark: SparkSession) -> DataFrame:
+        """The log-ratio table: target, target_name, bucket, raw_count, target_count, log_ratio."""
+        ratios = self.log_ratios
+        rows = [(t, name, b, int(self.raw_counts[b]), int(self.target_counts[t, b]), float(ratios[t, b]))
+                for t, name in enumerate(self.target_names) for b in range(self.raw_counts.shape[0])]
+        return spark.createDataFrame(rows, LOG_RATIO_SCHEMA)
+
+    @classmethod
+    def from_frame(cls, df: DataFrame, params: dict) -> "Fit":
+        """Rebuild a Fit from the log-ratio table (a few rows per bucket, collected as Arrow)."""
+        table = df.select("target", "target_name", "bucket", "raw_count", "target_count").toArrow()
+        target = table.column("target").to_numpy()
+        bucket = table.column("bucket").to_numpy()
+        num_targets, num_buckets = int(target.max()) + 1, int(params["num_buckets"])
+        if bucket.max() >= num_buckets:
+            raise DselError(f"the log-ratio table has bucket {bucket.max()} but num_buckets is {num_buckets}; "
+                            "refit with 'dsel fit'")
+        names = [""] * num_targets
+        for t, name in zip(target, table.column("target_name").to_pylist()):
+            names[t] = name
+        raw = np.zeros(num_buckets, dtype=np.int64)
+        raw[bucket] = table.column("raw_count").to_numpy()
+        counts = np.zeros((num_targets, num_buckets), dtype=np.int64)
+        counts[target, bucket] = table.column("target_count").to_numpy()
+        return cls(names, raw, counts, params)
+
+    def metadata(self) -> str:
+        return json.dumps({"dsel_fit": self.params, "targets": self.target_names}, sort_keys=True)
+
+
+def _dense(df: DataFrame, num_groups: int, num_buckets: int) -> np.ndarray:
+    """Collect a (group, bucket, count) histogram as a dense int64 array; its size is bounded by groups x B."""
+    table = df.toArrow()
+    dense = np.zeros((num_groups, num_buckets), dtype=np.int64)
+    if table.num_rows:
+        dense[table.column("group").to_numpy(), table.column("bucket").to_numpy()] = table.column("count").to_numpy()
+    return dense
+
+
+def fit_raw(raw: DataFrame, cfg: DselConfig) -> tuple[np.ndarray, int]:
+    """Raw bucket counts under the cap, and the total usable raw features (all bins)."""
+    cap = cfg.fit_cap
+    num_bins = 1 if cap is None else FIT_BINS
+    group = F.lit(0) if cap is None else F.pmod(F.xxhash64(F.col(ID)), F.lit(num_bins))
+    per_bin = _dense(histograms(raw, cfg, group, num_bins), num_bins, cfg.num_buckets)
+    totals = per_bin.sum(axis=1)
+    if totals.sum() == 0:
+        raise DselError("the raw input has no usable text (every record is empty, null or malformed); "
+                        "check --raw and --text-column")
+    used = num_bins if cap is None else int(np.searchsorted(np.cumsum(totals), cap)) + 1
+    return per_bin[:used].sum(axis=0), int(totals.sum())
+
+
+def fit_targets(targets: list[tuple[str, DataFrame]], cfg: DselConfig) -> np.ndarray:
+    """Target bucket counts, one row per target, each counted in full."""
+    counts = []
+    for name, df in targets:
+        dense = _dense(histograms(df, cfg, F.lit(0), 1), 1, cfg.num_buckets)[0]
+        if dense.sum() == 0:
+            raise DselError(f"target {name} has no usable text (it is empty, or every record is null, empty or "
+                            "malformed); check --target and --text-column")
+        counts.append(dense)
+    return np.stack(counts)
+
+
+def fit(raw: DataFrame, targets: list[tuple[str, DataFrame]], cfg: DselConfig) -> Fit:
+    """Fit raw and target histograms; ``raw`` and each target come from :func:`dsel.read.prepare`."""
+    target_counts = fit_targets(targets, cfg)  # first: an empty target fails before the long raw pass
+    raw_counts, raw_total = fit_raw(raw, cfg)
+    result = Fit([name for name, _ in targets], raw_counts, target_counts, cfg.fit_params(), raw_total)
+    for name, row in zip(result.target_names, result.target_counts):
+        if not np.any((row > 0) & (raw_counts > 0)):
+            result.warnings.append(f"target {name} shares no n-gram bucket with the raw data: its weights only "
+                                   "reflect document length. Check that raw and target are the right inputs")
+    return result

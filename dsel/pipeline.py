@@ -1,0 +1,174 @@
+"""The facade: fit, score, select and run, each from a :class:`~dsel.config.DselConfig`.
+
+These functions wire the stage modules (read, featurize, fit, score, select, write, report)
+to the Delta tables under ``cfg.out``.  The SparkSession is always passed in.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+import time
+from typing import Optional
+
+from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+
+from dsel import __version__
+from dsel.config import DselConfig
+from dsel.errors import DselError
+from dsel.fit import Fit, fit as fit_histograms
+from dsel.read import HASH, ID, prepare, read_input, user_columns
+from dsel.report import Summary
+from dsel.score import score as score_records, skipped as skipped_records, weights as weight_records
+from dsel.select import eligible, select as select_documents
+from dsel.write import OutputPaths, commit_metadata, export, read_table, record_run, write_table
+
+
+def read_raw(spark: SparkSession, cfg: DselConfig) -> DataFrame:
+    """The raw corpus with all its columns plus dsel's internal ones."""
+    return prepare(read_input(spark, cfg.raw, cfg.raw_format, cfg, "raw"), cfg)
+
+
+def read_targets(spark: SparkSession, cfg: DselConfig) -> list[tuple[str, DataFrame]]:
+    """(name, prepared DataFrame) per target: one per --target, or one in all with combine_targets."""
+    groups = [cfg.target] if cfg.combine_targets else [[t] for t in cfg.target]
+    return [(",".join(g), prepare(read_input(spark, g, cfg.target_format, cfg, "target"), cfg)) for g in groups]
+
+
+def _metadata(cfg: DselConfig, summary: Summary, **extra: object) -> dict:
+    return {"dsel_version": __version__, "run_id": summary.run_id, "command": summary.command,
+            "params": cfg.to_dict(), **extra}
+
+
+def fit(spark: SparkSession, cfg: DselConfig, summary: Summary) -> Fit:
+    """Fit raw and target histograms and write ``OUT/log_ratios``."""
+    cfg.require("raw", "target", "out")
+    paths = OutputPaths(cfg.out)
+    paths.check_owned()
+    started = time.time()
+    result = fit_histograms(read_raw(spark, cfg), read_targets(spark, cfg), cfg)
+    summary.warnings.extend(result.warnings)
+    version = write_table(result.to_frame(spark), paths.log_ratios,
+                          _metadata(cfg, summary, dsel_fit=result.params, targets=result.target_names))
+    summary.tables[paths.log_ratios] = version
+    summary.stage("fit", started)
+    return result
+
+
+def load_fit(spark: SparkSession, cfg: DselConfig) -> Fit:
+    """Read ``OUT/log_ratios`` back, checking it was fit with the same n-gram and hash settings."""
+    path = OutputPaths(cfg.out).log_ratios
+    frame = read_table(spark, path, "log_ratios")
+    stored = (commit_metadata(spark, path) or {}).get("dsel_fit")
+    if stored is None:
+        raise DselError(f"{path} was not written by 'dsel fit'; run 'dsel fit' with this --out")
+    wanted = cfg.fit_params()
+    for key, value in stored.items():
+        if wanted.get(key) != value:
+            raise DselError(f"{path} was fit with {key}={value} but this run has {key}={wanted.get(key)}; "
+                            f"pass --{key.replace('_', '-')} {value} or run 'dsel fit' again")
+    return Fit.from_frame(frame, stored)
+
+
+def score(spark: SparkSession, cfg: DselConfig, summary: Summary, fitted: Optional[Fit] = None) -> None:
+    """Score every raw document and write ``OUT/weights`` and ``OUT/skipped``."""
+    cfg.require("raw", "out")
+    paths = OutputPaths(cfg.out)
+    paths.check_owned()
+    fitted = fitted or load_fit(spark, cfg)
+    started = time.time()
+    metadata = _metadata(cfg, summary, dsel_fit=fitted.params, targets=fitted.target_names)
+    # One pass over the raw text into a narrow staging table; both outputs and the counts come from it.
+    write_table(score_records(read_raw(spark, cfg), fitted, cfg), paths.staging, metadata)
+    staged = spark.read.format("delta").load(paths.staging)
+    summary.tables[paths.weights] = write_table(weight_records(staged), paths.weights, metadata)
+    summary.tables[paths.skipped] = write_table(skipped_records(staged), paths.skipped, metadata)
+    summary.read = staged.count()
+    weights = spark.read.format("delta").load(paths.weights)
+    summary.scored = weights.count()
+    summary.skipped = {r["reason"]: int(r["count"]) for r in
+                       spark.read.format("delta").load(paths.skipped).groupBy("reason").count().collect()}
+    if not paths.staging.startswith(("s3", "gs", "abfs", "dbfs", "hdfs")):
+        shutil.rmtree(paths.staging.removeprefix("file://"), ignore_errors=True)
+    summary.eligible = eligible(weights, cfg.min_length).count()
+    summary.stage("score", started)
+
+
+def select(spark: SparkSession, cfg: DselConfig, summary: Summary, fitted: Optional[Fit] = None) -> DataFrame:
+    """Choose documents from ``OUT/weights`` and write them, with all raw columns, to ``OUT/selected``."""
+    cfg.require("raw", "out")
+    if cfg.num_samples is None and cfg.num_tokens is None:
+        raise DselError("give --num-samples K or --num-tokens N")
+    paths = OutputPaths(cfg.out)
+    paths.check_owned()
+    started = time.time()
+    fitted = fitted or Fit.from_frame(read_table(spark, paths.log_ratios, "log_ratios"), cfg.fit_params())
+    weights = read_table(spark, paths.weights, "weights")
+    proportions = cfg.target_proportions or [float(s) for s in fitted.target_sizes]
+    if len(proportions) != len(fitted.target_names):
+        raise DselError(f"target_proportions has {len(proportions)} values but {paths.log_ratios} has "
+                        f"{len(fitted.target_names)} targets")
+    selection = select_documents(weights, fitted.target_names, proportions, num_samples=cfg.num_samples,
+                                 num_tokens=cfg.num_tokens, seed=cfg.seed, method=cfg.method,
+                                 min_length=cfg.min_length)
+    summary.warnings.extend(selection.warnings)
+    raw = read_raw(spark, cfg)
+    columns = user_columns(raw)
+    chosen = F.broadcast(selection.chosen) if (cfg.num_samples or 0) <= 1_000_000 else selection.chosen
+    joined = raw.join(chosen, (raw[ID] == chosen["id"]) & (raw[HASH] == chosen["doc_hash"]))
+    # Several raw records with one id and one text: keep one, the same one on every run.
+    once = Window.partitionBy(chosen["id"]).orderBy(F.to_json(F.struct(*[raw[f"`{c}`"] for c in columns])))
+    rows = (joined.withColumn("_dsel_once", F.row_number().over(once)).where(F.col("_dsel_once") == 1)
+            .select(*[raw[f"`{c}`"] for c in columns], chosen["num_words"], chosen["log_weight"], chosen["rank"], chosen["target"],
+                    F.lit(summary.run_id).alias("run_id"))
+            .orderBy("target", "rank"))
+    version = write_table(rows, paths.selected, _metadata(cfg, summary, requested=selection.requested))
+    summary.tables[paths.selected] = version
+    written = spark.read.format("delta").load(paths.selected)
+    if summary.eligible is None:
+        summary.eligible = eligible(weights, cfg.min_length).count()
+    stats = written.agg(F.count("*").alias("n")).first()
+    summary.selected = int(stats["n"])
+    summary.selected_words = int(written.agg(F.sum("num_words")).first()[0] or 0)
+    if cfg.export:
+        export(written.drop("run_id"), cfg.export, cfg.export_format)
+        summary.tables[cfg.export] = -1
+    summary.stage("select", started)
+    return written
+
+
+def _record(spark: SparkSession, cfg: DselConfig, summary: Summary) -> None:
+    summary.finish()
+    paths = OutputPaths(cfg.out)
+    record_run(spark, paths.runs, {
+        "run_id": summary.run_id, "command": summary.command,
+        "started_at": dt.datetime.fromtimestamp(summary.started), "finished_at": dt.datetime.fromtimestamp(summary.finished),
+        "params": json.dumps(cfg.to_dict(), sort_keys=True), "counts": json.dumps(summary.counts(), sort_keys=True),
+        "table_versions": json.dumps(summary.tables, sort_keys=True), "dsel_version": __version__,
+    })
+
+
+def execute(spark: SparkSession, cfg: DselConfig, command: str) -> Summary:
+    """Run one command ('fit', 'score', 'select' or 'run') and record it in ``OUT/runs``."""
+    summary = Summary(command=command, run_id=cfg.run_id or cfg.default_run_id(command))
+    if command == "fit":
+        fit(spark, cfg, summary)
+    elif command == "score":
+        score(spark, cfg, summary)
+    elif command == "select":
+        select(spark, cfg, summary)
+    elif command == "run":
+        cfg.require("raw", "target", "out")
+        if cfg.num_samples is None and cfg.num_tokens is None:
+            raise DselError("give --num-samples K or --num-tokens N")
+        fitted = fit(spark, cfg, summary)
+        score(spark, cfg, summary, fitted)
+        select(spark, cfg, summary, fitted)
+    else:
+        raise DselError(f"unknown command {command!r}; use fit, score, select or run")
+    _record(spark, cfg, summary)
+    return summary
+
+
+__all__ = ["execute", "fit", "load_fit", "score", "select", "read_raw", "read_targets"]

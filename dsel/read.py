@@ -1,0 +1,154 @@
+"""Read: load a corpus (JSON lines, Parquet, Delta path or catalog table) and mark each record.
+
+:func:`read_input` returns the user's DataFrame with every original column; :func:`prepare` adds
+the internal columns the later stages use (``_dsel_*``), without touching the user's columns:
+
+* ``_dsel_id``: the id column cast to string, or, when the input has no id column, the hex
+  SHA-256 of the document's UTF-8 text (so identical texts get identical ids);
+* ``_dsel_text``: the text, or null when the record is unusable;
+* ``_dsel_reason``: why the record is unusable (``malformed_json``, ``null_text``, ``null_id``,
+  ``too_large``), or null;
+* ``_dsel_hash``: Spark's xxhash64 of the text, which tells apart two documents with one id;
+* ``_dsel_source`` and ``_dsel_detail``: the input file and, for malformed lines, their start.
+"""
+from __future__ import annotations
+
+import glob
+import os
+import re
+from typing import Optional
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+from pyspark.errors import AnalysisException
+
+from dsel.config import DselConfig
+from dsel.errors import DselError
+
+CORRUPT = "_corrupt_record"
+ID, TEXT, REASON, HASH, SOURCE, DETAIL = ("_dsel_id", "_dsel_text", "_dsel_reason", "_dsel_hash",
+                                          "_dsel_source", "_dsel_detail")
+INTERNAL = (ID, TEXT, REASON, HASH, SOURCE, DETAIL)
+#: Columns dsel adds to the selected table; raw inputs must not already have them.
+OUTPUT_COLUMNS = ("num_words", "log_weight", "rank", "target", "run_id")
+_TABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*){0,2}$")
+_JSON_SUFFIXES = (".json", ".jsonl", ".ndjson", ".json.gz", ".jsonl.gz", ".ndjson.gz", ".gz")
+
+
+def _is_uri(path: str) -> bool:
+    return "://" in path and not path.startswith("file://")
+
+
+def _local(path: str) -> str:
+    return path[len("file://"):] if path.startswith("file://") else path
+
+
+def detect_format(source: str) -> str:
+    """Guess a source's format: a Delta directory, Parquet, JSON lines, or a catalog table name."""
+    path = _local(source)
+    if not _is_uri(source):
+        matches = glob.glob(path) if any(c in path for c in "*?[") else ([path] if os.path.exists(path) else [])
+        if not matches:
+            if "/" not in source and _TABLE_NAME.match(source):
+                return "table"
+            raise DselError(f"input not found: {source}. Check the path, or pass a catalog table "
+                            "name (catalog.schema.table) with --raw-format/--target-format table")
+        first = matches[0]
+        if os.path.isdir(first):
+            if os.path.isdir(os.path.join(first, "_delta_log")):
+                return "delta"
+            names = [n for _, _, files in os.walk(first) for n in files if not n.startswith((".", "_"))]
+            if names and all(n.endswith(".parquet") for n in names):
+                return "parquet"
+            if names and all(n.endswith(_JSON_SUFFIXES) for n in names):
+                return "json"
+            raise DselError(f"cannot tell the format of directory {source}; pass --raw-format/--target-format "
+                            "(json, parquet or delta)")
+        path = first
+    lowered = path.lower()
+    if lowered.endswith(".parquet"):
+        return "parquet"
+    if lowered.endswith(_JSON_SUFFIXES):
+        return "json"
+    raise DselError(f"cannot tell the format of {source}; pass --raw-format/--target-format "
+                    "(json, parquet, delta or table)")
+
+
+def read_input(spark: SparkSession, sources: list[str], fmt: str, cfg: DselConfig, role: str) -> DataFrame:
+    """Read one input (``role`` is 'raw' or 'target', for messages) with all its columns."""
+    if not sources:
+        raise DselError(f"no {role} input given; pass --{role} PATH")
+    formats = {detect_format(s) if fmt == "auto" else fmt for s in sources}
+    if len(formats) > 1:
+        raise DselError(f"{role} inputs mix formats ({', '.join(sorted(formats))}); give inputs of one "
+                        f"format per --{role}, or set --{role}-format")
+    kind = formats.pop()
+    try:
+        if kind == "json":
+            df = (spark.read.option("mode", "PERMISSIVE").option("columnNameOfCorruptRecord", CORRUPT)
+                  .option("samplingRatio", cfg.json_sampling_ratio).json(sources))
+        elif kind == "parquet":
+            df = spark.read.parquet(*sources)
+        elif kind == "delta":
+            if len(sources) != 1:
+                raise DselError(f"give one Delta table per --{role}; got {len(sources)} paths")
+            df = spark.read.format("delta").load(sources[0])
+        else:
+            if len(sources) != 1 or not _TABLE_NAME.match(sources[0]):
+                raise DselError(f"{sources!r} is not a valid table name; use catalog.schema.table with "
+                                "letters, digits and underscores")
+            df = spark.table(sources[0])
+    except AnalysisException as exc:
+        raise DselError(f"cannot read {role} input {', '.join(sources)} as {kind}: "
+                        f"{str(exc).splitlines()[0]}. Check the path and --{role}-format") from None
+    return _check_columns(df, cfg, role)
+
+
+def _check_columns(df: DataFrame, cfg: DselConfig, role: str) -> DataFrame:
+    fields = {f.name: f.dataType for f in df.schema.fields}
+    visible = [n for n in fields if n != CORRUPT]
+    if cfg.text_column not in fields:
+        hint = " (every line is malformed JSON)" if not visible else ""
+        raise DselError(f"{role} input has no column '{cfg.text_column}'{hint}; its columns are "
+                        f"{', '.join(visible) or 'none'}. Pass --text-column NAME")
+    if not isinstance(fields[cfg.text_column], T.StringType):
+        raise DselError(f"{role} column '{cfg.text_column}' has type {fields[cfg.text_column].simpleString()}, "
+                        "not string; point --text-column at a string column")
+    if cfg.id_column in fields and not isinstance(fields[cfg.id_column], (T.StringType, T.IntegralType)):
+        raise DselError(f"{role} column '{cfg.id_column}' has type {fields[cfg.id_column].simpleString()}; "
+                        "ids must be strings or integers. Pass --id-column NAME")
+    if cfg.id_column != "id" and cfg.id_column not in fields:
+        raise DselError(f"{role} input has no id column '{cfg.id_column}'; its columns are {', '.join(visible)}. "
+                        "Fix --id-column, or leave it at 'id' to derive ids from the text")
+    clashing = [c for c in OUTPUT_COLUMNS + INTERNAL if c in fields]
+    if role == "raw" and clashing:
+        raise DselError(f"raw input already has column(s) {', '.join(clashing)}, which dsel adds to its "
+                        "output; rename them before selecting")
+    return df
+
+
+def prepare(df: DataFrame, cfg: DselConfig, max_doc_bytes: Optional[int] = None) -> DataFrame:
+    """Add the internal ``_dsel_*`` columns (see the module docstring) to a DataFrame from read_input."""
+    text = F.col(f"`{cfg.text_column}`")
+    has_id = cfg.id_column in df.columns
+    doc_id = F.col(f"`{cfg.id_column}`").cast("string") if has_id else F.sha2(text, 256)
+    limit = cfg.max_doc_bytes if max_doc_bytes is None else max_doc_bytes
+    reason = F.when(text.isNull(), F.lit("null_text"))
+    detail = F.lit(None).cast("string")
+    if CORRUPT in df.columns:
+        corrupt = F.col(CORRUPT)
+        reason = F.when(corrupt.isNotNull(), F.lit("malformed_json")).when(text.isNull(), F.lit("null_text"))
+        detail = F.substring(corrupt, 1, 200)
+    reason = reason.when(doc_id.isNull(), F.lit("null_id")).when(F.octet_length(text) > limit, F.lit("too_large"))
+    return (df.withColumn(REASON, reason)
+            .withColumn(ID, doc_id)
+            .withColumn(TEXT, F.when(F.col(REASON).isNull(), text))
+            .withColumn(HASH, F.xxhash64(text))
+            .withColumn(SOURCE, F.input_file_name())
+            .withColumn(DETAIL, detail))
+
+
+def user_columns(df: DataFrame) -> list[str]:
+    """The input's own columns, without Spark's corrupt-record column and dsel's internal ones."""
+    return [c for c in df.columns if c != CORRUPT and c not in INTERNAL]

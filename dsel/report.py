@@ -1,0 +1,65 @@
+"""Report: the run summary printed at the end of every command and stored in the run table."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+
+@dataclass
+class Summary:
+    """What a command read, skipped, kept and wrote, and how long it took."""
+
+    command: str
+    run_id: str
+    started: float = field(default_factory=time.time)
+    read: Optional[int] = None
+    skipped: dict[str, int] = field(default_factory=dict)
+    scored: Optional[int] = None
+    eligible: Optional[int] = None
+    selected: Optional[int] = None
+    selected_words: Optional[int] = None
+    tables: dict[str, int] = field(default_factory=dict)  # path -> Delta version written
+    warnings: list[str] = field(default_factory=list)
+    stages: list[tuple[str, float]] = field(default_factory=list)
+    finished: Optional[float] = None
+
+    def stage(self, name: str, started: float) -> None:
+        """Record a stage's elapsed time and print one progress line."""
+        elapsed = time.time() - started
+        self.stages.append((name, elapsed))
+        print(f"[dsel] {name} done in {elapsed:.1f}s", flush=True)
+
+    def finish(self) -> "Summary":
+        self.finished = time.time()
+        return self
+
+    @property
+    def elapsed(self) -> float:
+        return (self.finished or time.time()) - self.started
+
+    def counts(self) -> dict[str, object]:
+        return {"read": self.read, "skipped": dict(self.skipped), "scored": self.scored, "eligible": self.eligible,
+                "selected": self.selected, "selected_words": self.selected_words}
+
+    def format(self) -> str:
+        lines = [f"dsel {self.command} — run {self.run_id}"]
+        if self.read is not None:
+            lines.append(f"  documents read     {self.read:>12,}")
+        if self.read is not None or self.skipped:
+            total = sum(self.skipped.values())
+            reasons = ", ".join(f"{k}={v:,}" for k, v in sorted(self.skipped.items())) or "none"
+            lines.append(f"  skipped            {total:>12,}  ({reasons})")
+        if self.scored is not None:
+            lines.append(f"  scored             {self.scored:>12,}")
+        if self.eligible is not None:
+            lines.append(f"  eligible           {self.eligible:>12,}")
+        if self.selected is not None:
+            words = f"  ({self.selected_words:,} words)" if self.selected_words is not None else ""
+            lines.append(f"  selected           {self.selected:>12,}{words}")
+        for path, version in self.tables.items():
+            lines.append(f"  wrote {path} (Delta version {version})")
+        for warning in self.warnings:
+            lines.append(f"  WARNING: {warning}")
+        lines.append(f"  time               {self.elapsed:>11.1f}s")
+        return "\n".join(lines)

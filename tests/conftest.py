@@ -1,0 +1,53 @@
+"""One session-scoped local Spark with Delta for the whole test run, and shared test data."""
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+from dsel.session import build_session
+
+REPO = Path(__file__).resolve().parent.parent
+CORPUS = Path(os.environ.get("DSEL_CORPUS", REPO.parent / "shared" / "corpus"))
+
+
+@pytest.fixture(scope="session")
+def spark():
+    session = build_session("local[2]", {
+        "spark.ui.enabled": "false",
+        "spark.ui.showConsoleProgress": "false",
+        "spark.sql.shuffle.partitions": "2",
+        "spark.default.parallelism": "2",
+        "spark.databricks.delta.snapshotPartitions": "2",
+        "spark.sql.sources.parallelPartitionDiscovery.parallelism": "2",
+        "spark.driver.memory": "4g",
+    }, app_name="dsel-tests")
+    session.sparkContext.setLogLevel("ERROR")
+    yield session
+    session.stop()
+
+
+def load_domain(domain: str) -> list[dict]:
+    """All documents of one shared-corpus domain."""
+    path = CORPUS / f"{domain}.jsonl.gz"
+    assert path.exists(), f"the shared corpus is missing {path}; set DSEL_CORPUS to its folder"
+    with gzip.open(path, "rt", encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh]
+
+
+def write_jsonl(path: Path, docs: list[dict]) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as fh:
+        for d in docs:
+            fh.write(json.dumps(d, ensure_ascii=False) + "\n")
+    return str(path)
+
+
+def sample_docs(domain: str, count: int, seed: int = 0, max_chars: int = 20_000) -> list[dict]:
+    docs = [d for d in load_domain(domain) if len(d["text"]) <= max_chars]
+    random.Random(seed).shuffle(docs)
+    return docs[:count]

@@ -1,0 +1,127 @@
+"""A user's mistakes get one clear message naming the fix, or a counted skip; nothing is lost silently."""
+from __future__ import annotations
+
+import gzip
+import json
+
+import pytest
+from pyspark.sql import functions as F
+
+from dsel.cli import main
+from dsel.config import DselConfig
+from dsel.errors import DselError
+from dsel.pipeline import execute
+from tests.conftest import sample_docs, write_jsonl
+
+
+@pytest.fixture(scope="module")
+def good(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bad")
+    raw = sample_docs("sci_abstracts", 40, seed=3) + sample_docs("email_ham", 40, seed=3)
+    target = sample_docs("sci_abstracts", 80, seed=3)[40:]
+    return {"root": root, "raw": raw, "target": write_jsonl(root / "target.jsonl", target)}
+
+
+def run(spark, **values):
+    return execute(spark, DselConfig.from_mapping(values), "run")
+
+
+def test_bad_records_are_counted_and_nothing_else_is_lost(spark, good):
+    root = good["root"]
+    big = {"id": "big", "text": (good["raw"][0]["text"] + "\n") * (3_000_000 // len(good["raw"][0]["text"]) + 1)}
+    lines = [json.dumps(d) for d in good["raw"]] + [
+        '{"id": "broken", "text": "unterminated',  # malformed JSON
+        json.dumps({"id": "nulltext", "text": None}),
+        json.dumps({"id": "notext"}),  # missing field: null text
+        json.dumps({"id": "empty", "text": ""}),
+        json.dumps({"id": "blank", "text": "   \n\t "}),
+        json.dumps({"text": "a document without an id " * 30}),  # null id
+        json.dumps({"id": good["raw"][1]["id"], "text": "another text under an existing id " * 20}),
+        json.dumps(big),
+    ]
+    path = root / "raw_bad.jsonl.gz"
+    with gzip.open(path, "wt", encoding="utf-8") as fh:
+        fh.write("\n".join(lines) + "\n")
+    summary = run(spark, raw=[str(path)], target=[good["target"]], out=str(root / "out1"), num_samples=10)
+    assert summary.skipped == {"malformed_json": 1, "null_text": 2, "empty_text": 2, "null_id": 1,
+                               "duplicate_id": 1}
+    assert summary.read == len(lines)
+    assert summary.read == summary.scored + sum(summary.skipped.values())
+    weights = spark.read.format("delta").load(str(root / "out1" / "weights"))
+    big_row = weights.where("id = 'big'").first()
+    assert big_row is not None and big_row["num_words"] > 300_000
+    skipped = spark.read.format("delta").load(str(root / "out1" / "skipped"))
+    broken = skipped.where("reason = 'malformed_json'").first()
+    assert "unterminated" in broken["detail"] and broken["source_file"].endswith("raw_bad.jsonl.gz")
+    assert "WARNING" not in summary.format() and "malformed_json=1" in summary.format()
+    # with a byte limit the large document is skipped and counted, not dropped silently
+    summary = run(spark, raw=[str(path)], target=[good["target"]], out=str(root / "out2"), num_samples=10,
+                  max_doc_bytes=1_000_000)
+    assert summary.skipped["too_large"] == 1
+
+
+def test_k_larger_than_pool_takes_all_and_warns(spark, good):
+    raw = write_jsonl(good["root"] / "raw.jsonl", good["raw"])
+    summary = run(spark, raw=[raw], target=[good["target"]], out=str(good["root"] / "out3"), num_samples=10_000,
+                  min_length=50)
+    assert summary.selected == summary.eligible < 10_000
+    assert any("only" in w and "eligible" in w for w in summary.warnings)
+
+
+def test_target_sharing_no_ngram_warns(spark, good):
+    raw = write_jsonl(good["root"] / "raw_ascii.jsonl", good["raw"])
+    alien = write_jsonl(good["root"] / "alien.jsonl", [{"id": "t1", "text": "ⴰⵣⵓⵍ ⴼⵍⵍⴰⵡⵏ " * 50}])
+    summary = run(spark, raw=[raw], target=[alien], out=str(good["root"] / "out4"), num_samples=5,
+                  num_buckets=1_000_000)
+    assert any("shares no n-gram bucket" in w for w in summary.warnings)
+    assert summary.selected == 5
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing_raw", "input not found"),
+    ("missing_column", "has no column 'body'"),
+    ("empty_target", "has no usable text"),
+    ("numeric_text", "not string"),
+    ("bad_id_column", "has no id column 'doc'"),
+])
+def test_mistakes_get_one_clear_message(spark, good, case, message, capsys):
+    root = good["root"]
+    raw = write_jsonl(root / "raw_ok.jsonl", good["raw"][:10])
+    argv = ["run", "--raw", raw, "--target", good["target"], "--out", str(root / f"err-{case}"),
+            "--num-samples", "3"]
+    if case == "missing_raw":
+        argv[2] = str(root / "nope.jsonl")
+    elif case == "missing_column":
+        argv += ["--text-column", "body"]
+    elif case == "empty_target":
+        empty = root / "empty.jsonl"
+        empty.write_text(json.dumps({"id": "e", "text": ""}) + "\n")
+        argv[4] = str(empty)
+    elif case == "numeric_text":
+        argv[4] = write_jsonl(root / "numbers.jsonl", [{"id": "n", "text": 12345}])
+    elif case == "bad_id_column":
+        argv += ["--id-column", "doc"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("dsel: error:") and message in err[0], err
+
+
+def test_output_holding_foreign_data_is_refused(spark, good, tmp_path):
+    (tmp_path / "mine.txt").write_text("precious")
+    with pytest.raises(DselError, match="did not write"):
+        run(spark, raw=[write_jsonl(tmp_path / "r" / "raw.jsonl", good["raw"][:5])], target=[good["target"]],
+            out=str(tmp_path), num_samples=2)
+
+
+def test_ids_derived_from_content_when_there_is_no_id_column(spark, good, tmp_path):
+    docs = [{"text": d["text"], "domain": d["domain"]} for d in good["raw"]]
+    raw = write_jsonl(tmp_path / "noid.jsonl", docs)
+    target = write_jsonl(tmp_path / "t.jsonl", [{"text": d["text"]} for d in sample_docs("sci_abstracts", 60, 3)[40:]])
+    run(spark, raw=[raw], target=[target], out=str(tmp_path / "out"), num_samples=5)
+    import hashlib
+
+    weights = spark.read.format("delta").load(str(tmp_path / "out" / "weights"))
+    expected = hashlib.sha256(docs[0]["text"].encode("utf-8")).hexdigest()
+    assert weights.where(F.col("id") == expected).count() == 1
+    selected = spark.read.format("delta").load(str(tmp_path / "out" / "selected"))
+    assert selected.count() == 5 and "domain" in selected.columns

@@ -1,0 +1,75 @@
+"""Config validation and CLI parsing (no Spark)."""
+from __future__ import annotations
+
+import pytest
+
+from dsel.cli import build_parser, config_from_args
+from dsel.config import DselConfig
+from dsel.errors import ConfigError
+from dsel.select import quotas
+
+
+def parse(*argv: str) -> DselConfig:
+    return config_from_args(build_parser().parse_args(list(argv)))
+
+
+def test_flags_map_to_config_fields():
+    cfg = parse("run", "--raw", "a.jsonl", "--raw", "b.jsonl", "--target", "t.jsonl", "--out", "o",
+                "--num-samples", "5", "--seed", "7", "--num-tokens-to-fit", "1000", "--method", "topk",
+                "--target-proportions", "2")
+    assert cfg.raw == ["a.jsonl", "b.jsonl"] and cfg.target == ["t.jsonl"]
+    assert (cfg.num_samples, cfg.seed, cfg.num_tokens_to_fit, cfg.method) == (5, 7, 1000, "topk")
+    assert cfg.fit_cap == 1000
+    assert parse("fit", "--num-tokens-to-fit", "all").fit_cap is None
+    assert parse("fit").fit_cap == 100_000 * 10_000
+
+
+def test_toml_takes_the_same_keys_and_flags_win(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('raw = ["r.jsonl"]\ntarget = ["t.jsonl"]\nout = "o"\nnum_samples = 10\nseed = 3\n'
+                    'num_buckets = 500\n')
+    cfg = parse("run", "--config", str(path), "--seed", "4")
+    assert (cfg.raw, cfg.num_samples, cfg.seed, cfg.num_buckets) == (["r.jsonl"], 10, 4, 500)
+
+
+@pytest.mark.parametrize("values, key", [
+    ({"method": "magic"}, "method"),
+    ({"num_buckets": 0}, "num_buckets"),
+    ({"num_tokens_to_fit": "lots"}, "num_tokens_to_fit"),
+    ({"num_samples": 5, "num_tokens": 5}, "num_tokens"),
+    ({"hash_kind": "md5"}, "hash_kind"),
+    ({"text_column": "a`b"}, "text_column"),
+    ({"run_id": "x; DROP TABLE y"}, "run_id"),
+    ({"target": ["a", "b"], "target_proportions": [1.0]}, "target_proportions"),
+    ({"colour": "red"}, "colour"),
+])
+def test_bad_values_name_the_key(values, key):
+    with pytest.raises(ConfigError) as err:
+        DselConfig.from_mapping(values)
+    assert err.value.key == key and key in str(err.value)
+
+
+def test_bad_toml_and_missing_file(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("raw = [")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        DselConfig.from_toml(str(bad))
+    with pytest.raises(ConfigError, match="file not found"):
+        DselConfig.from_toml(str(tmp_path / "none.toml"))
+
+
+def test_required_keys_are_named():
+    with pytest.raises(ConfigError, match="--out"):
+        DselConfig().require("out")
+
+
+def test_quotas_follow_the_reference_rule():
+    assert quotas(10, [1, 1, 1]) == [3, 3, 4]
+    assert quotas(7, [0.5, 0.5]) == [3, 4]
+    assert sum(quotas(1001, [3.0, 5.0, 11.0])) == 1001
+
+
+def test_default_run_id_is_stable_and_depends_on_parameters():
+    a = DselConfig.from_mapping({"raw": ["r"], "num_samples": 5})
+    assert a.default_run_id("run") == DselConfig.from_mapping({"raw": ["r"], "num_samples": 5}).default_run_id("run")
+    assert a.default_run_id("run") != a.replace(seed=1).default_run_id("run")

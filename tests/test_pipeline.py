@@ -1,0 +1,168 @@
+"""The end-to-end contract: `dsel run` on JSON lines writes the four Delta tables, deterministically."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from chispa import assert_df_equality
+from delta.tables import DeltaTable
+from pyspark.sql import functions as F
+
+from dsel.cli import main
+from dsel.config import DselConfig
+from dsel.pipeline import execute
+from tests.conftest import sample_docs, write_jsonl
+
+DOMAINS = ["sci_abstracts", "movie_reviews", "rust_rfcs", "shakespeare"]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """A raw pool of four domains (60 docs each) and 40 held-out sci_abstracts docs as the target."""
+    root = tmp_path_factory.mktemp("corpus")
+    raw, target = [], []
+    for domain in DOMAINS:
+        docs = sample_docs(domain, 100 if domain == "sci_abstracts" else 60, seed=1)
+        if domain == "sci_abstracts":
+            target, docs = docs[:40], docs[40:]
+        raw += docs
+    raw.sort(key=lambda d: d["id"])
+    # The raw pool in three files, so partitioning differs from the single-file copy below.
+    parts = [write_jsonl(root / "raw" / f"part-{i}.jsonl", raw[i::3]) for i in range(3)]
+    single = write_jsonl(root / "raw_single.jsonl", raw[::-1])
+    return {"root": root, "raw_dir": str(root / "raw"), "raw_parts": parts, "raw_single": single,
+            "target": write_jsonl(root / "target.jsonl", target), "raw_docs": raw}
+
+
+@pytest.fixture(scope="module")
+def contract_run(spark, corpus):
+    out = corpus["root"] / "out"
+    argv = ["run", "--raw", corpus["raw_dir"], "--target", corpus["target"], "--out", str(out),
+            "--num-samples", "50", "--seed", "3"]
+    assert main(argv) == 0
+    return out, argv
+
+
+def delta(spark, path):
+    assert DeltaTable.isDeltaTable(spark, str(path)), f"{path} is not a Delta table"
+    return spark.read.format("delta").load(str(path))
+
+
+def test_contract_tables_and_columns(spark, corpus, contract_run, capsys):
+    out, _ = contract_run
+    ratios = delta(spark, out / "log_ratios")
+    assert {"bucket", "raw_count", "target_count", "log_ratio"} <= set(ratios.columns)
+    assert ratios.count() == 10_000
+    weights = delta(spark, out / "weights")
+    assert {"id", "log_weight", "num_words"} <= set(weights.columns)
+    assert weights.count() == len(corpus["raw_docs"])
+    assert weights.select("id").distinct().count() == weights.count()
+    selected = delta(spark, out / "selected")
+    assert {"id", "text", "domain", "log_weight", "rank"} <= set(selected.columns)
+    assert selected.count() == 50
+    assert sorted(r["rank"] for r in selected.select("rank").collect()) == list(range(1, 51))
+    # the selected log weights are the stored ones
+    joined = selected.join(weights.select("id", F.col("log_weight").alias("w")), "id")
+    assert joined.where(F.abs(F.col("w") - F.col("log_weight")) > 1e-12).count() == 0
+    runs = delta(spark, out / "runs").collect()
+    assert len(runs) == 1 and json.loads(runs[0]["counts"])["selected"] == 50
+    # the commit carries the run's parameters
+    meta = json.loads(DeltaTable.forPath(spark, str(out / "selected")).history(1).first()["userMetadata"])
+    assert meta["params"]["num_samples"] == 50 and meta["params"]["seed"] == 3
+
+
+def test_selection_prefers_the_target_domain(spark, contract_run):
+    out, _ = contract_run
+    selected = delta(spark, out / "selected")
+    hits = selected.where(F.col("domain") == "sci_abstracts").count()
+    assert hits >= 40, f"only {hits}/50 selected documents are from the target domain"
+
+
+def test_rerun_replaces_rows_and_keeps_one_run_row(spark, corpus, contract_run):
+    out, argv = contract_run
+    before = delta(spark, out / "selected").orderBy("rank").collect()
+    assert main(argv) == 0
+    after = delta(spark, out / "selected").orderBy("rank").collect()
+    assert [r["id"] for r in after] == [r["id"] for r in before]
+    assert delta(spark, out / "runs").count() == 1
+
+
+def _selected_ids(spark, out):
+    return [r["id"] for r in delta(spark, out / "selected").orderBy("target", "rank").select("id").collect()]
+
+
+def test_same_seed_same_selection_across_partitionings(spark, corpus, contract_run, tmp_path):
+    out, _ = contract_run
+    expected = _selected_ids(spark, out)
+    cfg = DselConfig.from_mapping({"raw": [corpus["raw_single"]], "target": [corpus["target"]],
+                                   "out": str(tmp_path / "single"), "num_samples": 50, "seed": 3})
+    previous = spark.conf.get("spark.sql.shuffle.partitions")
+    spark.conf.set("spark.sql.shuffle.partitions", "7")
+    try:
+        execute(spark, cfg, "run")
+    finally:
+        spark.conf.set("spark.sql.shuffle.partitions", previous)
+    assert _selected_ids(spark, tmp_path / "single") == expected
+    assert_df_equality(delta(spark, tmp_path / "single" / "weights").select("id", "log_weight", "num_words"),
+                       delta(spark, out / "weights").select("id", "log_weight", "num_words"),
+                       ignore_row_order=True)
+
+
+def test_reselect_reuses_weights_and_changes_with_seed(spark, corpus, contract_run):
+    out, _ = contract_run
+    weights_version = DeltaTable.forPath(spark, str(out / "weights")).history(1).first()["version"]
+    first = _selected_ids(spark, out)
+    cfg = DselConfig.from_mapping({"raw": [corpus["raw_dir"]], "target": [corpus["target"]], "out": str(out),
+                                   "num_samples": 20, "seed": 11})
+    summary = execute(spark, cfg, "select")
+    assert summary.selected == 20
+    assert DeltaTable.forPath(spark, str(out / "weights")).history(1).first()["version"] == weights_version
+    second = _selected_ids(spark, out)
+    assert len(second) == 20 and second != first[:20]
+    # top-k is the deterministic prefix of the weight order
+    execute(spark, cfg.replace(method="topk"), "select")
+    weights = delta(spark, out / "weights").where("num_words >= 100")
+    expected = [r["id"] for r in weights.orderBy(F.desc("log_weight"), "id").limit(20).collect()]
+    assert _selected_ids(spark, out) == expected
+    assert delta(spark, out / "runs").count() == 3
+
+
+def test_token_budget(spark, corpus, contract_run):
+    out, _ = contract_run
+    cfg = DselConfig.from_mapping({"raw": [corpus["raw_dir"]], "target": [corpus["target"]], "out": str(out),
+                                   "num_tokens": 5000, "seed": 3})
+    summary = execute(spark, cfg, "select")
+    rows = delta(spark, out / "selected").orderBy("rank").collect()
+    words = [r["num_words"] for r in rows]
+    assert sum(words) >= 5000 and sum(words[:-1]) < 5000
+    assert summary.selected_words == sum(words)
+
+
+def test_several_targets_get_quotas(spark, corpus, tmp_path):
+    movies = write_jsonl(tmp_path / "movies.jsonl", sample_docs("movie_reviews", 300, seed=1)[200:230])
+    cfg = DselConfig.from_mapping({"raw": [corpus["raw_dir"]], "target": [corpus["target"], movies],
+                                   "out": str(tmp_path / "out"), "num_samples": 40, "seed": 5,
+                                   "target_proportions": [1.0, 1.0]})
+    summary = execute(spark, cfg, "run")
+    selected = delta(spark, tmp_path / "out" / "selected")
+    by_target = {r["target"]: r["count"] for r in selected.groupBy("target").count().collect()}
+    assert by_target == {corpus["target"]: 20, movies: 20}
+    assert selected.select("id").distinct().count() == 40
+    mix = {r["target"]: r["domain"] for r in selected.groupBy("target", "domain").count()
+           .orderBy(F.desc("count")).collect()[::-1]}
+    assert mix[corpus["target"]] == "sci_abstracts" and mix[movies] == "movie_reviews"
+    weights = delta(spark, tmp_path / "out" / "weights").first()
+    assert len(weights["log_weights"]) == 2
+    assert summary.selected == 40
+
+
+def test_export_jsonl_and_parquet(spark, corpus, contract_run, tmp_path):
+    out, _ = contract_run
+    for fmt in ("jsonl", "parquet"):
+        cfg = DselConfig.from_mapping({"raw": [corpus["raw_dir"]], "target": [corpus["target"]], "out": str(out),
+                                       "num_samples": 10, "seed": 3, "export": str(tmp_path / fmt),
+                                       "export_format": fmt})
+        execute(spark, cfg, "select")
+        reader = spark.read.json if fmt == "jsonl" else spark.read.parquet
+        exported = reader(str(tmp_path / fmt))
+        assert exported.count() == 10 and {"id", "text", "domain", "log_weight", "rank"} <= set(exported.columns)
