@@ -13,21 +13,36 @@ from typing import Optional
 
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
+from pyspark.sql.types import StructType
 
 from dsel import __version__
 from dsel.config import DselConfig
 from dsel.errors import DselError
 from dsel.fit import Fit, fit as fit_histograms
-from dsel.read import HASH, ID, prepare, read_input, user_columns
+from dsel.read import HASH, ID, INTERNAL, prepare, read_input, user_columns
 from dsel.report import Summary
 from dsel.score import score as score_records, skipped as skipped_records, weights as weight_records
 from dsel.select import eligible, select as select_documents
 from dsel.write import OutputPaths, commit_metadata, export, read_table, record_run, write_table
 
 
-def read_raw(spark: SparkSession, cfg: DselConfig) -> DataFrame:
+def read_raw(spark: SparkSession, cfg: DselConfig, schema: Optional[StructType] = None) -> DataFrame:
     """The raw corpus with all its columns plus dsel's internal ones."""
-    return prepare(read_input(spark, cfg.raw, cfg.raw_format, cfg, "raw"), cfg)
+    return prepare(read_input(spark, cfg.raw, cfg.raw_format, cfg, "raw", schema), cfg)
+
+
+def _raw_schema(df: DataFrame) -> str:
+    """The raw input's own schema as JSON, stored in commit metadata so later stages skip inference."""
+    return StructType([f for f in df.schema.fields if f.name not in INTERNAL]).json()
+
+
+def _stored_raw(spark: SparkSession, cfg: DselConfig, path: str) -> Optional[DataFrame]:
+    """The raw input read with the schema stored at ``path``'s last commit, if it was the same input."""
+    meta = commit_metadata(spark, path) or {}
+    params, schema = meta.get("params", {}), meta.get("raw_schema")
+    if schema and params.get("raw") == cfg.raw and params.get("raw_format") == cfg.raw_format:
+        return read_raw(spark, cfg, StructType.fromJson(json.loads(schema)))
+    return None
 
 
 def read_targets(spark: SparkSession, cfg: DselConfig) -> list[tuple[str, DataFrame]]:
@@ -41,16 +56,18 @@ def _metadata(cfg: DselConfig, summary: Summary, **extra: object) -> dict:
             "params": cfg.to_dict(), **extra}
 
 
-def fit(spark: SparkSession, cfg: DselConfig, summary: Summary) -> Fit:
+def fit(spark: SparkSession, cfg: DselConfig, summary: Summary, raw: Optional[DataFrame] = None) -> Fit:
     """Fit raw and target histograms and write ``OUT/log_ratios``."""
     cfg.require("raw", "target", "out")
     paths = OutputPaths(cfg.out)
     paths.check_owned()
     started = time.time()
-    result = fit_histograms(read_raw(spark, cfg), read_targets(spark, cfg), cfg)
+    raw = raw if raw is not None else read_raw(spark, cfg)
+    result = fit_histograms(raw, read_targets(spark, cfg), cfg)
     summary.warnings.extend(result.warnings)
     version = write_table(result.to_frame(spark), paths.log_ratios,
-                          _metadata(cfg, summary, dsel_fit=result.params, targets=result.target_names))
+                          _metadata(cfg, summary, dsel_fit=result.params, targets=result.target_names,
+                                    raw_schema=_raw_schema(raw)))
     summary.tables[paths.log_ratios] = version
     summary.stage("fit", started)
     return result
@@ -71,16 +88,20 @@ def load_fit(spark: SparkSession, cfg: DselConfig) -> Fit:
     return Fit.from_frame(frame, stored)
 
 
-def score(spark: SparkSession, cfg: DselConfig, summary: Summary, fitted: Optional[Fit] = None) -> None:
+def score(spark: SparkSession, cfg: DselConfig, summary: Summary, fitted: Optional[Fit] = None,
+          raw: Optional[DataFrame] = None) -> None:
     """Score every raw document and write ``OUT/weights`` and ``OUT/skipped``."""
     cfg.require("raw", "out")
     paths = OutputPaths(cfg.out)
     paths.check_owned()
     fitted = fitted or load_fit(spark, cfg)
     started = time.time()
-    metadata = _metadata(cfg, summary, dsel_fit=fitted.params, targets=fitted.target_names)
+    if raw is None:
+        raw = _stored_raw(spark, cfg, paths.log_ratios) or read_raw(spark, cfg)
+    metadata = _metadata(cfg, summary, dsel_fit=fitted.params, targets=fitted.target_names,
+                         raw_schema=_raw_schema(raw))
     # One pass over the raw text into a narrow staging table; both outputs and the counts come from it.
-    write_table(score_records(read_raw(spark, cfg), fitted, cfg), paths.staging, metadata)
+    write_table(score_records(raw, fitted, cfg), paths.staging, metadata)
     staged = spark.read.format("delta").load(paths.staging)
     summary.tables[paths.weights] = write_table(weight_records(staged), paths.weights, metadata)
     summary.tables[paths.skipped] = write_table(skipped_records(staged), paths.skipped, metadata)
@@ -95,7 +116,8 @@ def score(spark: SparkSession, cfg: DselConfig, summary: Summary, fitted: Option
     summary.stage("score", started)
 
 
-def select(spark: SparkSession, cfg: DselConfig, summary: Summary, fitted: Optional[Fit] = None) -> DataFrame:
+def select(spark: SparkSession, cfg: DselConfig, summary: Summary, fitted: Optional[Fit] = None,
+           raw: Optional[DataFrame] = None) -> DataFrame:
     """Choose documents from ``OUT/weights`` and write them, with all raw columns, to ``OUT/selected``."""
     cfg.require("raw", "out")
     if cfg.num_samples is None and cfg.num_tokens is None:
@@ -113,7 +135,8 @@ def select(spark: SparkSession, cfg: DselConfig, summary: Summary, fitted: Optio
                                  num_tokens=cfg.num_tokens, seed=cfg.seed, method=cfg.method,
                                  min_length=cfg.min_length)
     summary.warnings.extend(selection.warnings)
-    raw = read_raw(spark, cfg)
+    if raw is None:
+        raw = _stored_raw(spark, cfg, paths.weights) or read_raw(spark, cfg)
     columns = user_columns(raw)
     chosen = F.broadcast(selection.chosen) if (cfg.num_samples or 0) <= 1_000_000 else selection.chosen
     joined = raw.join(chosen, (raw[ID] == chosen["id"]) & (raw[HASH] == chosen["doc_hash"]))
@@ -162,9 +185,10 @@ def execute(spark: SparkSession, cfg: DselConfig, command: str) -> Summary:
         cfg.require("raw", "target", "out")
         if cfg.num_samples is None and cfg.num_tokens is None:
             raise DselError("give --num-samples K or --num-tokens N")
-        fitted = fit(spark, cfg, summary)
-        score(spark, cfg, summary, fitted)
-        select(spark, cfg, summary, fitted)
+        raw = read_raw(spark, cfg)  # one schema inference for the whole run
+        fitted = fit(spark, cfg, summary, raw)
+        score(spark, cfg, summary, fitted, raw)
+        select(spark, cfg, summary, fitted, raw)
     else:
         raise DselError(f"unknown command {command!r}; use fit, score, select or run")
     _record(spark, cfg, summary)

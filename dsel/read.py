@@ -75,8 +75,14 @@ def detect_format(source: str) -> str:
                     "(json, parquet, delta or table)")
 
 
-def read_input(spark: SparkSession, sources: list[str], fmt: str, cfg: DselConfig, role: str) -> DataFrame:
-    """Read one input (``role`` is 'raw' or 'target', for messages) with all its columns."""
+def read_input(spark: SparkSession, sources: list[str], fmt: str, cfg: DselConfig, role: str,
+               schema: Optional[T.StructType] = None) -> DataFrame:
+    """Read one input (``role`` is 'raw' or 'target', for messages) with all its columns.
+
+    For JSON lines, Spark infers the schema (a pass over the data, or a sample of it with
+    ``json_sampling_ratio``) unless ``schema`` is given: dsel passes the schema it stored
+    when it first read the same input, so later stages parse the text once each.
+    """
     if not sources:
         raise DselError(f"no {role} input given; pass --{role} PATH")
     formats = {detect_format(s) if fmt == "auto" else fmt for s in sources}
@@ -86,8 +92,12 @@ def read_input(spark: SparkSession, sources: list[str], fmt: str, cfg: DselConfi
     kind = formats.pop()
     try:
         if kind == "json":
-            df = (spark.read.option("mode", "PERMISSIVE").option("columnNameOfCorruptRecord", CORRUPT)
-                  .option("samplingRatio", cfg.json_sampling_ratio).json(sources))
+            reader = spark.read.option("mode", "PERMISSIVE").option("columnNameOfCorruptRecord", CORRUPT)
+            if schema is not None:
+                if CORRUPT not in schema.fieldNames():
+                    schema = T.StructType(schema.fields + [T.StructField(CORRUPT, T.StringType())])
+                reader = reader.schema(schema)
+            df = reader.option("samplingRatio", cfg.json_sampling_ratio).json(sources)
         elif kind == "parquet":
             df = spark.read.parquet(*sources)
         elif kind == "delta":

@@ -26,6 +26,10 @@ from pyspark.sql import functions as F
 from dsel.errors import DselError
 
 KEY = "_dsel_key"
+#: Selections up to this size use Spark's top-k directly; larger ones use threshold selection.
+SMALL_K = 200_000
+#: Rows per key bin when ranking a large selection.
+RANK_BIN_ROWS = 200_000
 SELECTED_COLUMNS = ("id", "doc_hash", "num_words", "log_weight", "rank", "target")
 
 
@@ -64,23 +68,88 @@ def _keyed(pool: DataFrame, target: int, seed: int, method: str) -> DataFrame:
     return pool.withColumn("log_weight", weight).withColumn(KEY, key)
 
 
-def _top(keyed: DataFrame, k: int) -> DataFrame:
-    """The k rows with the largest key (ties by id), ranked 1..k."""
-    order = [F.col(KEY).desc(), F.col("id").asc()]
-    top = keyed.orderBy(*order).limit(k)
-    return top.withColumn("rank", F.row_number().over(Window.orderBy(*order)))
+def _order() -> list[F.Column]:
+    return [F.col(KEY).desc(), F.col("id").asc()]
+
+
+def _top(keyed: DataFrame, k: int, pool_size: int) -> DataFrame:
+    """The k rows with the largest key (ties by id), with ``rank`` 1..k and ``cum_words``.
+
+    Up to :data:`SMALL_K` rows this is Spark's distributed top-k (TakeOrderedAndProject).  For a
+    larger k no task ever holds k rows: an approximate quantile of the key gives a threshold
+    band, exact counts place the k-th row inside it, and only the band is ordered
+    (recursively, when it is itself large).  Ranks then come from key bins (see :func:`_rank`).
+    """
+    if k >= pool_size:
+        chosen = keyed
+    elif k <= SMALL_K:
+        chosen = keyed.orderBy(*_order()).limit(k)
+    else:
+        chosen = _threshold_top(keyed, k, pool_size)
+    return _rank(chosen, min(k, pool_size))
+
+
+def _threshold_top(keyed: DataFrame, k: int, n: int) -> DataFrame:
+    share = k / n
+    error = min(0.01, max(1e-4, share / 50))
+    margin = 3 * error
+    while True:
+        q_hi, q_lo = min(1.0, 1 - share + margin), max(0.0, 1 - share - margin)
+        hi, lo = keyed.approxQuantile(KEY, [q_hi, q_lo], error)
+        key = F.col(KEY)
+        counts = keyed.agg(F.count(F.when(key > hi, 1)).alias("above"),
+                           F.count(F.when((key >= lo) & (key <= hi), 1)).alias("band")).first()
+        above, band = int(counts["above"]), int(counts["band"])
+        if above <= k <= above + band:
+            break
+        margin *= 4
+    in_band = keyed.where((F.col(KEY) >= lo) & (F.col(KEY) <= hi))
+    need = k - above
+    band_top = (_threshold_top(in_band, need, band) if SMALL_K < need < band
+                else in_band.orderBy(*_order()).limit(need))
+    return keyed.where(F.col(KEY) > hi).unionByName(band_top)
+
+
+def _rank(chosen: DataFrame, k: int) -> DataFrame:
+    """Add ``rank`` (1 = largest key) and ``cum_words`` (words of this row and all ranked above it).
+
+    Small selections are ranked by one window.  Larger ones are cut into key bins of about
+    :data:`RANK_BIN_ROWS` rows (bin = number of bin bounds below the key, a pure function of the
+    key); each bin is ranked by its own window and offset by the rows and words of the bins above.
+    """
+    within = Window.partitionBy("_dsel_bin").orderBy(*_order())
+    running = within.rowsBetween(Window.unboundedPreceding, 0)
+    bins = -(-k // RANK_BIN_ROWS)
+    if bins <= 1:
+        binned = chosen.withColumn("_dsel_bin", F.lit(0))
+        offsets = {0: (0, 0)}
+    else:
+        bounds = sorted(set(chosen.approxQuantile(KEY, [i / bins for i in range(1, bins)], 1e-3)))
+        bin_of = F.size(F.filter(F.array(*[F.lit(float(b)) for b in bounds]), lambda b: b < F.col(KEY)))
+        binned = chosen.withColumn("_dsel_bin", bin_of)
+        sizes = sorted(((r["_dsel_bin"], r["n"], r["w"]) for r in binned.groupBy("_dsel_bin").agg(
+            F.count("*").alias("n"), F.sum("num_words").alias("w")).collect()), reverse=True)
+        offsets, rows, words = {}, 0, 0
+        for b, n, w in sizes:
+            offsets[b] = (rows, words)
+            rows, words = rows + n, words + (w or 0)
+    row_offset = F.element_at(F.create_map(*[x for b, (r, _) in offsets.items() for x in (F.lit(b), F.lit(r))]),
+                              F.col("_dsel_bin"))
+    word_offset = F.element_at(F.create_map(*[x for b, (_, w) in offsets.items() for x in (F.lit(b), F.lit(w))]),
+                               F.col("_dsel_bin"))
+    return (binned.withColumn("rank", (row_offset + F.row_number().over(within)).cast("long"))
+            .withColumn("cum_words", word_offset + F.sum("num_words").over(running))
+            .drop("_dsel_bin"))
 
 
 def _top_tokens(keyed: DataFrame, budget: int, pool_size: int, mean_words: float) -> DataFrame:
     """Top documents until their words reach ``budget`` (the last one may cross it)."""
     guess = min(pool_size, int(math.ceil(budget / max(mean_words, 1.0) * 1.25)) + 16)
     while True:
-        ranked = _top(keyed, guess)
-        cumulative = F.sum("num_words").over(Window.orderBy("rank").rowsBetween(Window.unboundedPreceding, 0))
-        ranked = ranked.withColumn("_dsel_before", cumulative - F.col("num_words"))
-        enough = ranked.where(F.col("_dsel_before") >= budget).limit(1).count() > 0
+        ranked = _top(keyed, guess, pool_size)
+        enough = ranked.where(F.col("cum_words") - F.col("num_words") >= budget).limit(1).count() > 0
         if enough or guess >= pool_size:
-            return ranked.where(F.col("_dsel_before") < budget).drop("_dsel_before")
+            return ranked.where(F.col("cum_words") - F.col("num_words") < budget)
         guess = min(pool_size, guess * 2)
 
 
@@ -115,7 +184,7 @@ def select(weights: DataFrame, target_names: Sequence[str], proportions: Sequenc
             continue
         keyed = _keyed(pool, t, seed, method)
         if num_samples is not None:
-            part = _top(keyed, min(budget, remaining))
+            part = _top(keyed, min(budget, remaining), remaining)
         else:
             part = _top_tokens(keyed, budget, remaining, mean_words)
         part = part.select("id", "doc_hash", "num_words", "log_weight", "rank", F.lit(name).alias("target"))
@@ -126,7 +195,7 @@ def select(weights: DataFrame, target_names: Sequence[str], proportions: Sequenc
             pool = pool.join(part_ids, "id", "left_anti")
     if not parts:
         chosen = weights.sparkSession.createDataFrame(
-            [], "id string, doc_hash long, num_words long, log_weight double, rank int, target string")
+            [], "id string, doc_hash long, num_words long, log_weight double, rank long, target string")
     else:
         chosen = parts[0]
         for part in parts[1:]:
