@@ -8,6 +8,7 @@ import argparse
 import gzip
 import json
 import os
+import random
 from pathlib import Path
 
 CORPUS = Path(os.environ.get("DSEL_CORPUS", Path(__file__).resolve().parents[2] / "shared" / "corpus"))
@@ -23,12 +24,13 @@ def load_corpus() -> tuple[list[dict], list[dict]]:
         if path.name.startswith(TARGET_DOMAIN):
             target, docs = docs[:TARGET_DOCS], docs[TARGET_DOCS:]
         pool += docs
+    random.Random(0).shuffle(pool)  # every file and every prefix mixes all domains
     return pool, target
 
 
 def build(out: Path, size_mb: int, files: int = 16) -> dict:
     """Write raw/part-*.jsonl (at least size_mb MB of text) and target.jsonl under ``out``; reuse if present."""
-    marker = out / f"ready-{size_mb}.json"
+    marker = out / f"ready-{size_mb}-v2.json"
     if marker.exists():
         return json.loads(marker.read_text())
     pool, target = load_corpus()

@@ -20,6 +20,8 @@ COMMANDS = {
     "score": "score every raw document; write OUT/weights and OUT/skipped",
     "select": "resample from OUT/weights; write OUT/selected",
     "run": "fit, score and select in one go",
+    "evaluate": "compare DSIR with random and classifier baselines on a labelled raw pool (precision@k, KL reduction)",
+    "report": "write report.json and a self-contained report.html for the run under --out",
 }
 
 
@@ -44,7 +46,7 @@ def _flag_kwargs(field: dataclasses.Field) -> dict[str, Any]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dsel", description="DSIR data selection on Apache Spark, into Delta tables.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{fit,score,select,run}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{" + ",".join(COMMANDS) + "}")
     for name, text in COMMANDS.items():
         cmd = sub.add_parser(name, help=text, description=text)
         cmd.add_argument("--config", help="TOML file with the same keys as the flags")
@@ -53,6 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
                          help="Spark setting, as spark-submit's --conf (repeatable)")
         for field in dataclasses.fields(DselConfig):
             cmd.add_argument("--" + field.name.replace("_", "-"), dest=field.name, **_flag_kwargs(field))
+        if name in ("evaluate", "report"):
+            from dsel.cli_extra import add_arguments
+
+            add_arguments(cmd, name)
     return parser
 
 
@@ -81,6 +87,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from dsel.session import build_session, parse_conf
 
         spark = build_session(ns.master, parse_conf(ns.conf), app_name=f"dsel {ns.command}")
+        if ns.command in ("evaluate", "report"):
+            from dsel.cli_extra import run_command
+
+            print(run_command(spark, cfg, ns))
+            return 0
         summary = execute(spark, cfg, ns.command)
     except DselError as exc:
         print(f"dsel: error: {exc}", file=sys.stderr)

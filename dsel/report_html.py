@@ -1,0 +1,415 @@
+"""``dsel report``: a self-contained HTML report (and report.json) of a finished run.
+
+It reads the tables under ``OUT`` (log_ratios, weights, selected) and the run's parameters from
+the ``userMetadata`` of the ``selected`` table's latest commit, and writes, into ``--report-dir``
+(default: ``OUT`` + ``_report``, beside OUT, because dsel refuses to write into an ``OUT`` that
+holds files it does not own):
+
+* ``report.json``: every number shown;
+* ``report.html``: one file, the plots embedded as base64 PNG (matplotlib, Agg backend), no
+  external resource, so it opens offline and can be attached to a ticket.
+
+Sections: KL reduction (:mod:`dsel.evaluate`), the log-weight distribution of the raw pool
+against the selection, the length (words) distributions, the buckets with the highest and lowest
+log ratio, the mix of a label column (``--label-column``, default ``domain``) in the raw pool and
+in the selection when the column exists, and the highest- and lowest-weighted eligible documents
+(truncated).
+
+Every distribution is aggregated in Spark (fixed bins, counts per bin); only bin counts, at most
+2 x T x B log-ratio rows and a few truncated documents reach the driver.
+
+Readable n-grams: buckets are hashes, so the report names a bucket by sample n-grams that fall
+in it.  They are recomputed at report time for the shown buckets only: the target text (the
+highest-ratio buckets) and a sample of at most :data:`NGRAM_SAMPLE_DOCS` raw documents (the
+lowest-ratio buckets) are tokenized and hashed exactly as :func:`dsel.kernel.oracle_buckets`
+does, inside Spark tasks, and the most frequent n-grams of each shown bucket are kept.  Several
+n-grams share a bucket, so these are examples of what the bucket counts, not its definition.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import html
+import io
+import json
+import os
+import time
+from typing import Any, Iterator, Optional
+
+import numpy as np
+from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+
+from dsel import __version__
+from dsel.config import DselConfig
+from dsel.errors import DselError
+from dsel.read import ID, REASON, TEXT, prepare, read_input
+from dsel.write import OutputPaths, commit_metadata, read_table
+
+NUM_BINS = 40
+TOP_BUCKETS = 15
+NGRAMS_PER_BUCKET = 3
+NGRAM_SAMPLE_DOCS = 2000
+SHOWN_DOCS = 5
+SNIPPET_CHARS = 400
+
+
+# ------------------------------------------------------------------------------------------ data
+def run_config(spark: SparkSession, out: str) -> DselConfig:
+    """The run's DselConfig, from the userMetadata of the selected table's latest commit."""
+    path = OutputPaths(out).selected
+    read_table(spark, path, "selected")
+    meta = commit_metadata(spark, path) or {}
+    if "params" not in meta:
+        raise DselError(f"{path} was not written by 'dsel select' or 'dsel run'; report on a dsel output directory")
+    cfg = DselConfig.from_mapping(meta["params"])
+    return cfg.replace(out=out)
+
+
+def binned(df: DataFrame, column: str, bins: int = NUM_BINS, log10: bool = False,
+           edges: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
+    """(edges, counts) of a numeric column, counted in Spark over fixed bins."""
+    value = F.log10(F.greatest(F.col(column).cast("double"), F.lit(1.0))) if log10 else F.col(column).cast("double")
+    if edges is None:
+        low, high = df.agg(F.min(value), F.max(value)).first()
+        if low is None:
+            return np.array([0.0, 1.0]), np.zeros(1, dtype=np.int64)
+        if high <= low:
+            high = low + 1.0
+        edges = np.linspace(low, high, bins + 1)
+    low, high, n = float(edges[0]), float(edges[-1]), len(edges) - 1
+    index = F.least(F.greatest(F.floor((value - F.lit(low)) / F.lit((high - low) / n)), F.lit(0)), F.lit(n - 1))
+    counts = np.zeros(n, dtype=np.int64)
+    for row in df.where(value.isNotNull()).groupBy(index.cast("int").alias("b")).count().collect():
+        counts[row["b"]] = row["count"]
+    return edges, counts
+
+
+def common_edges(frames: list[tuple[DataFrame, str]], bins: int = NUM_BINS, log10: bool = False) -> np.ndarray:
+    lows, highs = [], []
+    for df, column in frames:
+        value = F.log10(F.greatest(F.col(column).cast("double"), F.lit(1.0))) if log10 else F.col(column)
+        low, high = df.agg(F.min(value), F.max(value)).first()
+        if low is not None:
+            lows.append(low)
+            highs.append(high)
+    if not lows:
+        return np.linspace(0.0, 1.0, bins + 1)
+    low, high = min(lows), max(highs)
+    return np.linspace(low, high if high > low else low + 1.0, bins + 1)
+
+
+def bucket_ngrams(df_prepared: DataFrame, cfg: DselConfig, buckets: list[int],
+                  per_bucket: int = NGRAMS_PER_BUCKET) -> dict[int, list[tuple[str, int]]]:
+    """The most frequent n-grams of ``df_prepared`` that hash into each of ``buckets`` (oracle hashing)."""
+    wanted = np.array(sorted(set(int(b) for b in buckets)), dtype=np.int64)
+    n, num_buckets, seed, kind = cfg.ngrams, cfg.num_buckets, cfg.hash_seed, cfg.hash_kind
+
+    def grams_of(batches: Iterator) -> Iterator:
+        import mmh3
+        import pyarrow as pa
+
+        from dsel.kernel import _TOKEN
+
+        keep = set(wanted.tolist())
+        counts: dict[tuple[int, str], int] = {}
+        for batch in batches:
+            for text in batch.column(0).to_pylist():
+                if text is None:
+                    continue
+                words = _TOKEN.findall(text.lower())
+                for i in range(1, n + 1):
+                    for j in range(len(words) - i + 1):
+                        gram = " ".join(words[j:j + i])
+                        if kind == "murmur3":
+                            b = mmh3.hash(gram, seed, signed=False) % num_buckets
+                        else:
+                            b = int(hashlib.sha256(gram.encode("utf-8")).hexdigest(), 16) % num_buckets
+                        if b in keep:
+                            counts[(b, gram)] = counts.get((b, gram), 0) + 1
+        if counts:
+            keys = list(counts)
+            yield pa.RecordBatch.from_arrays(
+                [pa.array([k[0] for k in keys], pa.int32()), pa.array([k[1] for k in keys], pa.string()),
+                 pa.array([counts[k] for k in keys], pa.int64())], names=["bucket", "ngram", "count"])
+
+    found = (df_prepared.where(F.col(REASON).isNull()).select(TEXT)
+             .mapInArrow(grams_of, "bucket int, ngram string, count long")
+             .groupBy("bucket", "ngram").agg(F.sum("count").alias("count")))
+    ranked = found.withColumn("r", F.row_number().over(
+        Window.partitionBy("bucket").orderBy(F.col("count").desc(), F.col("ngram"))))
+    result: dict[int, list[tuple[str, int]]] = {int(b): [] for b in wanted}
+    for row in ranked.where(F.col("r") <= per_bucket).orderBy("bucket", "r").collect():
+        result[int(row["bucket"])].append((row["ngram"], int(row["count"])))
+    return result
+
+
+def _sample(df_prepared: DataFrame, total: int, limit: int) -> DataFrame:
+    if total <= limit:
+        return df_prepared
+    from dsel.baselines import uniform
+
+    return df_prepared.where(uniform(0, "report-sample", ID) <= F.lit(limit / total))
+
+
+def collect_report(spark: SparkSession, out: str, label_column: Optional[str] = "domain") -> dict[str, Any]:
+    """Every number and table of the report, as a JSON-ready dict (plots are drawn from it)."""
+    from dsel.evaluate import run_kl_reduction
+    from dsel.pipeline import read_targets
+
+    started = time.time()
+    cfg = run_config(spark, out)
+    paths = OutputPaths(out)
+    weights = read_table(spark, paths.weights, "weights")
+    selected = read_table(spark, paths.selected, "selected")
+    ratios = read_table(spark, paths.log_ratios, "log_ratios")
+    report: dict[str, Any] = {"out": out, "dsel_version": __version__, "params": cfg.to_dict()}
+    report["kl"] = run_kl_reduction(spark, cfg)
+
+    counts = weights.agg(F.count("*").alias("scored"),
+                         F.sum((F.col("num_words") >= cfg.min_length).cast("int")).alias("eligible")).first()
+    report["counts"] = {"scored": int(counts["scored"]), "eligible": int(counts["eligible"] or 0),
+                        "selected": selected.count()}
+
+    edges = common_edges([(weights, "log_weight"), (selected, "log_weight")])
+    report["log_weight"] = {"edges": edges.tolist(), "raw": binned(weights, "log_weight", edges=edges)[1].tolist(),
+                            "selected": binned(selected, "log_weight", edges=edges)[1].tolist()}
+    edges = common_edges([(weights, "num_words"), (selected, "num_words")], log10=True)
+    report["num_words"] = {"edges_log10": edges.tolist(),
+                           "raw": binned(weights, "num_words", log10=True, edges=edges)[1].tolist(),
+                           "selected": binned(selected, "num_words", log10=True, edges=edges)[1].tolist(),
+                           "min_length": cfg.min_length}
+
+    # Highest and lowest log-ratio buckets of each target, with sample n-grams.
+    table = ratios.select("target", "target_name", "bucket", "raw_count", "target_count", "log_ratio").toArrow()
+    cols = {name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names}
+    raw_prepared = prepare(read_input(spark, cfg.raw, cfg.raw_format, cfg, "raw"), cfg)
+    raw_sample = _sample(raw_prepared, report["counts"]["scored"], NGRAM_SAMPLE_DOCS)
+    targets = read_targets(spark, cfg)
+    report["buckets"] = {}
+    for t, (name, target_df) in enumerate(targets):
+        mine = cols["target"] == t
+        order = np.argsort(cols["log_ratio"][mine], kind="stable")
+        rows = [{k: (v[mine][i].item() if hasattr(v[mine][i], "item") else v[mine][i]) for k, v in cols.items()}
+                for i in order]
+        top, bottom = rows[::-1][:TOP_BUCKETS], rows[:TOP_BUCKETS]
+        top_grams = bucket_ngrams(target_df, cfg, [r["bucket"] for r in top])
+        bottom_grams = bucket_ngrams(raw_sample, cfg, [r["bucket"] for r in bottom])
+        for r in top:
+            r["ngrams"] = top_grams.get(r["bucket"], [])
+        for r in bottom:
+            r["ngrams"] = bottom_grams.get(r["bucket"], [])
+        report["buckets"][name] = {"highest": top, "lowest": bottom}
+
+    # Label mix.
+    if label_column and label_column in selected.columns and label_column in raw_prepared.columns:
+        label = F.col(f"`{label_column}`").cast("string")
+        raw_mix = {r["l"]: int(r["count"]) for r in
+                   raw_prepared.where(F.col(REASON).isNull()).groupBy(label.alias("l")).count().collect()}
+        sel_mix = {r["l"]: int(r["count"]) for r in selected.groupBy(label.alias("l")).count().collect()}
+        report["label_mix"] = {"column": label_column, "raw": raw_mix, "selected": sel_mix}
+
+    # Highest- and lowest-weighted eligible documents, truncated.
+    pool = weights.where(F.col("num_words") >= cfg.min_length)
+    report["documents"] = {}
+    for side, order in (("highest", F.col("log_weight").desc()), ("lowest", F.col("log_weight").asc())):
+        ids = pool.orderBy(order, F.col("id")).limit(SHOWN_DOCS).select(
+            F.col("id").alias("_r_id"), F.col("doc_hash").alias("_r_hash"), "num_words", "log_weight")
+        docs = (raw_prepared.join(F.broadcast(ids), (raw_prepared[ID] == ids["_r_id"])
+                                  & (raw_prepared["_dsel_hash"] == ids["_r_hash"]))
+                .dropDuplicates(["_r_id"])
+                .select(F.col("_r_id").alias("id"), "num_words", "log_weight",
+                        F.substring(F.col(TEXT), 1, SNIPPET_CHARS).alias("snippet"),
+                        (F.length(F.col(TEXT)) > SNIPPET_CHARS).alias("truncated"),
+                        *([F.col(f"`{label_column}`").cast("string").alias("label")]
+                          if label_column and label_column in raw_prepared.columns else [])))
+        rows = [r.asDict() for r in docs.collect()]
+        rows.sort(key=lambda r: r["log_weight"], reverse=(side == "highest"))
+        report["documents"][side] = rows
+    report["seconds"] = round(time.time() - started, 2)
+    return report
+
+
+# ------------------------------------------------------------------------------------------ plots
+def _png(fig) -> str:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _density(counts: list[int]) -> np.ndarray:
+    arr = np.asarray(counts, dtype=float)
+    return arr / arr.sum() if arr.sum() else arr
+
+
+def plots(report: dict[str, Any]) -> dict[str, str]:
+    """Base64 PNGs keyed by section name."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    images: dict[str, str] = {}
+    lw = report["log_weight"]
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    ax.stairs(_density(lw["raw"]), lw["edges"], label=f"raw pool ({sum(lw['raw']):,})", fill=True, alpha=0.4)
+    ax.stairs(_density(lw["selected"]), lw["edges"], label=f"selection ({sum(lw['selected']):,})", linewidth=2)
+    ax.set_xlabel("log importance weight")
+    ax.set_ylabel("share of documents")
+    ax.legend()
+    images["log_weight"] = _png(fig)
+
+    nw = report["num_words"]
+    edges = np.power(10.0, nw["edges_log10"])
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    ax.stairs(_density(nw["raw"]), edges, label="raw pool", fill=True, alpha=0.4)
+    ax.stairs(_density(nw["selected"]), edges, label="selection", linewidth=2)
+    ax.axvline(max(nw["min_length"], 1), color="grey", linestyle="--", label=f"min_length {nw['min_length']}")
+    ax.set_xscale("log")
+    ax.set_xlabel("words per document")
+    ax.set_ylabel("share of documents")
+    ax.legend()
+    images["num_words"] = _png(fig)
+
+    for name, parts in report["buckets"].items():
+        rows = parts["highest"][::-1] + parts["lowest"][::-1]
+        labels = [(" / ".join(g for g, _ in r["ngrams"][:2]) or f"bucket {r['bucket']}")[:40] for r in rows]
+        fig, ax = plt.subplots(figsize=(7, 0.22 * len(rows) + 1))
+        values = [r["log_ratio"] for r in rows]
+        ax.barh(range(len(rows)), values, color=["tab:green" if v > 0 else "tab:red" for v in values])
+        ax.set_yticks(range(len(rows)), labels, fontsize=7)
+        ax.set_xlabel(f"log ratio (target {name} vs raw)")
+        images[f"buckets:{name}"] = _png(fig)
+
+    mix = report.get("label_mix")
+    if mix:
+        labels = sorted(set(mix["raw"]) | set(mix["selected"]), key=lambda l: -mix["selected"].get(l, 0))
+        raw_share = _density([mix["raw"].get(l, 0) for l in labels])
+        sel_share = _density([mix["selected"].get(l, 0) for l in labels])
+        fig, ax = plt.subplots(figsize=(7, 0.3 * len(labels) + 1))
+        y = np.arange(len(labels))
+        ax.barh(y - 0.2, raw_share, height=0.4, label="raw pool")
+        ax.barh(y + 0.2, sel_share, height=0.4, label="selection")
+        ax.set_yticks(y, [str(l) for l in labels], fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xlabel(f"share of documents by {mix['column']}")
+        ax.legend()
+        images["label_mix"] = _png(fig)
+    return images
+
+
+# ------------------------------------------------------------------------------------------ HTML
+def _e(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _img(images: dict[str, str], key: str, alt: str) -> str:
+    return f'<img alt="{_e(alt)}" src="data:image/png;base64,{images[key]}">' if key in images else ""
+
+
+def render_html(report: dict[str, Any], images: dict[str, str]) -> str:
+    """The report as one self-contained HTML page."""
+    kl = report["kl"]
+    params = report["params"]
+    parts = [
+        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>dsel report — {_e(report['out'])}</title>",
+        "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto;padding:0 1em;color:#222}"
+        "table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:.2em .5em;"
+        "text-align:left;vertical-align:top}td.n{text-align:right}pre{white-space:pre-wrap;font-size:.85em;"
+        "background:#f6f6f6;padding:.5em;margin:0}img{max-width:100%}.kl{font-size:2em;font-weight:bold}</style>",
+        "</head><body>",
+        f"<h1>dsel report</h1><p>Output <code>{_e(report['out'])}</code>, dsel {_e(report['dsel_version'])}; "
+        f"raw {_e(', '.join(params['raw']))}; target {_e(', '.join(params['target']))}; method "
+        f"{_e(params['method'])}, seed {_e(params['seed'])}, {_e(params['ngrams'])}-grams in "
+        f"{_e(params['num_buckets'])} buckets ({_e(params['hash_kind'])}).</p>",
+        "<h2>Counts</h2><table>" + "".join(f"<tr><th>{_e(k)}</th><td class=n>{v:,}</td></tr>"
+                                            for k, v in report["counts"].items()) + "</table>",
+        '<h2 id="kl">KL reduction</h2>',
+        f'<p>KL reduction: <span class="kl" id="kl-reduction">{kl["kl_reduction"]:.4f}</span> nats '
+        f'(add-one smoothing; with add-1e-8 smoothing: <span id="kl-reduction-epsilon">'
+        f'{kl["kl_reduction_epsilon"]:.4f}</span>).</p>',
+        "<p>Mean over targets of KL(target ‖ raw) − KL(target ‖ selection), on the run's hashed n-gram "
+        "histograms; the raw histogram is the run's fit sample (see <code>dsel.evaluate</code>).</p>",
+        "<table><tr><th>target</th><th>KL(target‖raw)</th><th>KL(target‖selection)</th><th>reduction</th>"
+        "<th>reduction (ε=1e-8)</th></tr>"
+        + "".join(f"<tr><td>{_e(n)}</td><td class=n>{p['kl_target_raw']:.4f}</td>"
+                  f"<td class=n>{p['kl_target_selected']:.4f}</td><td class=n>{p['kl_reduction']:.4f}</td>"
+                  f"<td class=n>{p['kl_reduction_epsilon']:.4f}</td></tr>" for n, p in kl["per_target"].items())
+        + "</table>",
+        "<h2>Log importance weights</h2>", _img(images, "log_weight", "log-weight distribution"),
+        "<h2>Document lengths</h2>", _img(images, "num_words", "length distribution"),
+    ]
+    for name, buckets in report["buckets"].items():
+        parts.append(f"<h2>Buckets by log ratio — target {_e(name)}</h2>")
+        parts.append(_img(images, f"buckets:{name}", f"log ratios for {name}"))
+        parts.append("<p>Sample n-grams: from the target for the highest buckets, from a sample of the raw pool "
+                     "for the lowest (several n-grams share a bucket).</p>")
+        for side in ("highest", "lowest"):
+            parts.append(f"<h3>{side}</h3><table><tr><th>bucket</th><th>log ratio</th><th>target count</th>"
+                         "<th>raw count</th><th>n-grams (count)</th></tr>")
+            for r in buckets[side]:
+                grams = ", ".join(f"{_e(g)} ({c})" for g, c in r["ngrams"])
+                parts.append(f"<tr><td class=n>{r['bucket']}</td><td class=n>{r['log_ratio']:.3f}</td>"
+                             f"<td class=n>{r['target_count']:,}</td><td class=n>{r['raw_count']:,}</td>"
+                             f"<td>{grams}</td></tr>")
+            parts.append("</table>")
+    mix = report.get("label_mix")
+    if mix:
+        parts.append(f"<h2>Mix of {_e(mix['column'])}</h2>")
+        parts.append(_img(images, "label_mix", f"{mix['column']} mix"))
+        total_raw, total_sel = sum(mix["raw"].values()) or 1, sum(mix["selected"].values()) or 1
+        parts.append(f"<table><tr><th>{_e(mix['column'])}</th><th>raw</th><th>selection</th></tr>")
+        for label in sorted(set(mix["raw"]) | set(mix["selected"]), key=lambda l: -mix["selected"].get(l, 0)):
+            r, s = mix["raw"].get(label, 0), mix["selected"].get(label, 0)
+            parts.append(f"<tr><td>{_e(label)}</td><td class=n>{r:,} ({r / total_raw:.1%})</td>"
+                         f"<td class=n>{s:,} ({s / total_sel:.1%})</td></tr>")
+        parts.append("</table>")
+    for side in ("highest", "lowest"):
+        parts.append(f"<h2>{side.capitalize()}-weighted eligible documents</h2><table>"
+                     "<tr><th>id</th><th>log weight</th><th>words</th><th>text</th></tr>")
+        for d in report["documents"][side]:
+            label = f"<br>{_e(d['label'])}" if d.get("label") is not None else ""
+            text = _e(d["snippet"]) + (" …" if d["truncated"] else "")
+            parts.append(f"<tr><td>{_e(d['id'])}{label}</td><td class=n>{d['log_weight']:.1f}</td>"
+                         f"<td class=n>{d['num_words']:,}</td><td><pre>{text}</pre></td></tr>")
+        parts.append("</table>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def default_report_dir(out: str) -> str:
+    return out.rstrip("/") + "_report"
+
+
+def write_report(spark: SparkSession, out: str, report_dir: Optional[str] = None,
+                 label_column: Optional[str] = "domain") -> dict[str, Any]:
+    """Write report.json and report.html for the run under ``out``; return the report dict (with paths)."""
+    report = collect_report(spark, out, label_column)
+    images = plots(report)
+    target_dir = report_dir or default_report_dir(out)
+    os.makedirs(target_dir, exist_ok=True)
+    report["files"] = {"json": os.path.join(target_dir, "report.json"), "html": os.path.join(target_dir, "report.html")}
+    with open(report["files"]["json"], "w", encoding="utf-8") as fh:
+        json.dump(report, fh, indent=2, sort_keys=True, default=str)
+    with open(report["files"]["html"], "w", encoding="utf-8") as fh:
+        fh.write(render_html(report, images))
+    return report
+
+
+def format_summary(report: dict[str, Any]) -> str:
+    kl = report["kl"]
+    return "\n".join([
+        f"dsel report — {report['out']}",
+        f"  KL reduction       {kl['kl_reduction']:>12.4f}  (add-1e-8 smoothing: {kl['kl_reduction_epsilon']:.4f})",
+        f"  selected           {report['counts']['selected']:>12,}",
+        f"  wrote {report['files']['json']}",
+        f"  wrote {report['files']['html']}",
+        f"  time               {report['seconds']:>11.1f}s",
+    ])
+
+
+__all__ = ["collect_report", "plots", "render_html", "write_report", "format_summary", "bucket_ngrams", "run_config"]

@@ -1,0 +1,103 @@
+"""``dsel report``: report.json and a self-contained report.html, checked in real headless Chromium.
+
+Chromium is installed by .ci/run (Debian's ``chromium`` package); the test fails, never skips,
+when it is missing.
+"""
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+import shutil
+import subprocess
+import tempfile
+
+import pytest
+
+from dsel.cli import main
+from dsel.config import DselConfig
+from dsel.evaluate import run_kl_reduction
+from dsel.kernel import oracle_buckets
+from tests.conftest import sample_docs, write_jsonl
+
+DOMAINS = ["sci_abstracts", "movie_reviews", "rust_rfcs", "shakespeare"]
+
+
+@pytest.fixture(scope="module")
+def report(spark, tmp_path_factory):
+    root = tmp_path_factory.mktemp("report")
+    raw, target = [], []
+    for domain in DOMAINS:
+        docs = sample_docs(domain, 80 if domain == "sci_abstracts" else 40, seed=5, max_chars=8000)
+        if domain == "sci_abstracts":
+            target, docs = docs[:40], docs[40:]
+        raw += docs
+    raw_path, target_path = write_jsonl(root / "raw.jsonl", raw), write_jsonl(root / "target.jsonl", target)
+    out = root / "out"
+    assert main(["run", "--raw", raw_path, "--target", target_path, "--out", str(out), "--num-samples", "30",
+                 "--seed", "0"]) == 0
+    assert main(["report", "--out", str(out), "--report-dir", str(root / "rep")]) == 0
+    data = json.loads((root / "rep" / "report.json").read_text())
+    return {"root": root, "out": out, "json": data, "html": root / "rep" / "report.html", "target": target}
+
+
+def test_report_json_holds_the_kl_reduction_and_the_label_mix(spark, report):
+    data = report["json"]
+    cfg = DselConfig.from_mapping({**data["params"], "out": str(report["out"])})
+    assert data["kl"]["kl_reduction"] == pytest.approx(run_kl_reduction(spark, cfg)["kl_reduction"], rel=1e-12)
+    assert data["kl"]["kl_reduction"] > 0
+    mix = data["label_mix"]
+    assert mix["column"] == "domain" and sum(mix["selected"].values()) == 30 == data["counts"]["selected"]
+    assert max(mix["selected"], key=mix["selected"].get) == "sci_abstracts"
+    assert sum(mix["raw"].values()) == data["counts"]["scored"] == 160
+    assert sum(data["log_weight"]["selected"]) == 30 and sum(data["log_weight"]["raw"]) == 160
+    highest = data["documents"]["highest"]
+    assert len(highest) == 5 and highest[0]["log_weight"] >= highest[-1]["log_weight"]
+    assert all(len(d["snippet"]) <= 400 for d in highest + data["documents"]["lowest"])
+
+
+def test_report_ngrams_really_hash_into_their_buckets(report):
+    buckets = next(iter(report["json"]["buckets"].values()))
+    shown = 0
+    for side in ("highest", "lowest"):
+        rows = buckets[side]
+        assert len(rows) == 15
+        for row in rows:
+            for gram, count in row["ngrams"]:
+                assert oracle_buckets(gram, n=1 if " " not in gram else 2, num_buckets=10_000)[-1] == row["bucket"]
+                shown += 1
+    assert shown > 30
+    # The highest buckets are the target's: their n-grams occur in the target text.
+    target_text = " ".join(d["text"].lower() for d in report["target"])
+    assert all(g in target_text for r in buckets["highest"] for g, _ in r["ngrams"][:1] if " " not in g)
+    high = [r["log_ratio"] for r in buckets["highest"]]
+    low = [r["log_ratio"] for r in buckets["lowest"]]
+    assert high == sorted(high, reverse=True) and low == sorted(low) and min(high) > 0 > max(low)
+
+
+def test_report_html_renders_in_headless_chromium(report):
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert browser, "headless Chromium is needed: apt-get install -y chromium (.ci/run does it)"
+    profile = tempfile.mkdtemp(prefix="dsel-chromium-")
+    try:
+        dom = subprocess.run(
+            [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={profile}",
+             "--dump-dom", report["html"].as_uri()],
+            capture_output=True, text=True, timeout=120, check=True).stdout
+    finally:
+        shutil.rmtree(profile, ignore_errors=True)
+    kl = report["json"]["kl"]["kl_reduction"]
+    assert re.search(r'id="kl-reduction"[^>]*>' + re.escape(f"{kl:.4f}") + "<", dom)
+    images = re.findall(r'<img alt="([^"]*)" src="data:image/png;base64,([A-Za-z0-9+/=]+)"', dom)
+    assert {alt for alt, _ in images} >= {"log-weight distribution", "length distribution", "domain mix"}
+    assert len(images) == 4
+    from PIL import Image
+
+    for alt, data in images:
+        picture = Image.open(io.BytesIO(base64.b64decode(data)))
+        assert picture.format == "PNG" and picture.size[0] > 200 and picture.size[1] > 50, alt
+    # Self-contained: no external resource.
+    assert not re.search(r'(src|href)="(https?:|//)', dom)
+    assert "Highest-weighted eligible documents" in dom and "Mix of domain" in dom
