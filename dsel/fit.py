@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
+import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -55,10 +56,16 @@ class Fit:
 
     def to_frame(self, spark: SparkSession) -> DataFrame:
         """The log-ratio table: target, target_name, bucket, raw_count, target_count, log_ratio."""
-        ratios = self.log_ratios
-        rows = [(t, name, b, int(self.raw_counts[b]), int(self.target_counts[t, b]), float(ratios[t, b]))
-                for t, name in enumerate(self.target_names) for b in range(self.raw_counts.shape[0])]
-        return spark.createDataFrame(rows, LOG_RATIO_SCHEMA)
+        num_targets, num_buckets = self.target_counts.shape
+        table = pa.table({
+            "target": pa.array(np.repeat(np.arange(num_targets, dtype=np.int32), num_buckets)),
+            "target_name": pa.array(np.repeat(np.array(self.target_names, dtype=object), num_buckets), pa.string()),
+            "bucket": pa.array(np.tile(np.arange(num_buckets, dtype=np.int32), num_targets)),
+            "raw_count": pa.array(np.tile(self.raw_counts, num_targets)),
+            "target_count": pa.array(self.target_counts.reshape(-1)),
+            "log_ratio": pa.array(self.log_ratios.reshape(-1)),
+        })
+        return spark.createDataFrame(table)
 
     @classmethod
     def from_frame(cls, df: DataFrame, params: dict) -> "Fit":

@@ -23,6 +23,7 @@ from dsel.read import HASH, ID, INTERNAL, prepare, read_input, user_columns
 from dsel.report import Summary
 from dsel.score import score as score_records, skipped as skipped_records, weights as weight_records
 from dsel.select import eligible, select as select_documents
+from dsel.evaluate import run_kl_reduction
 from dsel.write import OutputPaths, commit_metadata, export, read_table, record_run, write_table
 
 
@@ -65,10 +66,10 @@ def fit(spark: SparkSession, cfg: DselConfig, summary: Summary, raw: Optional[Da
     raw = raw if raw is not None else read_raw(spark, cfg)
     result = fit_histograms(raw, read_targets(spark, cfg), cfg)
     summary.warnings.extend(result.warnings)
-    version = write_table(result.to_frame(spark), paths.log_ratios,
+    written = write_table(result.to_frame(spark), paths.log_ratios,
                           _metadata(cfg, summary, dsel_fit=result.params, targets=result.target_names,
                                     raw_schema=_raw_schema(raw)))
-    summary.tables[paths.log_ratios] = version
+    summary.tables[paths.log_ratios] = written.version
     summary.stage("fit", started)
     return result
 
@@ -101,15 +102,16 @@ def score(spark: SparkSession, cfg: DselConfig, summary: Summary, fitted: Option
     metadata = _metadata(cfg, summary, dsel_fit=fitted.params, targets=fitted.target_names,
                          raw_schema=_raw_schema(raw))
     # One pass over the raw text into a narrow staging table; both outputs and the counts come from it.
-    write_table(score_records(raw, fitted, cfg), paths.staging, metadata)
+    summary.read = write_table(score_records(raw, fitted, cfg), paths.staging, metadata).rows
     staged = spark.read.format("delta").load(paths.staging)
-    summary.tables[paths.weights] = write_table(weight_records(staged), paths.weights, metadata)
-    summary.tables[paths.skipped] = write_table(skipped_records(staged), paths.skipped, metadata)
-    summary.read = staged.count()
+    written = write_table(weight_records(staged), paths.weights, metadata)
+    summary.tables[paths.weights], summary.scored = written.version, written.rows
+    written = write_table(skipped_records(staged), paths.skipped, metadata)
+    summary.tables[paths.skipped] = written.version
+    summary.skipped = {} if written.rows == 0 else {
+        r["reason"]: int(r["count"])
+        for r in spark.read.format("delta").load(paths.skipped).groupBy("reason").count().collect()}
     weights = spark.read.format("delta").load(paths.weights)
-    summary.scored = weights.count()
-    summary.skipped = {r["reason"]: int(r["count"]) for r in
-                       spark.read.format("delta").load(paths.skipped).groupBy("reason").count().collect()}
     if not paths.staging.startswith(("s3", "gs", "abfs", "dbfs", "hdfs")):
         shutil.rmtree(paths.staging.removeprefix("file://"), ignore_errors=True)
     summary.eligible = eligible(weights, cfg.min_length).count()
@@ -146,14 +148,12 @@ def select(spark: SparkSession, cfg: DselConfig, summary: Summary, fitted: Optio
             .select(*[raw[f"`{c}`"] for c in columns], chosen["num_words"], chosen["log_weight"], chosen["rank"], chosen["target"],
                     F.lit(summary.run_id).alias("run_id"))
             .orderBy("target", "rank"))
-    version = write_table(rows, paths.selected, _metadata(cfg, summary, requested=selection.requested))
-    summary.tables[paths.selected] = version
+    commit = write_table(rows, paths.selected, _metadata(cfg, summary, requested=selection.requested))
+    summary.tables[paths.selected], summary.selected = commit.version, commit.rows
+    summary.eligible = selection.eligible
     written = spark.read.format("delta").load(paths.selected)
-    if summary.eligible is None:
-        summary.eligible = eligible(weights, cfg.min_length).count()
-    stats = written.agg(F.count("*").alias("n")).first()
-    summary.selected = int(stats["n"])
     summary.selected_words = int(written.agg(F.sum("num_words")).first()[0] or 0)
+    summary.kl_reduction = run_kl_reduction(spark, cfg)["kl_reduction"]
     if cfg.export:
         export(written.drop("run_id"), cfg.export, cfg.export_format)
         summary.tables[cfg.export] = -1

@@ -19,6 +19,7 @@ class Summary:
     eligible: Optional[int] = None
     selected: Optional[int] = None
     selected_words: Optional[int] = None
+    kl_reduction: Optional[float] = None
     tables: dict[str, int] = field(default_factory=dict)  # path -> Delta version written
     warnings: list[str] = field(default_factory=list)
     stages: list[tuple[str, float]] = field(default_factory=list)
@@ -40,7 +41,7 @@ class Summary:
 
     def counts(self) -> dict[str, object]:
         return {"read": self.read, "skipped": dict(self.skipped), "scored": self.scored, "eligible": self.eligible,
-                "selected": self.selected, "selected_words": self.selected_words}
+                "selected": self.selected, "selected_words": self.selected_words, "kl_reduction": self.kl_reduction}
 
     def format(self) -> str:
         lines = [f"dsel {self.command} — run {self.run_id}"]
@@ -57,6 +58,8 @@ class Summary:
         if self.selected is not None:
             words = f"  ({self.selected_words:,} words)" if self.selected_words is not None else ""
             lines.append(f"  selected           {self.selected:>12,}{words}")
+        if self.kl_reduction is not None:
+            lines.append(f"  KL reduction       {self.kl_reduction:>12.4f}  (hashed n-grams, add-one smoothing)")
         for path, version in self.tables.items():
             lines.append(f"  wrote {path} (Delta version {version})")
         for warning in self.warnings:

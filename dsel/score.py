@@ -26,9 +26,15 @@ def score(raw: DataFrame, fit: Fit, cfg: DselConfig) -> DataFrame:
     return featurize_score(raw, fit.log_ratios, cfg)
 
 
-def _ranked(scored: DataFrame) -> DataFrame:
-    first = Window.partitionBy(ID).orderBy(HASH, "source_file")
-    return scored.where(F.col("skip_reason").isNull()).withColumn("_dsel_dup", F.row_number().over(first))
+def _winners(scored: DataFrame) -> DataFrame:
+    """Per usable id: how many records carry it and the one kept (smallest content hash, then source).
+
+    One hash aggregation (``min_by``), no sort: cheaper than a window over all rows.
+    """
+    usable = scored.where(F.col("skip_reason").isNull())
+    order = F.struct(F.col(HASH), F.col("source_file"))
+    kept = F.struct(HASH, "num_words", "log_weights", "source_file")
+    return usable.groupBy(ID).agg(F.count("*").alias("_dsel_n"), F.min_by(kept, order).alias("_dsel_keep"))
 
 
 def weights(scored: DataFrame) -> DataFrame:
@@ -37,16 +43,22 @@ def weights(scored: DataFrame) -> DataFrame:
     ``log_weights`` has one entry per target; ``log_weight`` is that entry when there is one
     target, and the largest entry otherwise.
     """
-    return (_ranked(scored).where(F.col("_dsel_dup") == 1)
-            .select(F.col(ID).alias("id"), F.col(HASH).alias("doc_hash"), "num_words",
-                    F.array_max("log_weights").alias("log_weight"), "log_weights"))
+    keep = F.col("_dsel_keep")
+    return _winners(scored).select(F.col(ID).alias("id"), keep[HASH].alias("doc_hash"), keep["num_words"].alias("num_words"),
+                                   F.array_max(keep["log_weights"]).alias("log_weight"),
+                                   keep["log_weights"].alias("log_weights"))
 
 
 def skipped(scored: DataFrame) -> DataFrame:
     """Every record left out of the weights table: id, reason, source_file, detail."""
     unusable = scored.where(F.col("skip_reason").isNotNull()).select(
         F.col(ID).alias("id"), F.col("skip_reason").alias("reason"), "source_file", "detail")
-    duplicates = _ranked(scored).where(F.col("_dsel_dup") > 1).select(
-        F.col(ID).alias("id"), F.lit("duplicate_id").alias("reason"), "source_file",
-        F.lit(None).cast("string").alias("detail"))
+    shared = _winners(scored).where(F.col("_dsel_n") > 1).select(ID)
+    usable = scored.where(F.col("skip_reason").isNull())
+    # Only ids that occur more than once (usually few) are ordered; all but the kept record are skipped.
+    first = Window.partitionBy(ID).orderBy(HASH, "source_file")
+    duplicates = (usable.join(shared, ID).withColumn("_dsel_dup", F.row_number().over(first))
+                  .where(F.col("_dsel_dup") > 1)
+                  .select(F.col(ID).alias("id"), F.lit("duplicate_id").alias("reason"), "source_file",
+                          F.lit(None).cast("string").alias("detail")))
     return unusable.unionByName(duplicates)

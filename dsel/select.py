@@ -59,6 +59,7 @@ class Selection:
 
     chosen: DataFrame
     requested: list[int]
+    eligible: int = 0
     warnings: list[str] = field(default_factory=list)
 
 
@@ -169,7 +170,7 @@ def select(weights: DataFrame, target_names: Sequence[str], proportions: Sequenc
     pool = eligible(weights, min_length).select("id", "doc_hash", "num_words", "log_weights")
     stats = pool.agg(F.count("*").alias("n"), F.avg("num_words").alias("mean")).first()
     available, mean_words = int(stats["n"]), float(stats["mean"] or 0.0)
-    result = Selection(chosen=None, requested=[])  # type: ignore[arg-type]
+    result = Selection(chosen=None, requested=[], eligible=available)  # type: ignore[arg-type]
     if num_samples is not None and num_samples > available:
         result.warnings.append(f"asked for {num_samples} documents but only {available} are eligible "
                                f"(at least {min_length} words); selecting all {available}")

@@ -77,17 +77,26 @@ class OutputPaths:
                                 "not write; choose an empty or new directory for --out")
 
 
-def write_table(df: DataFrame, path: str, metadata: dict[str, Any]) -> int:
-    """Overwrite the Delta table at ``path`` with ``df`` in one commit; return the new version."""
+@dataclass(frozen=True)
+class Written:
+    """A commit dsel made: the table's new version and the rows it wrote (from Delta's metrics, no scan)."""
+
+    version: int
+    rows: int
+
+
+def write_table(df: DataFrame, path: str, metadata: dict[str, Any]) -> Written:
+    """Overwrite the Delta table at ``path`` with ``df`` in one commit."""
     (df.write.format("delta").mode("overwrite").option("overwriteSchema", "true")
      .option("userMetadata", json.dumps(metadata, sort_keys=True, default=str)).save(path))
-    return table_version(df.sparkSession, path)
+    return last_commit(df.sparkSession, path)
 
 
-def table_version(spark: SparkSession, path: str) -> int:
+def last_commit(spark: SparkSession, path: str) -> Written:
     from delta.tables import DeltaTable
 
-    return int(DeltaTable.forPath(spark, path).history(1).select("version").first()[0])
+    row = DeltaTable.forPath(spark, path).history(1).select("version", "operationMetrics").first()
+    return Written(int(row["version"]), int((row["operationMetrics"] or {}).get("numOutputRows", -1)))
 
 
 def read_table(spark: SparkSession, path: str, what: str) -> DataFrame:
