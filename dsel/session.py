@@ -28,6 +28,8 @@ def default_conf() -> dict[str, str]:
         "spark.sql.execution.arrow.maxRecordsPerBatch": "10000",
         "spark.sql.execution.arrow.maxBytesPerBatch": str(ARROW_BATCH_BYTES),
         "spark.sql.adaptive.enabled": "true",
+        # Spark's console progress bar (stage, tasks done/total) on stderr during long stages.
+        "spark.ui.showConsoleProgress": "true",
     }
 
 
