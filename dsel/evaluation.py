@@ -40,6 +40,7 @@ def evaluate(spark: SparkSession, cfg: DselConfig, label_column: str, target_lab
     "kl_reduction", "selected", "seconds"}}}``.  ``k`` defaults to the eligible documents labelled
     ``target_label``.
     """
+    from dsel.featurize import features
     from dsel.fit import fit
     from dsel.pipeline import read_raw, read_targets
     from dsel.score import score, weights as weight_records
@@ -54,8 +55,9 @@ def evaluate(spark: SparkSession, cfg: DselConfig, label_column: str, target_lab
         raise DselError(f"raw input has no label column '{label_column}'; its columns are "
                         f"{', '.join(c for c in raw.columns if not c.startswith('_'))}. Pass --label-column NAME")
     targets = read_targets(spark, cfg)
-    fitted = fit(raw, targets, cfg)
-    w = weight_records(score(raw, fitted, cfg)).cache()
+    feats = features(raw, cfg).cache()  # the pool's text is featurized once, here
+    fitted = fit(feats, targets, cfg)
+    w = weight_records(score(feats, fitted)).cache()
     labels = raw.where(F.col(REASON).isNull()).select(
         F.col(ID).alias("_l_id"), F.col(HASH).alias("_l_hash"),
         (F.col(f"`{label_column}`").cast("string") == F.lit(target_label)).alias("_l_hit"))

@@ -25,6 +25,10 @@ from dsel.read import DETAIL, HASH, ID, REASON, SOURCE, TEXT
 
 GROUP = "_dsel_group"
 HISTOGRAM_SCHEMA = "group int, bucket int, count long"
+#: Number of id-hash bins the raw fit cap counts by (see dsel.fit).
+FIT_BINS = 64
+FEATURES_SCHEMA = (f"{ID} string, {HASH} long, num_words long, num_features long, features binary, "
+                   "skip_reason string, source_file string, detail string, fit_bin int")
 SCORE_SCHEMA = (f"{ID} string, {HASH} long, num_words long, log_weights array<double>, "
                 "num_features long, skip_reason string, source_file string, detail string")
 
@@ -46,48 +50,91 @@ def histograms(df: DataFrame, cfg: DselConfig, group: "F.Column", num_groups: in
         for batch in batches:
             kernel.count_batch(batch.column(0), batch.column(1).to_numpy(zero_copy_only=False).astype(np.int64),
                                counts, n=n, seed=seed, hash_kind=kind)
-        groups, cells = np.nonzero(counts)
-        if len(groups):
-            yield pa.RecordBatch.from_arrays(
-                [pa.array(groups.astype(np.int32)), pa.array(cells.astype(np.int32)), pa.array(counts[groups, cells])],
-                names=["group", "bucket", "count"])
+        yield from _nonzero(counts)
 
     usable = df.where(F.col(REASON).isNull()).select(F.col(TEXT), group.cast("long").alias(GROUP))
     return (usable.mapInArrow(count_partition, HISTOGRAM_SCHEMA)
             .groupBy("group", "bucket").agg(F.sum("count").alias("count")))
 
 
-def score(df: DataFrame, log_ratios: np.ndarray, cfg: DselConfig) -> DataFrame:
-    """One row per input record: id, content hash, word count, one log weight per target, skip reason.
+def features(df: DataFrame, cfg: DselConfig) -> DataFrame:
+    """The one pass over the raw text: each record's encoded sparse n-gram counts.
 
-    ``log_ratios`` is the float64 ``[targets, buckets]`` table from :mod:`dsel.fit`.  Records that
-    :func:`dsel.read.prepare` marked unusable keep their reason; a usable text with no tokens gets
-    ``empty_text``.
+    One row per input record: ``_dsel_id``, ``_dsel_hash``, ``num_words``, ``num_features``,
+    ``features`` (binary, see :func:`dsel.kernel.features_batch`; empty for unusable records),
+    ``skip_reason``, ``source_file``, ``detail`` and ``fit_bin`` (the id-hash bin the raw fit
+    cap counts by, see :mod:`dsel.fit`).  Fitting and scoring then read these bytes, never the
+    text again.  Records that :func:`dsel.read.prepare` marked unusable keep their reason; a usable
+    text with no tokens gets ``empty_text``.
     """
+    n, buckets, seed, kind = cfg.ngrams, cfg.num_buckets, cfg.hash_seed, cfg.hash_kind
+
+    def featurize_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        from dsel import kernel
+
+        for batch in batches:
+            texts = batch.column(2)
+            encoded, num_features, words = kernel.features_batch(texts, buckets, n=n, seed=seed, hash_kind=kind)
+            reason = batch.column(3)
+            empty = pa.array((words == 0) & ~np.asarray(texts.is_null(), dtype=bool))
+            reason = pc.if_else(pc.and_(reason.is_null(), empty), pa.scalar("empty_text"), reason)
+            yield pa.RecordBatch.from_arrays(
+                [batch.column(0), batch.column(1), pa.array(words), pa.array(num_features), encoded, reason,
+                 batch.column(4), batch.column(5), batch.column(6)],
+                names=[ID, HASH, "num_words", "num_features", "features", "skip_reason", "source_file", "detail",
+                       "fit_bin"])
+
+    fit_bin = F.pmod(F.xxhash64(F.col(ID)), F.lit(FIT_BINS)).cast("int").alias("fit_bin")
+    return df.select(ID, HASH, TEXT, REASON, SOURCE, DETAIL, fit_bin).mapInArrow(featurize_partition, FEATURES_SCHEMA)
+
+
+def feature_histograms(feats: DataFrame, group: "F.Column", num_groups: int, num_buckets: int) -> DataFrame:
+    """Bucket counts per (group, bucket), summed from the encoded features of usable records.
+
+    ``group`` is an int column in ``[0, num_groups)``.  Each task decodes its batches into one
+    dense array and emits the non-zero cells; Spark reduces them across tasks.
+    """
+
+    def count_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        from dsel import kernel
+
+        counts = np.zeros((num_groups, num_buckets), dtype=np.int64)
+        for batch in batches:
+            kernel.count_features(batch.column(0), batch.column(1).to_numpy(zero_copy_only=False), counts)
+        yield from _nonzero(counts)
+
+    usable = feats.where(F.col("skip_reason").isNull()).select("features", group.cast("long").alias(GROUP))
+    return (usable.mapInArrow(count_partition, HISTOGRAM_SCHEMA)
+            .groupBy("group", "bucket").agg(F.sum("count").alias("count")))
+
+
+def score_features(feats: DataFrame, log_ratios: np.ndarray) -> DataFrame:
+    """Score rows (the same columns as :func:`score`) from encoded features: no text, no tokenizing."""
     table = np.ascontiguousarray(log_ratios, dtype=np.float64)
-    n, seed, kind = cfg.ngrams, cfg.hash_seed, cfg.hash_kind
     num_targets = table.shape[0]
 
     def score_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         from dsel import kernel
 
         for batch in batches:
-            texts = batch.column(2)
-            weights, words = kernel.score_batch(texts, table, n=n, seed=seed, hash_kind=kind)
-            features = _num_features(words, n)
-            reason = batch.column(3)
-            empty = pa.array((words == 0) & ~np.asarray(texts.is_null(), dtype=bool))
-            reason = pc.if_else(pc.and_(reason.is_null(), empty), pa.scalar("empty_text"), reason)
-            offsets = pa.array(np.arange(0, len(words) * num_targets + 1, num_targets, dtype=np.int32))
-            log_weights = pa.ListArray.from_arrays(offsets, pa.array(weights.reshape(-1)))
+            weights = kernel.score_features(batch.column(2), table)
             yield pa.RecordBatch.from_arrays(
-                [batch.column(0), batch.column(1), pa.array(words), log_weights, pa.array(features), reason,
-                 batch.column(4), batch.column(5)],
+                [batch.column(0), batch.column(1), batch.column(3), _lists(weights, num_targets), batch.column(4),
+                 batch.column(5), batch.column(6), batch.column(7)],
                 names=[ID, HASH, "num_words", "log_weights", "num_features", "skip_reason", "source_file", "detail"])
 
-    return df.select(ID, HASH, TEXT, REASON, SOURCE, DETAIL).mapInArrow(score_partition, SCORE_SCHEMA)
+    return (feats.select(ID, HASH, "features", "num_words", "num_features", "skip_reason", "source_file", "detail")
+            .mapInArrow(score_partition, SCORE_SCHEMA))
 
 
-def _num_features(words: np.ndarray, n: int) -> np.ndarray:
-    """n-gram occurrences of a document with ``words`` tokens: sum over i<=n of max(0, words-i+1)."""
-    return sum(np.maximum(words - i + 1, 0) for i in range(1, n + 1))
+def _lists(weights: np.ndarray, num_targets: int) -> pa.Array:
+    offsets = pa.array(np.arange(0, weights.shape[0] * num_targets + 1, num_targets, dtype=np.int32))
+    return pa.ListArray.from_arrays(offsets, pa.array(weights.reshape(-1)))
+
+
+def _nonzero(counts: np.ndarray) -> Iterator[pa.RecordBatch]:
+    groups, cells = np.nonzero(counts)
+    if len(groups):
+        yield pa.RecordBatch.from_arrays(
+            [pa.array(groups.astype(np.int32)), pa.array(cells.astype(np.int32)), pa.array(counts[groups, cells])],
+            names=["group", "bucket", "count"])

@@ -21,12 +21,9 @@ from pyspark.sql import functions as F
 
 from dsel.config import DselConfig
 from dsel.errors import DselError
-from dsel.featurize import histograms
-from dsel.read import ID
+from dsel.featurize import FIT_BINS, feature_histograms, histograms
 
 SMOOTHING = 1e-8
-#: Number of id-hash bins used to cap the raw fit (only when the cap is not 'all').
-FIT_BINS = 64
 LOG_RATIO_SCHEMA = ("target int, target_name string, bucket int, raw_count long, target_count long, "
                     "log_ratio double")
 
@@ -99,12 +96,16 @@ def _dense(df: DataFrame, num_groups: int, num_buckets: int) -> np.ndarray:
     return dense
 
 
-def fit_raw(raw: DataFrame, cfg: DselConfig) -> tuple[np.ndarray, int]:
-    """Raw bucket counts under the cap, and the total usable raw features (all bins)."""
+def fit_raw(raw_features: DataFrame, cfg: DselConfig) -> tuple[np.ndarray, int]:
+    """Raw bucket counts under the cap, and the total usable raw features (all bins).
+
+    ``raw_features`` comes from :func:`dsel.featurize.features`; its ``fit_bin`` column is
+    ``pmod(xxhash64(id), 64)``.
+    """
     cap = cfg.fit_cap
     num_bins = 1 if cap is None else FIT_BINS
-    group = F.lit(0) if cap is None else F.pmod(F.xxhash64(F.col(ID)), F.lit(num_bins))
-    per_bin = _dense(histograms(raw, cfg, group, num_bins), num_bins, cfg.num_buckets)
+    group = F.lit(0) if cap is None else F.col("fit_bin")
+    per_bin = _dense(feature_histograms(raw_features, group, num_bins, cfg.num_buckets), num_bins, cfg.num_buckets)
     totals = per_bin.sum(axis=1)
     if totals.sum() == 0:
         raise DselError("the raw input has no usable text (every record is empty, null or malformed); "
@@ -125,10 +126,14 @@ def fit_targets(targets: list[tuple[str, DataFrame]], cfg: DselConfig) -> np.nda
     return np.stack(counts)
 
 
-def fit(raw: DataFrame, targets: list[tuple[str, DataFrame]], cfg: DselConfig) -> Fit:
-    """Fit raw and target histograms; ``raw`` and each target come from :func:`dsel.read.prepare`."""
+def fit(raw_features: DataFrame, targets: list[tuple[str, DataFrame]], cfg: DselConfig) -> Fit:
+    """Fit raw and target histograms.
+
+    ``raw_features`` comes from :func:`dsel.featurize.features` (the raw text featurized once);
+    each target is a DataFrame from :func:`dsel.read.prepare`, counted from its text.
+    """
     target_counts = fit_targets(targets, cfg)  # first: an empty target fails before the long raw pass
-    raw_counts, raw_total = fit_raw(raw, cfg)
+    raw_counts, raw_total = fit_raw(raw_features, cfg)
     result = Fit([name for name, _ in targets], raw_counts, target_counts, cfg.fit_params(), raw_total)
     for name, row in zip(result.target_names, result.target_counts):
         if not np.any((row > 0) & (raw_counts > 0)):

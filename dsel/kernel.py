@@ -27,7 +27,8 @@ import pyarrow.compute as pc
 import regex
 from numba import njit
 
-__all__ = ["HASH_KINDS", "score_batch", "count_batch", "oracle_buckets"]
+__all__ = ["HASH_KINDS", "score_batch", "count_batch", "features_batch", "score_features", "count_features",
+           "oracle_buckets"]
 
 HASH_KINDS = ("murmur3", "sha256")
 
@@ -203,11 +204,16 @@ def _sha256_mod(buf, a, end, num_buckets, w, h, kk, h0):
 
 @njit(cache=True, nogil=True)
 def _featurize(data0, data1, starts, ends, which, table, n, seed, use_sha, num_buckets, mode,
-               lr_t, weights, groups, counts, num_words, num_feats, scratch, first_doc, skip_tok):
+               lr_t, weights, groups, counts, num_words, num_feats, scratch, first_doc, skip_tok,
+               doc_counts, touched, out, out_offsets):
     """Featurize documents data{which[d]}[starts[d]:ends[d]] for d >= first_doc.
 
     mode 0: weights[d, t] += lr_t[bucket, t] for every n-gram occurrence.
     mode 1: counts[groups[d], bucket] += 1.
+    mode 2: each document's sparse bucket counts, encoded (see :func:`features_batch`) into
+            out[out_offsets[d]:out_offsets[d + 1]]; doc_counts (int64 [B], zero) and touched
+            (int64 [B]) are work arrays. If out may not hold the next document, returns
+            (d, 0, -bytes needed) before touching it.
     The n-grams ending at the first skip_tok tokens of document first_doc are not emitted again
     (resumption). If an n-gram does not fit in scratch, returns (d, tokens emitted, bytes needed)
     so the caller can grow scratch and resume; returns (-1, 0, 0) when done. (scratch is never
@@ -228,6 +234,11 @@ def _featurize(data0, data1, starts, ends, which, table, n, seed, use_sha, num_b
         e = ends[d]
         skip = skip_tok if d == first_doc else 0
         nfeat = num_feats[d] if d == first_doc else 0
+        ntouched = 0
+        if mode == 2 and skip == 0:
+            bound = min(num_buckets, n * (e - s + 1)) * 20 + 1
+            if out_offsets[d] + bound > out.shape[0]:
+                return d, 0, -(out_offsets[d] + bound)
         ntok = 0
         cur = 0
         ts = s
@@ -295,15 +306,81 @@ def _featurize(data0, data1, starts, ends, which, table, n, seed, use_sha, num_b
                             if mode == 0:
                                 for t in range(num_t):
                                     weights[d, t] += lr_t[bucket, t]
-                            else:
+                            elif mode == 1:
                                 counts[groups[d], bucket] += 1
+                            else:
+                                if doc_counts[bucket] == 0:
+                                    touched[ntouched] = bucket
+                                    ntouched += 1
+                                doc_counts[bucket] += 1
                             nfeat += 1
                 cur = cls
                 ts = p
             p += ln
         num_words[d] = ntok
         num_feats[d] = nfeat
+        if mode == 2:
+            out_offsets[d + 1] = _encode(touched, ntouched, doc_counts, out, out_offsets[d])
     return -1, 0, 0
+
+
+@njit(cache=True, nogil=True)
+def _put_varint(out, pos, value):
+    while value >= 0x80:
+        out[pos] = (value & 0x7F) | 0x80
+        value >>= 7
+        pos += 1
+    out[pos] = value
+    return pos + 1
+
+
+@njit(cache=True, nogil=True)
+def _encode(touched, ntouched, doc_counts, out, pos):
+    """Write sorted (bucket gap, count) varint pairs of one document; clear its doc_counts."""
+    buckets = np.sort(touched[:ntouched])
+    prev = 0
+    for i in range(ntouched):
+        b = buckets[i]
+        pos = _put_varint(out, pos, b - prev)
+        pos = _put_varint(out, pos, doc_counts[b])
+        doc_counts[b] = 0
+        prev = b
+    return pos
+
+
+@njit(cache=True, nogil=True)
+def _decode(buf, offsets, mode, lr_t, weights, groups, counts):
+    """mode 0: weights[d, t] = sum of count * lr_t[bucket, t]; mode 1: counts[groups[d], bucket] += count."""
+    num_t = lr_t.shape[1]
+    for d in range(offsets.shape[0] - 1):
+        pos = offsets[d]
+        end = offsets[d + 1]
+        bucket = 0
+        while pos < end:
+            value = 0
+            shift = 0
+            while True:
+                byte = np.int64(buf[pos])
+                pos += 1
+                value |= (byte & 0x7F) << shift
+                shift += 7
+                if byte < 0x80:
+                    break
+            bucket += value
+            count = 0
+            shift = 0
+            while True:
+                byte = np.int64(buf[pos])
+                pos += 1
+                count |= (byte & 0x7F) << shift
+                shift += 7
+                if byte < 0x80:
+                    break
+            if mode == 0:
+                for t in range(num_t):
+                    weights[d, t] += count * lr_t[bucket, t]
+            else:
+                counts[groups[d], bucket] += count
 
 
 # ---------------------------------------------------------------------------------------------
@@ -385,23 +462,35 @@ def _run(texts, n, seed, hash_kind, num_buckets, mode, lr_t, weights, groups, co
     num_feats = np.zeros(total, np.int64)
     table = _class_table()
     scratch = np.empty(4096, np.uint8)  # holds one n-gram (+ SHA-256 padding); grown on demand
+    work = num_buckets if mode == 2 else 1
+    doc_counts, touched = np.zeros(work, np.int64), np.zeros(work, np.int64)
+    encoded = []
     row = 0
     for chunk in chunks:
         data0, data1, starts, ends, which = _prepare(chunk)
         r1 = row + len(chunk)
         w_slice = weights[row:r1] if mode == 0 else weights
         g_slice = groups[row:r1] if mode == 1 else groups
+        out = np.empty(1 << 16 if mode == 2 else 1, np.uint8)
+        out_offsets = np.zeros(len(chunk) + 1, np.int64)
         doc, skip = 0, 0
         while True:
             doc, skip, need = _featurize(
                 data0, data1, starts, ends, which, table, int(n), int(seed), hash_kind == "sha256",
                 int(num_buckets), mode, lr_t, w_slice, g_slice, counts, num_words[row:r1],
-                num_feats[row:r1], scratch, doc, skip)
+                num_feats[row:r1], scratch, doc, skip, doc_counts, touched, out, out_offsets)
             if doc < 0:
                 break
-            scratch = np.empty(max(need, 2 * scratch.shape[0]), np.uint8)  # grow and resume
+            if need < 0:  # the encoded output needs room for the next document: grow and resume
+                grown = np.empty(max(-need, 2 * out.shape[0]), np.uint8)
+                grown[:out.shape[0]] = out
+                out = grown
+            else:
+                scratch = np.empty(max(need, 2 * scratch.shape[0]), np.uint8)  # grow and resume
+        if mode == 2:
+            encoded.append((out, out_offsets))
         row = r1
-    return num_words, num_feats
+    return num_words, num_feats, encoded
 
 
 def score_batch(texts, log_ratios: np.ndarray, n: int = 2, seed: int = 0,
@@ -422,8 +511,8 @@ def score_batch(texts, log_ratios: np.ndarray, n: int = 2, seed: int = 0,
     weights = np.zeros((total, num_t), np.float64)
     dummy_groups = np.zeros(1, np.int64)
     dummy_counts = np.zeros((1, 1), np.int64)
-    num_words, _ = _run(texts, n, seed, hash_kind, num_buckets, 0, lr_t, weights, dummy_groups,
-                        dummy_counts)
+    num_words, _, _ = _run(texts, n, seed, hash_kind, num_buckets, 0, lr_t, weights, dummy_groups,
+                           dummy_counts)
     return weights, num_words
 
 
@@ -446,6 +535,66 @@ def count_batch(texts, groups: np.ndarray, counts: np.ndarray, n: int = 2, seed:
         raise ValueError(f"groups must be in [0, {num_g})")
     dummy_lr = np.zeros((1, 1), np.float64)
     dummy_w = np.zeros((1, 1), np.float64)
-    num_words, num_feats = _run(texts, n, seed, hash_kind, num_buckets, 1, dummy_lr, dummy_w,
-                                groups, counts)
+    num_words, num_feats, _ = _run(texts, n, seed, hash_kind, num_buckets, 1, dummy_lr, dummy_w,
+                                   groups, counts)
     return num_feats, num_words
+
+
+def features_batch(texts, num_buckets: int, n: int = 2, seed: int = 0,
+                   hash_kind: str = "murmur3") -> tuple[pa.Array, np.ndarray, np.ndarray]:
+    """Each document's sparse hashed n-gram counts, encoded once so that fit and score need no text.
+
+    Returns (features: pa.LargeBinaryArray [N], num_features int64 [N], num_words int64 [N]).  A
+    document's bytes are its distinct buckets in increasing order as unsigned LEB128 varint
+    pairs (gap to the previous bucket, count); null documents get empty features.  Use
+    :func:`score_features` and :func:`count_features` on them.
+    """
+    _check(n, num_buckets, seed, hash_kind)
+    dummy = np.zeros((1, 1))
+    num_words, num_feats, encoded = _run(texts, n, seed, hash_kind, num_buckets, 2, dummy, dummy,
+                                         np.zeros(1, np.int64), np.zeros((1, 1), np.int64))
+    arrays = [pa.LargeBinaryArray.from_buffers(pa.large_binary(), len(off) - 1,
+                                               [None, pa.py_buffer(off), pa.py_buffer(out[:off[-1]].copy())])
+              for out, off in encoded]
+    merged = pa.concat_arrays(arrays) if arrays else pa.array([], pa.large_binary())
+    return merged, num_feats, num_words
+
+
+def _binary_parts(features) -> list[tuple[np.ndarray, np.ndarray]]:
+    chunks = features.chunks if isinstance(features, pa.ChunkedArray) else [features]
+    parts = []
+    for chunk in chunks:
+        if not (pa.types.is_binary(chunk.type) or pa.types.is_large_binary(chunk.type)):
+            raise TypeError(f"features must be binary or large_binary, got {chunk.type}")
+        off = _offsets_any(chunk)
+        parts.append((_data(chunk.buffers()[2]), off))
+    return parts
+
+
+def _offsets_any(arr: pa.Array) -> np.ndarray:
+    dtype = np.int64 if pa.types.is_large_binary(arr.type) else np.int32
+    if arr.null_count:
+        raise ValueError("features must not contain nulls; unusable documents have empty features")
+    return np.frombuffer(arr.buffers()[1], dtype=dtype)[arr.offset: arr.offset + len(arr) + 1].astype(np.int64)
+
+
+def score_features(features, log_ratios: np.ndarray) -> np.ndarray:
+    """Log weights [N, T] from encoded features: sum over buckets of count * log_ratios[t, bucket]."""
+    lr_t = np.ascontiguousarray(np.asarray(log_ratios, dtype=np.float64).T)
+    weights = np.zeros((len(features), lr_t.shape[1]), np.float64)
+    row = 0
+    for data, off in _binary_parts(features):
+        rows = len(off) - 1
+        _decode(data, off, 0, lr_t, weights[row:row + rows], np.zeros(1, np.int64), np.zeros((1, 1), np.int64))
+        row += rows
+    return weights
+
+
+def count_features(features, groups: np.ndarray, counts: np.ndarray) -> None:
+    """Add encoded features into counts[groups[i], :] in place (counts int64 [G, B])."""
+    groups = np.ascontiguousarray(groups, dtype=np.int64)
+    row = 0
+    for data, off in _binary_parts(features):
+        rows = len(off) - 1
+        _decode(data, off, 1, np.zeros((1, 1)), np.zeros((1, 1)), groups[row:row + rows], counts)
+        row += rows

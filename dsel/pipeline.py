@@ -6,14 +6,16 @@ to the Delta tables under ``cfg.out``.  The SparkSession is always passed in.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import os
 import json
-import shutil
 import time
 from typing import Optional
 
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql.types import StructType
+from delta.tables import DeltaTable
 
 from dsel import __version__
 from dsel.config import DselConfig
@@ -24,7 +26,8 @@ from dsel.report import Summary
 from dsel.score import score as score_records, skipped as skipped_records, weights as weight_records
 from dsel.select import eligible, select as select_documents
 from dsel.evaluate import run_kl_reduction
-from dsel.write import OutputPaths, commit_metadata, export, read_table, record_run, write_table
+from dsel.featurize import features as raw_features
+from dsel.write import OutputPaths, commit_metadata, export, last_commit, read_table, record_run, write_table
 
 
 def read_raw(spark: SparkSession, cfg: DselConfig, schema: Optional[StructType] = None) -> DataFrame:
@@ -57,18 +60,60 @@ def _metadata(cfg: DselConfig, summary: Summary, **extra: object) -> dict:
             "params": cfg.to_dict(), **extra}
 
 
+def _features_key(cfg: DselConfig, raw: DataFrame) -> dict:
+    """What the features table depends on: the settings, and the input files with their sizes and times."""
+    files = sorted(raw.inputFiles())
+    stats = []
+    for name in files:
+        local = name[len("file:"):] if name.startswith("file:") else name
+        local = local.replace("///", "/") if local.startswith("///") else local
+        try:
+            info = os.stat(local)
+            stats.append(f"{name}:{info.st_size}:{info.st_mtime_ns}")
+        except OSError:
+            stats.append(name)
+    digest = hashlib.sha256("\n".join(stats).encode()).hexdigest()
+    return {"raw": cfg.raw, "raw_format": cfg.raw_format, "text_column": cfg.text_column, "id_column": cfg.id_column,
+            "max_doc_bytes": cfg.max_doc_bytes, "input_files": digest, **cfg.fit_params()}
+
+
+def featurize(spark: SparkSession, cfg: DselConfig, summary: Summary, raw: Optional[DataFrame] = None) -> DataFrame:
+    """``OUT/features``: the raw text featurized in one pass, reused by fit and score (and by later fits).
+
+    It is rebuilt only when the raw input or the n-gram settings changed since it was written.
+    """
+    paths = OutputPaths(cfg.out)
+    if raw is None:
+        raw = (_stored_raw(spark, cfg, paths.features) if DeltaTable.isDeltaTable(spark, paths.features) else None)
+        raw = raw if raw is not None else read_raw(spark, cfg)
+    key = _features_key(cfg, raw)
+    if DeltaTable.isDeltaTable(spark, paths.features) and (commit_metadata(spark, paths.features) or {}).get(
+            "features_of") == key:
+        summary.read = last_commit(spark, paths.features).rows
+        return spark.read.format("delta").load(paths.features)
+    started = time.time()
+    written = write_table(raw_features(raw, cfg), paths.features,
+                          _metadata(cfg, summary, features_of=key, raw_schema=_raw_schema(raw)))
+    summary.read = written.rows
+    summary.tables[paths.features] = written.version
+    summary.stage("featurize", started)
+    return spark.read.format("delta").load(paths.features)
+
+
 def fit(spark: SparkSession, cfg: DselConfig, summary: Summary, raw: Optional[DataFrame] = None) -> Fit:
     """Fit raw and target histograms and write ``OUT/log_ratios``."""
     cfg.require("raw", "target", "out")
     paths = OutputPaths(cfg.out)
     paths.check_owned()
+    targets = read_targets(spark, cfg)
+    feats = featurize(spark, cfg, summary, raw)
     started = time.time()
-    raw = raw if raw is not None else read_raw(spark, cfg)
-    result = fit_histograms(raw, read_targets(spark, cfg), cfg)
+    result = fit_histograms(feats, targets, cfg)
     summary.warnings.extend(result.warnings)
+    schema = (commit_metadata(spark, paths.features) or {}).get("raw_schema")
     written = write_table(result.to_frame(spark), paths.log_ratios,
                           _metadata(cfg, summary, dsel_fit=result.params, targets=result.target_names,
-                                    raw_schema=_raw_schema(raw)))
+                                    raw_schema=schema))
     summary.tables[paths.log_ratios] = written.version
     summary.stage("fit", started)
     return result
@@ -91,29 +136,24 @@ def load_fit(spark: SparkSession, cfg: DselConfig) -> Fit:
 
 def score(spark: SparkSession, cfg: DselConfig, summary: Summary, fitted: Optional[Fit] = None,
           raw: Optional[DataFrame] = None) -> None:
-    """Score every raw document and write ``OUT/weights`` and ``OUT/skipped``."""
+    """Score every raw document from ``OUT/features`` and write ``OUT/weights`` and ``OUT/skipped``."""
     cfg.require("raw", "out")
     paths = OutputPaths(cfg.out)
     paths.check_owned()
     fitted = fitted or load_fit(spark, cfg)
+    feats = featurize(spark, cfg, summary, raw)
     started = time.time()
-    if raw is None:
-        raw = _stored_raw(spark, cfg, paths.log_ratios) or read_raw(spark, cfg)
-    metadata = _metadata(cfg, summary, dsel_fit=fitted.params, targets=fitted.target_names,
-                         raw_schema=_raw_schema(raw))
-    # One pass over the raw text into a narrow staging table; both outputs and the counts come from it.
-    summary.read = write_table(score_records(raw, fitted, cfg), paths.staging, metadata).rows
-    staged = spark.read.format("delta").load(paths.staging)
-    written = write_table(weight_records(staged), paths.weights, metadata)
+    schema = (commit_metadata(spark, paths.features) or {}).get("raw_schema")
+    metadata = _metadata(cfg, summary, dsel_fit=fitted.params, targets=fitted.target_names, raw_schema=schema)
+    scored = score_records(feats, fitted)  # decodes the stored features: no text is read
+    written = write_table(weight_records(scored), paths.weights, metadata)
     summary.tables[paths.weights], summary.scored = written.version, written.rows
-    written = write_table(skipped_records(staged), paths.skipped, metadata)
+    written = write_table(skipped_records(scored), paths.skipped, metadata)
     summary.tables[paths.skipped] = written.version
     summary.skipped = {} if written.rows == 0 else {
         r["reason"]: int(r["count"])
         for r in spark.read.format("delta").load(paths.skipped).groupBy("reason").count().collect()}
     weights = spark.read.format("delta").load(paths.weights)
-    if not paths.staging.startswith(("s3", "gs", "abfs", "dbfs", "hdfs")):
-        shutil.rmtree(paths.staging.removeprefix("file://"), ignore_errors=True)
     summary.eligible = eligible(weights, cfg.min_length).count()
     summary.stage("score", started)
 

@@ -12,8 +12,7 @@ from __future__ import annotations
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
-from dsel.config import DselConfig
-from dsel.featurize import score as featurize_score
+from dsel.featurize import score_features
 from dsel.fit import Fit
 from dsel.read import HASH, ID
 
@@ -21,9 +20,13 @@ WEIGHTS_COLUMNS = ("id", "doc_hash", "num_words", "log_weight", "log_weights")
 SKIPPED_COLUMNS = ("id", "reason", "source_file", "detail")
 
 
-def score(raw: DataFrame, fit: Fit, cfg: DselConfig) -> DataFrame:
-    """All raw records (from :func:`dsel.read.prepare`) with ``log_weights``, ``num_words`` and ``skip_reason``."""
-    return featurize_score(raw, fit.log_ratios, cfg)
+def score(raw_features: DataFrame, fit: Fit) -> DataFrame:
+    """All raw records with ``log_weights``, ``num_words`` and ``skip_reason``.
+
+    ``raw_features`` comes from :func:`dsel.featurize.features`: scoring decodes those bytes and
+    never tokenizes the text again.
+    """
+    return score_features(raw_features, fit.log_ratios)
 
 
 def _winners(scored: DataFrame) -> DataFrame:

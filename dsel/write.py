@@ -27,7 +27,7 @@ RUNS_SCHEMA = T.StructType([
     T.StructField("table_versions", T.StringType()),
     T.StructField("dsel_version", T.StringType()),
 ])
-TABLES = ("log_ratios", "weights", "skipped", "selected", "runs")
+TABLES = ("features", "log_ratios", "weights", "skipped", "selected", "runs")
 
 
 @dataclass(frozen=True)
@@ -60,8 +60,8 @@ class OutputPaths:
         return self.table("runs")
 
     @property
-    def staging(self) -> str:
-        return self.table("_staging_scored")
+    def features(self) -> str:
+        return self.table("features")
 
     def check_owned(self) -> None:
         """Refuse to write into a local directory that holds data dsel did not write."""
@@ -71,7 +71,7 @@ class OutputPaths:
         if os.path.isfile(local):
             raise DselError(f"--out {self.out} is a file; give a directory for dsel's tables")
         if os.path.isdir(local) and os.listdir(local):
-            foreign = [n for n in os.listdir(local) if n not in TABLES + ("_staging_scored",)]
+            foreign = [n for n in os.listdir(local) if n not in TABLES]
             if foreign:
                 raise DselError(f"--out {self.out} already holds {', '.join(sorted(foreign)[:3])}, which dsel did "
                                 "not write; choose an empty or new directory for --out")

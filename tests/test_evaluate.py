@@ -125,6 +125,7 @@ def test_dsir_beats_random_and_the_classifier_filter_is_in_the_table(spark, pool
 
 def test_baselines_have_the_selection_columns_and_are_seeded(spark, pool):
     from dsel.baselines import random_selection
+    from dsel.featurize import features
     from dsel.fit import fit
     from dsel.pipeline import read_raw, read_targets
     from dsel.score import score, weights
@@ -132,7 +133,8 @@ def test_baselines_have_the_selection_columns_and_are_seeded(spark, pool):
 
     cfg = DselConfig.from_mapping({"raw": [pool["raw"]], "target": [pool["targets"]["python_peps"]]})
     raw = read_raw(spark, cfg)
-    w = weights(score(raw, fit(raw, read_targets(spark, cfg), cfg), cfg)).cache()
+    feats = features(raw, cfg)
+    w = weights(score(feats, fit(feats, read_targets(spark, cfg), cfg))).cache()
     a = random_selection(w, 40, seed=1)
     assert tuple(a.columns) == SELECTED_COLUMNS
     ids = [r["id"] for r in a.orderBy("rank").collect()]

@@ -300,3 +300,23 @@ def test_validation():
         K.count_batch(arr, np.array([0]), np.zeros((2, 10), np.int32))
     with pytest.raises(TypeError):
         K.score_batch(pa.array([1, 2]), lr)
+
+
+@pytest.mark.parametrize("hash_kind", K.HASH_KINDS)
+def test_encoded_features_reproduce_counts_and_weights(corpus_docs, hash_kind):
+    """features_batch once, then score_features / count_features, equals tokenizing twice."""
+    docs = TRICKY + corpus_docs + [None, "x" * 200_000]  # > 64 KB of output grows the buffer
+    arr = pa.chunked_array([pa.array(docs[:40], pa.large_string()), pa.array(docs[40:], pa.large_string())])
+    lr = np.random.default_rng(1).normal(size=(3, 997))
+    feats, nf, nw = K.features_batch(arr, 997, n=2, seed=7, hash_kind=hash_kind)
+    weights, words = K.score_batch(arr, lr, n=2, seed=7, hash_kind=hash_kind)
+    np.testing.assert_allclose(K.score_features(feats, lr), weights, rtol=1e-12, atol=1e-9)
+    assert nw.tolist() == words.tolist()
+    groups = np.arange(len(docs)) % 2
+    expect = np.zeros((2, 997), np.int64)
+    nf2, _ = K.count_batch(arr, groups, expect, n=2, seed=7, hash_kind=hash_kind)
+    got = np.zeros((2, 997), np.int64)
+    K.count_features(feats, groups, got)
+    np.testing.assert_array_equal(got, expect)
+    assert nf.tolist() == nf2.tolist()
+    assert len(feats[len(docs) - 2].as_py()) == 0  # a null document has empty features

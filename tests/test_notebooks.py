@@ -109,7 +109,7 @@ def test_walkthrough_notebook(spark, inputs):
     summary = ns["summary"]
     assert summary.read == summary.scored == inputs["count"]
     assert summary.selected == 15
-    assert summary.finished is not None and [name for name, _ in summary.stages] == ["fit", "score", "select"]
+    assert summary.finished is not None and [name for name, _ in summary.stages] == ["featurize", "fit", "score", "select"]
     # The log-ratio table: the top 20 buckets, most over-represented first, each with target n-grams.
     top = shown.shown[0]
     assert len(top) == 20 and [r["log_ratio"] for r in top] == sorted((r["log_ratio"] for r in top), reverse=True)

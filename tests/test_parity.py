@@ -6,6 +6,7 @@ import pytest
 from data_selection import HashedNgramDSIR
 
 from dsel.config import DselConfig
+from dsel.featurize import features
 from dsel.fit import fit
 from dsel.pipeline import read_raw, read_targets
 from dsel.score import score, weights
@@ -33,7 +34,8 @@ def reference(tmp_path_factory):
 def test_sha256_mode_matches_data_selection(spark, reference):
     cfg = DselConfig.from_mapping({"raw": [reference["raw"]], "target": [reference["target"]],
                                    "hash_kind": "sha256"})
-    fitted = fit(read_raw(spark, cfg), read_targets(spark, cfg), cfg)
+    feats = features(read_raw(spark, cfg), cfg)
+    fitted = fit(feats, read_targets(spark, cfg), cfg)
     dsir = reference["dsir"]
     p_raw = fitted.raw_counts / fitted.raw_counts.sum()
     p_target = fitted.target_counts[0] / fitted.target_counts[0].sum()
@@ -41,7 +43,7 @@ def test_sha256_mode_matches_data_selection(spark, reference):
     np.testing.assert_allclose(p_target, dsir.target_probs, rtol=0, atol=1e-12)
     np.testing.assert_allclose(fitted.log_ratios[0], dsir.log_diff, rtol=0, atol=1e-9)
 
-    rows = weights(score(read_raw(spark, cfg), fitted, cfg)).collect()
+    rows = weights(score(feats, fitted)).collect()
     assert len(rows) == len(reference["docs"])
     for row in rows:
         assert abs(row["log_weight"] - reference["weights"][row["id"]]) <= 1e-9 * max(1.0, abs(row["log_weight"]))
@@ -50,6 +52,6 @@ def test_sha256_mode_matches_data_selection(spark, reference):
 
 def test_murmur3_mode_differs_from_sha256_but_agrees_on_shape(spark, reference):
     cfg = DselConfig.from_mapping({"raw": [reference["raw"]], "target": [reference["target"]]})
-    fitted = fit(read_raw(spark, cfg), read_targets(spark, cfg), cfg)
+    fitted = fit(features(read_raw(spark, cfg), cfg), read_targets(spark, cfg), cfg)
     assert fitted.raw_counts.sum() == reference["dsir"]._fit_bow([reference["raw"]]).sum()
     assert not np.allclose(fitted.log_ratios[0], reference["dsir"].log_diff)
