@@ -246,11 +246,11 @@ def main() -> None:
         ref_all = (ref_docs, ref_mb, ref_fs + ref["select"])
         label = f"local[{r['cores']}] {r['share']:g}x ({r['mb']:,.0f} MB), CPU {r['cpu']:.0f}s"
         print(row(label, r["docs"], r["mb"], r["cpu"], ref_all))
-    print("\n| run | wall s | fit s | score s | select s | re-select s | re-select / score | JVM peak RSS |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("\n| run | wall s | featurize s | fit s | score s | select s | re-select s | re-select / score | JVM peak RSS |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in runs:
         s = r["stages"]
-        print(f"| local[{r['cores']}] {r['share']:g}x | {r['wall']:.0f} | {s.get('fit', 0):.1f} | "
+        print(f"| local[{r['cores']}] {r['share']:g}x | {r['wall']:.0f} | {s.get('featurize', 0):.1f} | {s.get('fit', 0):.1f} | "
               f"{s.get('score', 0):.1f} | {s.get('select', 0):.1f} | {r['reselect']:.1f} | "
               f"{r['reselect'] / max(s.get('score', 1), 1e-9):.2f} | {r['jvm_rss'] / 2**20:,.0f} MB |")
     full2 = next(r for r in runs if r["cores"] == 2 and r["share"] == 1.0)

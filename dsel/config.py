@@ -57,6 +57,7 @@ class DselConfig:
     export: Optional[str] = None
     export_format: str = "jsonl"
     json_sampling_ratio: float = 1.0
+    strict: bool = False
 
     # ---------------------------------------------------------------- construction
     @classmethod
@@ -198,6 +199,7 @@ FIELD_HELP: dict[str, str] = {
     'max_doc_bytes': 'Documents with more UTF-8 bytes of text are skipped (reason too_large) and counted.',
     'num_tokens': 'Token (word) budget, an alternative to num_samples.',
     'run_id': 'Defaults to a hash of the parameters, so that rerunning the same run replaces, never duplicates.',
+    'strict': 'fail the run when any record is skipped (malformed, null, empty, too large, duplicate id)',
     'json_sampling_ratio': 'Fraction of JSON lines Spark reads to infer the schema of the extra columns.',
     'raw_format': 'format of --raw: auto, json, parquet, delta or table',
     'target_format': 'format of --target: auto, json, parquet, delta or table',

@@ -12,6 +12,7 @@ Batch size is Spark's: ``spark.sql.execution.arrow.maxRecordsPerBatch`` and
 """
 from __future__ import annotations
 
+import os
 from typing import Iterator
 
 import numpy as np
@@ -72,6 +73,7 @@ def features(df: DataFrame, cfg: DselConfig) -> DataFrame:
     def featurize_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         from dsel import kernel
 
+        _inject_fault("featurize")
         for batch in batches:
             texts = batch.column(2)
             encoded, num_features, words = kernel.features_batch(texts, buckets, n=n, seed=seed, hash_kind=kind)
@@ -86,6 +88,18 @@ def features(df: DataFrame, cfg: DselConfig) -> DataFrame:
 
     fit_bin = F.pmod(F.xxhash64(F.col(ID)), F.lit(FIT_BINS)).cast("int").alias("fit_bin")
     return df.select(ID, HASH, TEXT, REASON, SOURCE, DETAIL, fit_bin).mapInArrow(featurize_partition, FEATURES_SCHEMA)
+
+
+def _inject_fault(stage: str) -> None:
+    """Testing aid: with DSEL_FAULT_INJECTION=<stage> in the executors' environment, the first
+    attempt of task 0 of that stage fails, so that tests can check retries change nothing."""
+    if os.environ.get("DSEL_FAULT_INJECTION") != stage:
+        return
+    from pyspark import TaskContext
+
+    ctx = TaskContext.get()
+    if ctx is not None and ctx.partitionId() == 0 and ctx.attemptNumber() == 0:
+        raise RuntimeError(f"dsel fault injection: failing the first attempt of {stage} task 0")
 
 
 def feature_histograms(feats: DataFrame, group: "F.Column", num_groups: int, num_buckets: int) -> DataFrame:

@@ -336,15 +336,15 @@ def _put_varint(out, pos, value):
 
 @njit(cache=True, nogil=True)
 def _encode(touched, ntouched, doc_counts, out, pos):
-    """Write sorted (bucket gap, count) varint pairs of one document; clear its doc_counts."""
-    buckets = np.sort(touched[:ntouched])
-    prev = 0
+    """Write (bucket, count) varint pairs of one document, in first-seen order; clear its doc_counts.
+
+    Unsorted on purpose: sorting to delta-encode the buckets made features ~30% smaller but
+    featurizing ~1.5x slower (measured on the shared corpus)."""
     for i in range(ntouched):
-        b = buckets[i]
-        pos = _put_varint(out, pos, b - prev)
+        b = touched[i]
+        pos = _put_varint(out, pos, b)
         pos = _put_varint(out, pos, doc_counts[b])
         doc_counts[b] = 0
-        prev = b
     return pos
 
 
@@ -355,7 +355,6 @@ def _decode(buf, offsets, mode, lr_t, weights, groups, counts):
     for d in range(offsets.shape[0] - 1):
         pos = offsets[d]
         end = offsets[d + 1]
-        bucket = 0
         while pos < end:
             value = 0
             shift = 0
@@ -366,7 +365,7 @@ def _decode(buf, offsets, mode, lr_t, weights, groups, counts):
                 shift += 7
                 if byte < 0x80:
                     break
-            bucket += value
+            bucket = value
             count = 0
             shift = 0
             while True:
@@ -545,8 +544,8 @@ def features_batch(texts, num_buckets: int, n: int = 2, seed: int = 0,
     """Each document's sparse hashed n-gram counts, encoded once so that fit and score need no text.
 
     Returns (features: pa.LargeBinaryArray [N], num_features int64 [N], num_words int64 [N]).  A
-    document's bytes are its distinct buckets in increasing order as unsigned LEB128 varint
-    pairs (gap to the previous bucket, count); null documents get empty features.  Use
+    document's bytes are its distinct buckets, in the order they first occur, as unsigned LEB128
+    varint pairs (bucket, count); null documents get empty features.  Use
     :func:`score_features` and :func:`count_features` on them.
     """
     _check(n, num_buckets, seed, hash_kind)

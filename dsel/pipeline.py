@@ -153,6 +153,10 @@ def score(spark: SparkSession, cfg: DselConfig, summary: Summary, fitted: Option
     summary.skipped = {} if written.rows == 0 else {
         r["reason"]: int(r["count"])
         for r in spark.read.format("delta").load(paths.skipped).groupBy("reason").count().collect()}
+    if cfg.strict and summary.skipped:
+        reasons = ", ".join(f"{k}={v:,}" for k, v in sorted(summary.skipped.items()))
+        raise DselError(f"strict mode: {sum(summary.skipped.values()):,} records were skipped ({reasons}); "
+                        f"they are listed in {paths.skipped}. Fix the input, or run without --strict to skip them")
     weights = spark.read.format("delta").load(paths.weights)
     summary.eligible = eligible(weights, cfg.min_length).count()
     summary.stage("score", started)

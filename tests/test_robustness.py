@@ -1,0 +1,117 @@
+"""Faults tested for real: a failed task, a killed driver, hostile names, strict mode."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from dsel.cli import main
+from dsel.config import DselConfig
+from dsel.pipeline import execute
+from tests.conftest import REPO, sample_docs, write_jsonl
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory, spark):
+    """A small pool and target, and the selection a clean in-process run makes of them."""
+    root = tmp_path_factory.mktemp("faults")
+    raw = sample_docs("sci_abstracts", 60, seed=7) + sample_docs("email_ham", 60, seed=7)
+    target = sample_docs("sci_abstracts", 90, seed=7)[60:]
+    paths = {"raw": write_jsonl(root / "raw" / "a.jsonl", raw[::2]), "target": write_jsonl(root / "t.jsonl", target)}
+    write_jsonl(root / "raw" / "b.jsonl", raw[1::2])
+    paths["raw"] = str(root / "raw")
+    cfg = DselConfig.from_mapping({"raw": [paths["raw"]], "target": [paths["target"]], "out": str(root / "clean"),
+                                   "num_samples": 30, "seed": 9})
+    execute(spark, cfg, "run")
+    return {"root": root, **paths, "clean": _tables(spark, root / "clean")}
+
+
+def _tables(spark, out):
+    weights = sorted((r["id"], round(r["log_weight"], 9)) for r in
+                     spark.read.format("delta").load(str(out / "weights")).collect())
+    selected = [(r["id"], r["rank"]) for r in
+                spark.read.format("delta").load(str(out / "selected")).orderBy("rank").collect()]
+    return weights, selected
+
+
+def _argv(small, out, *extra):
+    return ["run", "--raw", small["raw"], "--target", small["target"], "--out", str(out), "--num-samples", "30",
+            "--seed", "9", "--conf", "spark.ui.showConsoleProgress=false", "--conf", "spark.ui.enabled=false",
+            "--conf", "spark.sql.shuffle.partitions=2", *extra]
+
+
+def _spawn(argv, env_extra=None):
+    env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1", **(env_extra or {}))
+    return subprocess.Popen([sys.executable, "-m", "dsel.cli", *argv], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)
+
+
+def test_a_task_failing_on_its_first_attempt_leaves_the_same_output(spark, small):
+    out = small["root"] / "retried"
+    proc = _spawn(_argv(small, out, "--master", "local[2,3]"), {"DSEL_FAULT_INJECTION": "featurize"})
+    log = proc.communicate(timeout=600)[0]
+    assert proc.returncode == 0, log[-3000:]
+    assert "dsel fault injection" in log  # the first attempt really failed and was retried
+    assert _tables(spark, out) == small["clean"]
+
+
+def test_a_killed_driver_then_a_rerun_gives_complete_output_without_duplicates(spark, small):
+    out = small["root"] / "killed"
+    proc = _spawn(_argv(small, out, "--master", "local[2]"))
+    seen = ""
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        line = proc.stdout.readline()
+        seen += line
+        if "[dsel] featurize done" in line or not line:
+            break
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and its JVM, mid-run
+    proc.wait()
+    assert "[dsel] featurize done" in seen, seen[-3000:]
+    assert not (out / "selected").exists()
+    rerun = _spawn(_argv(small, out, "--master", "local[2]"))
+    log = rerun.communicate(timeout=600)[0]
+    assert rerun.returncode == 0, log[-3000:]
+    assert _tables(spark, out) == small["clean"]
+    runs = spark.read.format("delta").load(str(out / "runs")).collect()
+    assert len(runs) == 1 and json.loads(runs[0]["counts"])["selected"] == 30
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--raw", "x`; DROP TABLE y; --", "--raw-format", "table"], "not a valid table name"),
+    (["--raw", "main.default.t; DROP TABLE y"], "input not found"),
+    (["--text-column", "text`; DROP TABLE y; --"], "text_column"),
+    (["--run-id", "r1'; DROP TABLE runs; --"], "run_id"),
+])
+def test_hostile_names_fail_cleanly(spark, small, tmp_path, capsys, flags, message):
+    argv = ["run", "--raw", small["raw"], "--target", small["target"], "--out", str(tmp_path / "o"),
+            "--num-samples", "3"]
+    for i in range(0, len(flags), 2):
+        if flags[i] in argv:
+            argv[argv.index(flags[i]) + 1] = flags[i + 1]
+        else:
+            argv += flags[i:i + 2]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "o").exists()
+
+
+def test_strict_mode_fails_on_skipped_records(spark, small, tmp_path, capsys):
+    bad = tmp_path / "bad"
+    write_jsonl(bad / "a.jsonl", sample_docs("sci_abstracts", 10, seed=8) + [{"id": "n", "text": None}])
+    argv = ["run", "--raw", str(bad), "--target", small["target"], "--out", str(tmp_path / "o"),
+            "--num-samples", "3", "--strict"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "null_text=1" in err and "skipped" in err
+
+
+def test_pickle_is_never_used():
+    for path in (REPO / "dsel").glob("*.py"):
+        assert "pickle" not in path.read_text(), path
