@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import os
+import shutil
 import json
 import time
 from typing import Optional
@@ -145,7 +146,10 @@ def score(spark: SparkSession, cfg: DselConfig, summary: Summary, fitted: Option
     started = time.time()
     schema = (commit_metadata(spark, paths.features) or {}).get("raw_schema")
     metadata = _metadata(cfg, summary, dsel_fit=fitted.params, targets=fitted.target_names, raw_schema=schema)
-    scored = score_records(feats, fitted)  # decodes the stored features: no text is read
+    # Decode the stored features once (no text is read) into a narrow staging table; the weights,
+    # the skipped records and their counts all come from it.
+    write_table(score_records(feats, fitted), paths.staging, metadata)
+    scored = spark.read.format("delta").load(paths.staging)
     written = write_table(weight_records(scored), paths.weights, metadata)
     summary.tables[paths.weights], summary.scored = written.version, written.rows
     written = write_table(skipped_records(scored), paths.skipped, metadata)
@@ -153,6 +157,8 @@ def score(spark: SparkSession, cfg: DselConfig, summary: Summary, fitted: Option
     summary.skipped = {} if written.rows == 0 else {
         r["reason"]: int(r["count"])
         for r in spark.read.format("delta").load(paths.skipped).groupBy("reason").count().collect()}
+    if "://" not in paths.staging or paths.staging.startswith("file://"):
+        shutil.rmtree(paths.staging.removeprefix("file://"), ignore_errors=True)
     if cfg.strict and summary.skipped:
         reasons = ", ".join(f"{k}={v:,}" for k, v in sorted(summary.skipped.items()))
         raise DselError(f"strict mode: {sum(summary.skipped.values()):,} records were skipped ({reasons}); "

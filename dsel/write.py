@@ -63,6 +63,10 @@ class OutputPaths:
     def features(self) -> str:
         return self.table("features")
 
+    @property
+    def staging(self) -> str:
+        return self.table("_staging_scored")
+
     def check_owned(self) -> None:
         """Refuse to write into a local directory that holds data dsel did not write."""
         if "://" in self.out and not self.out.startswith("file://"):
@@ -71,7 +75,7 @@ class OutputPaths:
         if os.path.isfile(local):
             raise DselError(f"--out {self.out} is a file; give a directory for dsel's tables")
         if os.path.isdir(local) and os.listdir(local):
-            foreign = [n for n in os.listdir(local) if n not in TABLES]
+            foreign = [n for n in os.listdir(local) if n not in TABLES + ("_staging_scored",)]
             if foreign:
                 raise DselError(f"--out {self.out} already holds {', '.join(sorted(foreign)[:3])}, which dsel did "
                                 "not write; choose an empty or new directory for --out")
