@@ -205,7 +205,7 @@ def _sha256_mod(buf, a, end, num_buckets, w, h, kk, h0):
 @njit(cache=True, nogil=True)
 def _featurize(data0, data1, starts, ends, which, table, n, seed, use_sha, num_buckets, mode,
                lr_t, weights, groups, counts, num_words, num_feats, scratch, first_doc, skip_tok,
-               doc_counts, touched, out, out_offsets):
+               doc_counts, touched, out, out_offsets, memo_key, memo_val, memo_off, memo_arena, memo_used):
     """Featurize documents data{which[d]}[starts[d]:ends[d]] for d >= first_doc.
 
     mode 0: weights[d, t] += lr_t[bucket, t] for every n-gram occurrence.
@@ -300,7 +300,8 @@ def _featurize(data0, data1, starts, ends, which, table, n, seed, use_sha, num_b
                         for k in range(1, k_max + 1):
                             a = gram_a[k]
                             if use_sha:
-                                bucket = _sha256_mod(scratch, a, L, num_buckets, w, h, kk, h0)
+                                bucket = _sha_cached(scratch, a, L, num_buckets, w, h, kk, h0, memo_key,
+                                                     memo_val, memo_off, memo_arena, memo_used)
                             else:
                                 bucket = _murmur3_32(scratch, a, L, seed) % num_buckets
                             if mode == 0:
@@ -322,6 +323,46 @@ def _featurize(data0, data1, starts, ends, which, table, n, seed, use_sha, num_b
         if mode == 2:
             out_offsets[d + 1] = _encode(touched, ntouched, doc_counts, out, out_offsets[d])
     return -1, 0, 0
+
+
+@njit(cache=True, nogil=True)
+def _sha_cached(buf, a, end, num_buckets, w, h, kk, h0, memo_key, memo_val, memo_off, memo_arena, memo_used):
+    """_sha256_mod through a memo of the n-grams seen in this batch (exact: a hit compares the bytes).
+
+    memo_key/val/off: open-addressing table (power-of-two size; val -1 = empty) keyed by a 64-bit
+    fingerprint (two seeded MurmurHash3); memo_arena holds the n-gram bytes; memo_used[0] is the
+    arena fill and memo_used[1] the entry count.  When the table or arena is full, n-grams are just
+    hashed without being remembered.
+    """
+    m = end - a
+    fp = _murmur3_32(buf, a, end, 0x9747B28C) | (_murmur3_32(buf, a, end, 0x5BD1E995) << 32)
+    mask = memo_key.shape[0] - 1
+    slot = fp & mask
+    while memo_val[slot] >= 0:
+        if memo_key[slot] == fp:
+            off = memo_off[slot]
+            if memo_arena[off] == (m & 0xFF) and memo_arena[off + 1] == ((m >> 8) & 0xFF):
+                same = True
+                for i in range(m):
+                    if memo_arena[off + 2 + i] != buf[a + i]:
+                        same = False
+                        break
+                if same and m < 65536:
+                    return memo_val[slot]
+        slot = (slot + 1) & mask
+    bucket = _sha256_mod(buf, a, end, num_buckets, w, h, kk, h0)
+    used = memo_used[0]
+    if m < 65536 and used + m + 2 <= memo_arena.shape[0] and 2 * (memo_used[1] + 1) <= memo_key.shape[0]:
+        memo_arena[used] = m & 0xFF
+        memo_arena[used + 1] = (m >> 8) & 0xFF
+        for i in range(m):
+            memo_arena[used + 2 + i] = buf[a + i]
+        memo_key[slot] = fp
+        memo_val[slot] = bucket
+        memo_off[slot] = used
+        memo_used[0] = used + m + 2
+        memo_used[1] += 1
+    return bucket
 
 
 @njit(cache=True, nogil=True)
@@ -454,6 +495,24 @@ def _prepare(arr: pa.Array):
     return data0, data1, starts, ends, which
 
 
+_MEMOS: dict = {}
+_MEMO_SLOTS, _MEMO_BYTES = 1 << 21, 64 << 20
+
+
+def _sha_memo(num_buckets: int):
+    """The sha256 mode's memo of distinct n-grams -> bucket, kept for the life of the process
+    (a Spark Python worker reuses it across batches and tasks), one per num_buckets; 0 gives a
+    dummy.  It stops growing when full (~2M n-grams, 64 MB), by which time it holds the frequent ones."""
+    if num_buckets == 0:
+        return (np.zeros(1, np.int64), np.full(1, -1, np.int64), np.zeros(1, np.int64), np.zeros(1, np.uint8),
+                np.zeros(2, np.int64))
+    if num_buckets not in _MEMOS:
+        _MEMOS.clear()
+        _MEMOS[num_buckets] = (np.zeros(_MEMO_SLOTS, np.int64), np.full(_MEMO_SLOTS, -1, np.int64),
+                               np.zeros(_MEMO_SLOTS, np.int64), np.zeros(_MEMO_BYTES, np.uint8), np.zeros(2, np.int64))
+    return _MEMOS[num_buckets]
+
+
 def _run(texts, n, seed, hash_kind, num_buckets, mode, lr_t, weights, groups, counts):
     chunks = _chunks(texts)
     total = sum(len(c) for c in chunks)
@@ -463,6 +522,7 @@ def _run(texts, n, seed, hash_kind, num_buckets, mode, lr_t, weights, groups, co
     scratch = np.empty(4096, np.uint8)  # holds one n-gram (+ SHA-256 padding); grown on demand
     work = num_buckets if mode == 2 else 1
     doc_counts, touched = np.zeros(work, np.int64), np.zeros(work, np.int64)
+    memo_key, memo_val, memo_off, memo_arena, memo_used = _sha_memo(num_buckets if hash_kind == "sha256" else 0)
     encoded = []
     row = 0
     for chunk in chunks:
@@ -477,7 +537,8 @@ def _run(texts, n, seed, hash_kind, num_buckets, mode, lr_t, weights, groups, co
             doc, skip, need = _featurize(
                 data0, data1, starts, ends, which, table, int(n), int(seed), hash_kind == "sha256",
                 int(num_buckets), mode, lr_t, w_slice, g_slice, counts, num_words[row:r1],
-                num_feats[row:r1], scratch, doc, skip, doc_counts, touched, out, out_offsets)
+                num_feats[row:r1], scratch, doc, skip, doc_counts, touched, out, out_offsets, memo_key, memo_val,
+                memo_off, memo_arena, memo_used)
             if doc < 0:
                 break
             if need < 0:  # the encoded output needs room for the next document: grow and resume
