@@ -389,6 +389,19 @@ def _encode(touched, ntouched, doc_counts, out, pos):
     return pos
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _get_varint(buf, pos):
+    value = 0
+    shift = 0
+    while True:
+        byte = np.int64(buf[pos])
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if byte < 0x80:
+            return value, pos
+
+
 @njit(cache=True, nogil=True)
 def _decode(buf, offsets, mode, lr_t, weights, groups, counts):
     """mode 0: weights[d, t] = sum of count * lr_t[bucket, t]; mode 1: counts[groups[d], bucket] += count."""
@@ -397,25 +410,8 @@ def _decode(buf, offsets, mode, lr_t, weights, groups, counts):
         pos = offsets[d]
         end = offsets[d + 1]
         while pos < end:
-            value = 0
-            shift = 0
-            while True:
-                byte = np.int64(buf[pos])
-                pos += 1
-                value |= (byte & 0x7F) << shift
-                shift += 7
-                if byte < 0x80:
-                    break
-            bucket = value
-            count = 0
-            shift = 0
-            while True:
-                byte = np.int64(buf[pos])
-                pos += 1
-                count |= (byte & 0x7F) << shift
-                shift += 7
-                if byte < 0x80:
-                    break
+            bucket, pos = _get_varint(buf, pos)
+            count, pos = _get_varint(buf, pos)
             if mode == 0:
                 for t in range(num_t):
                     weights[d, t] += count * lr_t[bucket, t]

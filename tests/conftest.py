@@ -51,3 +51,17 @@ def sample_docs(domain: str, count: int, seed: int = 0, max_chars: int = 20_000)
     docs = [d for d in load_domain(domain) if len(d["text"]) <= max_chars]
     random.Random(seed).shuffle(docs)
     return docs[:count]
+
+
+def held_out_pool(root: Path, pool_domains: list[str], targets: list[str], per_domain: int, held: int,
+                  seed: int = 4, max_chars: int = 10_000) -> tuple[str, list[dict], dict[str, str]]:
+    """A labelled raw pool of ``per_domain`` documents per domain, and for each target domain
+    ``held`` other documents of it written as its target file: (raw path, pool docs, {domain: target path})."""
+    docs, held_out = [], {}
+    for domain in pool_domains:
+        sample = sample_docs(domain, per_domain + (held if domain in targets else 0), seed=seed, max_chars=max_chars)
+        if domain in targets:
+            held_out[domain], sample = sample[:held], sample[held:]
+        docs += sample
+    return (write_jsonl(root / "raw.jsonl", docs), docs,
+            {d: write_jsonl(root / f"target-{d}.jsonl", t) for d, t in held_out.items()})

@@ -19,7 +19,7 @@ from dsel.evaluate import EPSILON, distribution, histogram, kl, kl_reduction, kl
 from dsel.evaluation import evaluate, format_table
 from dsel.kernel import oracle_buckets
 from dsel.read import prepare, read_input
-from tests.conftest import sample_docs, write_jsonl
+from tests.conftest import held_out_pool, sample_docs, write_jsonl
 
 POOL_DOMAINS = ["sci_abstracts", "movie_reviews", "rust_rfcs", "python_peps", "python_docs", "email_ham",
                 "email_spam", "man_pages"]
@@ -78,15 +78,8 @@ def test_histogram_counts_every_ngram_like_the_oracle(spark, tmp_path):
 @pytest.fixture(scope="module")
 def pool(tmp_path_factory):
     root = tmp_path_factory.mktemp("evaluate")
-    docs, held_out = [], {}
-    for domain in POOL_DOMAINS:
-        sample = sample_docs(domain, PER_DOMAIN + (TARGET_DOCS if domain in TARGETS else 0), seed=4,
-                             max_chars=10_000)
-        if domain in TARGETS:
-            held_out[domain], sample = sample[:TARGET_DOCS], sample[TARGET_DOCS:]
-        docs += sample
-    return {"root": root, "raw": write_jsonl(root / "raw.jsonl", docs), "docs": docs,
-            "targets": {d: write_jsonl(root / f"target-{d}.jsonl", t) for d, t in held_out.items()}}
+    raw, docs, targets = held_out_pool(root, POOL_DOMAINS, TARGETS, PER_DOMAIN, TARGET_DOCS)
+    return {"root": root, "raw": raw, "docs": docs, "targets": targets}
 
 
 @pytest.mark.parametrize("domain", TARGETS)

@@ -15,7 +15,7 @@ from data_selection import HashedNgramDSIR
 
 from dsel.config import DselConfig
 from dsel.pipeline import execute
-from tests.conftest import sample_docs, write_jsonl
+from tests.conftest import held_out_pool
 
 POOL_DOMAINS = ["sci_abstracts", "movie_reviews", "rust_rfcs", "python_peps", "python_docs", "email_ham",
                 "email_spam", "man_pages", "kernel_docs", "shakespeare", "debian_changelog", "perl_pod"]
@@ -26,15 +26,8 @@ PER_DOMAIN, K = 100, 100
 @pytest.fixture(scope="module")
 def pool(tmp_path_factory):
     root = tmp_path_factory.mktemp("quality")
-    docs, held_out = [], {}
-    for domain in POOL_DOMAINS:
-        sample = sample_docs(domain, PER_DOMAIN + (PER_DOMAIN if domain in TARGETS else 0), seed=4,
-                             max_chars=10_000)
-        if domain in TARGETS:
-            held_out[domain], sample = sample[:PER_DOMAIN], sample[PER_DOMAIN:]
-        docs += sample
-    return {"root": root, "raw": write_jsonl(root / "raw.jsonl", docs), "docs": {d["id"]: d for d in docs},
-            "targets": {d: write_jsonl(root / f"target-{d}.jsonl", t) for d, t in held_out.items()}}
+    raw, docs, targets = held_out_pool(root, POOL_DOMAINS, TARGETS, PER_DOMAIN, PER_DOMAIN)
+    return {"root": root, "raw": raw, "docs": {d["id"]: d for d in docs}, "targets": targets}
 
 
 def _reference(raw: str, target: str, root: Path, seed: int) -> dict[str, list[str]]:
