@@ -61,7 +61,7 @@ class Summary:
         if self.kl_reduction is not None:
             lines.append(f"  KL reduction       {self.kl_reduction:>12.4f}  (hashed n-grams, add-one smoothing)")
         for path, version in self.tables.items():
-            lines.append(f"  wrote {path} (Delta version {version})")
+            lines.append(f"  wrote {path} (Delta version {version})" if version >= 0 else f"  exported {path}")
         for warning in self.warnings:
             lines.append(f"  WARNING: {warning}")
         lines.append(f"  time               {self.elapsed:>11.1f}s")
