@@ -10,7 +10,6 @@ same on any cluster.  Targets are always counted in full.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -24,8 +23,6 @@ from dsel.errors import DselError
 from dsel.featurize import FIT_BINS, feature_histograms, histograms
 
 SMOOTHING = 1e-8
-LOG_RATIO_SCHEMA = ("target int, target_name string, bucket int, raw_count long, target_count long, "
-                    "log_ratio double")
 
 
 @dataclass
@@ -83,8 +80,6 @@ class Fit:
         counts[target, bucket] = table.column("target_count").to_numpy()
         return cls(names, raw, counts, params)
 
-    def metadata(self) -> str:
-        return json.dumps({"dsel_fit": self.params, "targets": self.target_names}, sort_keys=True)
 
 
 def _dense(df: DataFrame, num_groups: int, num_buckets: int) -> np.ndarray:

@@ -16,9 +16,6 @@ from dsel.featurize import score_features
 from dsel.fit import Fit
 from dsel.read import HASH, ID
 
-WEIGHTS_COLUMNS = ("id", "doc_hash", "num_words", "log_weight", "log_weights")
-SKIPPED_COLUMNS = ("id", "reason", "source_file", "detail")
-
 
 def score(raw_features: DataFrame, fit: Fit) -> DataFrame:
     """All raw records with ``log_weights``, ``num_words`` and ``skip_reason``.
