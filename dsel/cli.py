@@ -19,7 +19,8 @@ COMMANDS = {
     "fit": "fit raw and target histograms; write OUT/log_ratios",
     "score": "score every raw document; write OUT/weights and OUT/skipped",
     "select": "resample from OUT/weights; write OUT/selected",
-    "run": "fit, score and select in one go",
+    "run": "fit, score and select in one go (a rerun featurizes and scores only new documents)",
+    "reproduce": "re-run a past selection into --out from the input versions and the fit it recorded",
     "evaluate": "compare DSIR with random and classifier baselines on a labelled raw pool (precision@k, KL reduction)",
     "report": "write report.json and a self-contained report.html for the run under --out",
 }
@@ -41,6 +42,8 @@ def _flag_kwargs(field: dataclasses.Field) -> dict[str, Any]:
         return {"type": int, "default": None, "help": doc}
     if base is float:
         return {"type": float, "default": None, "help": doc}
+    if typing.get_origin(base) is dict:
+        return {"type": _json_object, "default": None, "help": doc}
     return {"type": str, "default": None, "help": doc}
 
 
@@ -55,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="Spark setting, as spark-submit's --conf (repeatable)")
         for field in dataclasses.fields(DselConfig):
             cmd.add_argument("--" + field.name.replace("_", "-"), dest=field.name, **_flag_kwargs(field))
+        if name == "reproduce":
+            cmd.add_argument("--source-out", required=True, help="the output directory that holds the past run")
+            cmd.add_argument("--source-run-id", required=True, help="the run id in SOURCE_OUT/runs to reproduce")
         if name in ("evaluate", "report"):
             from dsel.cli_extra import add_arguments
 
@@ -70,6 +76,18 @@ def config_from_args(ns: argparse.Namespace) -> DselConfig:
     if ns.config:
         return DselConfig.from_toml(ns.config, flags)
     return DselConfig.from_mapping(flags)
+
+
+def _json_object(value: str) -> dict:
+    import json
+
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON ({exc}); give an object such as '{{\"/data/raw\": 3}}'")
+    if not isinstance(parsed, dict):
+        raise argparse.ArgumentTypeError("give a JSON object such as '{\"/data/raw\": 3}'")
+    return parsed
 
 
 def _int_or_text(value: str) -> Any:
@@ -92,7 +110,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
             print(run_command(spark, cfg, ns))
             return 0
-        summary = execute(spark, cfg, ns.command)
+        options = ({"source_out": ns.source_out, "source_run": ns.source_run_id}
+                   if ns.command == "reproduce" else {})
+        summary = execute(spark, cfg, ns.command, **options)
     except DselError as exc:
         print(f"dsel: error: {exc}", file=sys.stderr)
         return 2

@@ -25,6 +25,7 @@ FORMATS = ("auto", "json", "parquet", "delta", "table")
 METHODS = ("gumbel", "topk")
 HASH_KINDS = ("murmur3", "sha256")
 EXPORT_FORMATS = ("jsonl", "parquet")
+REFIT_POLICIES = ("auto", "always", "never")
 #: The reference's ``num_tokens_to_fit='auto'``: 100,000 n-gram features per bucket.
 AUTO_FIT_FEATURES_PER_BUCKET = 100_000
 
@@ -58,6 +59,11 @@ class DselConfig:
     export_format: str = "jsonl"
     json_sampling_ratio: float = 1.0
     strict: bool = False
+    refit: str = "auto"
+    refit_growth: float = 0.1
+    pin_versions: Optional[dict[str, int]] = None
+    lock_timeout_hours: float = 24.0
+    break_lock: bool = False
 
     # ---------------------------------------------------------------- construction
     @classmethod
@@ -110,9 +116,12 @@ class DselConfig:
             "hash_seed": self.hash_seed,
         }
 
-    def default_run_id(self, command: str) -> str:
-        params = {k: v for k, v in self.to_dict().items() if k not in ("run_id", "export", "export_format")}
-        digest = hashlib.sha256(json.dumps([command, params], sort_keys=True, default=str).encode()).hexdigest()
+    def default_run_id(self, command: str, inputs: Any = None) -> str:
+        """A hash of the command, the parameters and ``inputs`` (what the inputs hold now): rerunning the
+        same run on the same data gets the same id, and so replaces and resumes rather than duplicates."""
+        ignored = ("run_id", "export", "export_format", "break_lock", "lock_timeout_hours")
+        params = {k: v for k, v in self.to_dict().items() if k not in ignored}
+        digest = hashlib.sha256(json.dumps([command, params, inputs], sort_keys=True, default=str).encode()).hexdigest()
         return f"{command}-{digest[:16]}"
 
     # ---------------------------------------------------------------- validation
@@ -129,6 +138,20 @@ class DselConfig:
         _choice("hash_kind", self.hash_kind, HASH_KINDS)
         _choice("method", self.method, METHODS)
         _choice("export_format", self.export_format, EXPORT_FORMATS)
+        _choice("refit", self.refit, REFIT_POLICIES)
+        if isinstance(self.refit_growth, bool) or not isinstance(self.refit_growth, (int, float)) or self.refit_growth < 0:
+            raise ConfigError("refit_growth", f"must be a number >= 0 (0.1 means 10% more raw documents), "
+                              f"got {self.refit_growth!r}")
+        if isinstance(self.lock_timeout_hours, bool) or not isinstance(self.lock_timeout_hours, (int, float)) \
+                or self.lock_timeout_hours <= 0:
+            raise ConfigError("lock_timeout_hours", f"must be a number of hours > 0, got {self.lock_timeout_hours!r}")
+        if self.pin_versions is not None:
+            pins = self.pin_versions
+            if not isinstance(pins, dict) or not all(
+                    isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v >= 0
+                    for k, v in pins.items()):
+                raise ConfigError("pin_versions", "must map Delta input paths or table names to versions >= 0, "
+                                  'e.g. {"/data/raw": 12}')
         for key in ("text_column", "id_column"):
             value = getattr(self, key)
             if not isinstance(value, str) or not value or "`" in value:
@@ -214,4 +237,10 @@ FIELD_HELP: dict[str, str] = {
     'num_samples': 'number of documents to select',
     'export': 'also write the selection to this path',
     'export_format': 'jsonl or parquet',
+    'refit': "when to fit the histograms again in 'dsel run': auto (no fit yet, other targets or settings, or "
+             "the raw documents grew by more than refit_growth since the fit), always, or never",
+    'refit_growth': 'with refit=auto, refit when the raw documents grew by more than this fraction (default 0.1)',
+    'pin_versions': 'JSON {"Delta path or table": version}: read those inputs as of that version (time travel)',
+    'lock_timeout_hours': "a lock on --out older than this is taken over (its run is presumed dead; default 24)",
+    'break_lock': 'take the lock on --out even if another run holds it (only when that run is known to be dead)',
 }

@@ -6,14 +6,15 @@ to the Delta tables under ``cfg.out``.  The SparkSession is always passed in.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
+import json
 import os
 import shutil
-import json
+import socket
 import time
+import uuid
 from typing import Optional
 
-from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import DataFrame, Observation, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql.types import StructType
 from delta.tables import DeltaTable
@@ -22,18 +23,24 @@ from dsel import __version__
 from dsel.config import DselConfig
 from dsel.errors import DselError
 from dsel.fit import Fit, fit as fit_histograms
-from dsel.read import HASH, ID, INTERNAL, prepare, read_input, user_columns
+from dsel.read import DETAIL, HASH, ID, INTERNAL, fingerprint, prepare, read_input, user_columns
 from dsel.report import Summary
 from dsel.score import score as score_records, skipped as skipped_records, weights as weight_records
 from dsel.select import eligible, select as select_documents
 from dsel.evaluate import run_kl_reduction
 from dsel.featurize import features as raw_features
-from dsel.write import OutputPaths, commit_metadata, export, last_commit, read_table, record_run, write_table
+from dsel.runs import claim, record_run, release
+from dsel.write import OutputPaths, check_outputs, commit_metadata, export, last_commit, merge_table, read_table, write_table
 
 
-def read_raw(spark: SparkSession, cfg: DselConfig, schema: Optional[StructType] = None) -> DataFrame:
-    """The raw corpus with all its columns plus dsel's internal ones."""
-    return prepare(read_input(spark, cfg.raw, cfg.raw_format, cfg, "raw", schema), cfg)
+def read_raw(spark: SparkSession, cfg: DselConfig, schema: Optional[StructType] = None,
+             summary: Optional[Summary] = None) -> DataFrame:
+    """The raw corpus with all its columns plus dsel's internal ones (its state goes to ``summary.inputs``)."""
+    state: dict = {}
+    df = prepare(read_input(spark, cfg.raw, cfg.raw_format, cfg, "raw", schema, state), cfg)
+    if summary is not None:
+        summary.inputs["raw"] = state
+    return df
 
 
 def _raw_schema(df: DataFrame) -> str:
@@ -41,90 +48,155 @@ def _raw_schema(df: DataFrame) -> str:
     return StructType([f for f in df.schema.fields if f.name not in INTERNAL]).json()
 
 
-def _stored_raw(spark: SparkSession, cfg: DselConfig, path: str) -> Optional[DataFrame]:
+def _stored_raw(spark: SparkSession, cfg: DselConfig, path: str, summary: Optional[Summary] = None) -> Optional[DataFrame]:
     """The raw input read with the schema stored at ``path``'s last commit, if it was the same input."""
+    if not DeltaTable.isDeltaTable(spark, path):
+        return None
     meta = commit_metadata(spark, path) or {}
     params, schema = meta.get("params", {}), meta.get("raw_schema")
     if schema and params.get("raw") == cfg.raw and params.get("raw_format") == cfg.raw_format:
-        return read_raw(spark, cfg, StructType.fromJson(json.loads(schema)))
+        return read_raw(spark, cfg, StructType.fromJson(json.loads(schema)), summary)
     return None
 
 
-def read_targets(spark: SparkSession, cfg: DselConfig) -> list[tuple[str, DataFrame]]:
+def read_targets(spark: SparkSession, cfg: DselConfig, summary: Optional[Summary] = None) -> list[tuple[str, DataFrame]]:
     """(name, prepared DataFrame) per target: one per --target, or one in all with combine_targets."""
     groups = [cfg.target] if cfg.combine_targets else [[t] for t in cfg.target]
-    return [(",".join(g), prepare(read_input(spark, g, cfg.target_format, cfg, "target"), cfg)) for g in groups]
+    targets, states = [], []
+    for group in groups:
+        state: dict = {}
+        targets.append((",".join(group), prepare(read_input(spark, group, cfg.target_format, cfg, "target",
+                                                            state=state), cfg)))
+        states.append(state)
+    if summary is not None:
+        summary.inputs["targets"] = states
+    return targets
 
 
 def _metadata(cfg: DselConfig, summary: Summary, **extra: object) -> dict:
     return {"dsel_version": __version__, "run_id": summary.run_id, "command": summary.command,
-            "params": cfg.to_dict(), **extra}
+            "params": cfg.to_dict(), "inputs": summary.inputs, **extra}
 
 
-def _features_key(cfg: DselConfig, raw: DataFrame) -> dict:
-    """What the features table depends on: the settings, and the input files with their sizes and times."""
-    files = sorted(raw.inputFiles())
-    stats = []
-    for name in files:
-        local = name[len("file:"):] if name.startswith("file:") else name
-        local = local.replace("///", "/") if local.startswith("///") else local
-        try:
-            info = os.stat(local)
-            stats.append(f"{name}:{info.st_size}:{info.st_mtime_ns}")
-        except OSError:
-            stats.append(name)
-    digest = hashlib.sha256("\n".join(stats).encode()).hexdigest()
+def _features_settings(cfg: DselConfig) -> dict:
+    """What the features of one record depend on (besides the record)."""
     return {"raw": cfg.raw, "raw_format": cfg.raw_format, "text_column": cfg.text_column, "id_column": cfg.id_column,
-            "max_doc_bytes": cfg.max_doc_bytes, "input_files": digest, **cfg.fit_params()}
+            "max_doc_bytes": cfg.max_doc_bytes, **cfg.fit_params()}
+
+
+def _record_key(id_col: str, hash_col: str, detail_col: str) -> list:
+    """A record's identity across runs: id, content hash, and for malformed lines the line itself."""
+    return [F.coalesce(F.col(id_col), F.lit("")).alias("_dsel_k_id"), F.col(hash_col).alias("_dsel_k_hash"),
+            F.coalesce(F.col(detail_col), F.lit("")).alias("_dsel_k_detail")]
+
+
+_KEY = ["_dsel_k_id", "_dsel_k_hash", "_dsel_k_detail"]
+
+
+def _count(spark: SparkSession, path: str) -> int:
+    return spark.read.format("delta").load(path).count()
 
 
 def featurize(spark: SparkSession, cfg: DselConfig, summary: Summary, raw: Optional[DataFrame] = None) -> DataFrame:
-    """``OUT/features``: the raw text featurized in one pass, reused by fit and score (and by later fits).
+    """``OUT/features``: the raw records featurized once, reused by fit and score and by later runs.
 
-    It is rebuilt only when the raw input or the n-gram settings changed since it was written.
+    When the table was built from the same input with the same settings, only the records it
+    does not hold yet (by id, content hash and, for malformed lines, the line) are featurized and
+    appended: a growing input costs only its new records.  When records have gone from the input
+    (deleted or changed), or the settings changed, the whole input is featurized again.
     """
     paths = OutputPaths(cfg.out)
-    if raw is None:
-        raw = (_stored_raw(spark, cfg, paths.features) if DeltaTable.isDeltaTable(spark, paths.features) else None)
-        raw = raw if raw is not None else read_raw(spark, cfg)
-    key = _features_key(cfg, raw)
-    if DeltaTable.isDeltaTable(spark, paths.features) and (commit_metadata(spark, paths.features) or {}).get(
-            "features_of") == key:
-        summary.read = last_commit(spark, paths.features).rows
-        return spark.read.format("delta").load(paths.features)
+    raw = raw if raw is not None else (_stored_raw(spark, cfg, paths.features, summary)
+                                       or read_raw(spark, cfg, summary=summary))
+    settings = _features_settings(cfg)
+    meta = (commit_metadata(spark, paths.features) or {}) if DeltaTable.isDeltaTable(spark, paths.features) else {}
     started = time.time()
-    written = write_table(raw_features(raw, cfg), paths.features,
-                          _metadata(cfg, summary, features_of=key, raw_schema=_raw_schema(raw)))
-    summary.read = written.rows
+    metadata = _metadata(cfg, summary, features_of=settings, raw_input=summary.inputs.get("raw"),
+                         raw_schema=_raw_schema(raw))
+    if meta.get("features_of") == settings:
+        before = _count(spark, paths.features)
+        if meta.get("raw_input") == summary.inputs.get("raw"):
+            summary.read, summary.featurized = before, 0
+            return spark.read.format("delta").load(paths.features)
+        seen = spark.read.format("delta").load(paths.features).select(*_record_key(ID, HASH, "detail")).distinct()
+        observed = Observation(f"dsel_raw_{uuid.uuid4().hex}")
+        counted = raw.observe(observed, F.count(F.lit(1)).alias("rows"))
+        new = (counted.select("*", *_record_key(ID, HASH, DETAIL)).join(seen, _KEY, "left_anti").drop(*_KEY))
+        written = write_table(raw_features(new, cfg), paths.features, metadata, mode="append")
+        rows = int(observed.get["rows"])
+        if rows - written.rows == before:
+            summary.read, summary.featurized = rows, written.rows
+            summary.tables[paths.features] = written.version
+            summary.stage("featurize", started)
+            return spark.read.format("delta").load(paths.features)
+        print(f"[dsel] {before + written.rows - rows:,} records of {paths.features} are no longer in the raw input "
+              "(deleted or changed); featurizing the whole input again", flush=True)
+    written = write_table(raw_features(raw, cfg), paths.features, metadata, change_feed=True)
+    summary.read, summary.featurized = written.rows, written.rows
     summary.tables[paths.features] = written.version
     summary.stage("featurize", started)
     return spark.read.format("delta").load(paths.features)
 
 
-def fit(spark: SparkSession, cfg: DselConfig, summary: Summary, raw: Optional[DataFrame] = None) -> Fit:
+def _fit_of(cfg: DselConfig, summary: Summary) -> dict:
+    """What a fit depends on besides the raw documents: the targets and the fit settings."""
+    return {"target": cfg.target, "target_format": cfg.target_format, "combine_targets": cfg.combine_targets,
+            "num_tokens_to_fit": cfg.num_tokens_to_fit, "targets": summary.inputs.get("targets"),
+            "text_column": cfg.text_column, "id_column": cfg.id_column, **cfg.fit_params()}
+
+
+def refit_reason(spark: SparkSession, cfg: DselConfig, summary: Summary) -> Optional[str]:
+    """Why ``dsel run`` must fit the histograms again, or None to reuse ``OUT/log_ratios``.
+
+    A fit is always made when there is none, or when it was made for other targets (other files,
+    or a Delta target at another version) or settings.  Otherwise ``refit='always'`` fits every
+    run, ``'never'`` reuses the fit, and ``'auto'`` fits again when the raw records changed in
+    number by more than ``refit_growth`` (a fraction) since the fit was made.
+    """
+    path = OutputPaths(cfg.out).log_ratios
+    if not DeltaTable.isDeltaTable(spark, path):
+        return "no fit yet"
+    meta = commit_metadata(spark, path) or {}
+    if meta.get("fit_of") != _fit_of(cfg, summary):
+        return "the targets or the fit settings changed"
+    if cfg.refit == "always":
+        return "refit=always"
+    if cfg.refit == "never":
+        return None
+    then, now = int(meta.get("raw_rows") or 0), int(summary.read or 0)
+    if then <= 0 or abs(now - then) > cfg.refit_growth * then:
+        return f"the raw records went from {then:,} to {now:,}, more than refit_growth={cfg.refit_growth:g}"
+    return None
+
+
+def fit(spark: SparkSession, cfg: DselConfig, summary: Summary, feats: Optional[DataFrame] = None,
+        reason: str = "dsel fit") -> Fit:
     """Fit raw and target histograms and write ``OUT/log_ratios``."""
     cfg.require("raw", "target", "out")
     paths = OutputPaths(cfg.out)
-    paths.check_owned()
-    targets = read_targets(spark, cfg)
-    feats = featurize(spark, cfg, summary, raw)
+    targets = read_targets(spark, cfg, summary)
+    feats = feats if feats is not None else featurize(spark, cfg, summary)
     started = time.time()
     result = fit_histograms(feats, targets, cfg)
     summary.warnings.extend(result.warnings)
     schema = (commit_metadata(spark, paths.features) or {}).get("raw_schema")
     written = write_table(result.to_frame(spark), paths.log_ratios,
                           _metadata(cfg, summary, dsel_fit=result.params, targets=result.target_names,
-                                    raw_schema=schema))
+                                    raw_schema=schema, fit_of=_fit_of(cfg, summary), raw_rows=summary.read))
     summary.tables[paths.log_ratios] = written.version
+    summary.fit_version, summary.refit = written.version, reason
     summary.stage("fit", started)
     return result
 
 
-def load_fit(spark: SparkSession, cfg: DselConfig) -> Fit:
-    """Read ``OUT/log_ratios`` back, checking it was fit with the same n-gram and hash settings."""
-    path = OutputPaths(cfg.out).log_ratios
+def load_fit(spark: SparkSession, cfg: DselConfig, summary: Optional[Summary] = None,
+             path: Optional[str] = None, version: Optional[int] = None) -> Fit:
+    """Read ``OUT/log_ratios`` (or ``path`` as of ``version``), checking it has this run's n-gram and hash settings."""
+    path = path or OutputPaths(cfg.out).log_ratios
     frame = read_table(spark, path, "log_ratios")
-    stored = (commit_metadata(spark, path) or {}).get("dsel_fit")
+    version = last_commit(spark, path).version if version is None else version
+    frame = spark.read.format("delta").option("versionAsOf", version).load(path)
+    stored = (_commit_at(spark, path, version) or {}).get("dsel_fit")
     if stored is None:
         raise DselError(f"{path} was not written by 'dsel fit'; run 'dsel fit' with this --out")
     wanted = cfg.fit_params()
@@ -132,40 +204,119 @@ def load_fit(spark: SparkSession, cfg: DselConfig) -> Fit:
         if wanted.get(key) != value:
             raise DselError(f"{path} was fit with {key}={value} but this run has {key}={wanted.get(key)}; "
                             f"pass --{key.replace('_', '-')} {value} or run 'dsel fit' again")
+    if summary is not None:
+        summary.fit_version = version
     return Fit.from_frame(frame, stored)
 
 
+def _commit_at(spark: SparkSession, path: str, version: int) -> Optional[dict]:
+    row = (DeltaTable.forPath(spark, path).history().where(F.col("version") == version)
+           .select("userMetadata").first())
+    return json.loads(row[0]) if row and row[0] else None
+
+
+def _appended_since(spark: SparkSession, path: str, version: int) -> Optional[DataFrame]:
+    """The rows appended to ``path`` after ``version``, from Delta's change data feed, or None when
+    something other than appends happened since (or the feed is off): then everything is rescored."""
+    history = DeltaTable.forPath(spark, path).history().where(F.col("version") > version).collect()
+    if not history or any(r["operation"] != "WRITE" or (r["operationParameters"] or {}).get("mode") != "Append"
+                          for r in history):
+        return None
+    try:
+        changes = (spark.read.format("delta").option("readChangeFeed", "true")
+                   .option("startingVersion", version + 1).load(path))
+        changes.schema  # noqa: B018 - fails here when the change feed was not on for these versions
+    except Exception:
+        return None
+    return changes.where(F.col("_change_type") == "insert").drop("_change_type", "_commit_version", "_commit_timestamp")
+
+
+def _skipped_counts(spark: SparkSession, path: str) -> dict[str, int]:
+    return {r["reason"]: int(r["count"]) for r in spark.read.format("delta").load(path).groupBy("reason").count().collect()}
+
+
 def score(spark: SparkSession, cfg: DselConfig, summary: Summary, fitted: Optional[Fit] = None,
-          raw: Optional[DataFrame] = None) -> None:
-    """Score every raw document from ``OUT/features`` and write ``OUT/weights`` and ``OUT/skipped``."""
+          feats: Optional[DataFrame] = None) -> None:
+    """Score the raw documents from ``OUT/features`` into ``OUT/weights`` and ``OUT/skipped``.
+
+    With the same fit as the weights table's, only the records appended to ``OUT/features`` since
+    it was scored (and the other records of their ids, for the duplicate-id rule) are scored, and
+    merged in; when nothing was appended, nothing is done (a rerun resumes after this stage).
+    """
     cfg.require("raw", "out")
     paths = OutputPaths(cfg.out)
-    paths.check_owned()
-    fitted = fitted or load_fit(spark, cfg)
-    feats = featurize(spark, cfg, summary, raw)
+    fitted = fitted or load_fit(spark, cfg, summary)
+    feats = feats if feats is not None else featurize(spark, cfg, summary)
     started = time.time()
+    features_version = last_commit(spark, paths.features).version
     schema = (commit_metadata(spark, paths.features) or {}).get("raw_schema")
-    metadata = _metadata(cfg, summary, dsel_fit=fitted.params, targets=fitted.target_names, raw_schema=schema)
-    # Decode the stored features once (no text is read) into a narrow staging table; the weights,
-    # the skipped records and their counts all come from it.
-    write_table(score_records(feats, fitted), paths.staging, metadata)
-    scored = spark.read.format("delta").load(paths.staging)
-    written = write_table(weight_records(scored), paths.weights, metadata)
-    summary.tables[paths.weights], summary.scored = written.version, written.rows
-    written = write_table(skipped_records(scored), paths.skipped, metadata)
-    summary.tables[paths.skipped] = written.version
-    summary.skipped = {} if written.rows == 0 else {
-        r["reason"]: int(r["count"])
-        for r in spark.read.format("delta").load(paths.skipped).groupBy("reason").count().collect()}
-    if "://" not in paths.staging or paths.staging.startswith("file://"):
-        shutil.rmtree(paths.staging.removeprefix("file://"), ignore_errors=True)
+    metadata = _metadata(cfg, summary, dsel_fit=fitted.params, targets=fitted.target_names, raw_schema=schema,
+                         fit_version=summary.fit_version, features_version=features_version)
+    previous = (commit_metadata(spark, paths.weights) or {}) if DeltaTable.isDeltaTable(spark, paths.weights) else {}
+    same_fit = previous.get("fit_version") == summary.fit_version and previous.get("dsel_fit") == fitted.params
+    scored_through = previous.get("features_version")
+    appended = (_appended_since(spark, paths.features, scored_through)
+                if same_fit and scored_through is not None and scored_through < features_version else None)
+    if same_fit and scored_through == features_version and DeltaTable.isDeltaTable(spark, paths.skipped):
+        summary.scored_now = 0
+    elif appended is not None:
+        summary.scored_now = _score_appended(spark, paths, fitted, feats, appended, metadata, summary)
+    else:
+        _score_all(spark, paths, fitted, feats, metadata, summary)
+    summary.scored = _count(spark, paths.weights)
+    summary.skipped = _skipped_counts(spark, paths.skipped)
     if cfg.strict and summary.skipped:
         reasons = ", ".join(f"{k}={v:,}" for k, v in sorted(summary.skipped.items()))
         raise DselError(f"strict mode: {sum(summary.skipped.values()):,} records were skipped ({reasons}); "
                         f"they are listed in {paths.skipped}. Fix the input, or run without --strict to skip them")
-    weights = spark.read.format("delta").load(paths.weights)
-    summary.eligible = eligible(weights, cfg.min_length).count()
+    summary.eligible = eligible(spark.read.format("delta").load(paths.weights), cfg.min_length).count()
     summary.stage("score", started)
+
+
+def _score_all(spark: SparkSession, paths: OutputPaths, fitted: Fit, feats: DataFrame, metadata: dict,
+               summary: Summary) -> None:
+    # Decode the stored features once (no text is read) into a narrow staging table; the weights,
+    # the skipped records and their counts all come from it.
+    write_table(score_records(feats, fitted), paths.staging, metadata)
+    scored = spark.read.format("delta").load(paths.staging)
+    written = write_table(skipped_records(scored), paths.skipped, metadata)
+    summary.tables[paths.skipped] = written.version
+    written = write_table(weight_records(scored), paths.weights, metadata)
+    summary.tables[paths.weights], summary.scored_now = written.version, written.rows
+    if "://" not in paths.staging or paths.staging.startswith("file://"):
+        shutil.rmtree(paths.staging.removeprefix("file://"), ignore_errors=True)
+
+
+def _score_appended(spark: SparkSession, paths: OutputPaths, fitted: Fit, feats: DataFrame, appended: DataFrame,
+                    metadata: dict, summary: Summary) -> int:
+    """Score the appended records and the earlier records of their ids; MERGE them in.  Returns the ids scored.
+
+    ``OUT/skipped`` is rewritten in one commit (its rows of those ids replaced), then the weights
+    are merged in one commit that records the features version scored through, so a crash
+    between the two is repaired by the rerun, which redoes both.
+    """
+    ids = appended.where(F.col(ID).isNotNull()).select(ID).distinct()
+    unnamed = appended.where(F.col(ID).isNull())
+    affected = feats.join(ids, ID, "left_semi").unionByName(unnamed)
+    scored = score_records(affected, fitted).persist()
+    try:
+        fresh = skipped_records(scored)
+        key = [F.coalesce(F.col("source_file"), F.lit("")).alias("_dsel_k_src"),
+               F.coalesce(F.col("detail"), F.lit("")).alias("_dsel_k_detail")]
+        kept = (spark.read.format("delta").load(paths.skipped)
+                .join(ids.withColumnRenamed(ID, "id"), "id", "left_anti")
+                .select("*", *key)
+                .join(fresh.where(F.col("id").isNull()).select(*key).distinct(), ["_dsel_k_src", "_dsel_k_detail"],
+                      "left_anti")
+                .drop("_dsel_k_src", "_dsel_k_detail"))
+        # Delta reads the snapshot it started from, so the table can be rewritten from itself.
+        written = write_table(kept.unionByName(fresh), paths.skipped, metadata)
+        summary.tables[paths.skipped] = written.version
+        written = merge_table(weight_records(scored), paths.weights, "id", metadata)
+        summary.tables[paths.weights] = written.version
+        return written.rows
+    finally:
+        scored.unpersist()
 
 
 def select(spark: SparkSession, cfg: DselConfig, summary: Summary, fitted: Optional[Fit] = None,
@@ -175,10 +326,11 @@ def select(spark: SparkSession, cfg: DselConfig, summary: Summary, fitted: Optio
     if cfg.num_samples is None and cfg.num_tokens is None:
         raise DselError("give --num-samples K or --num-tokens N")
     paths = OutputPaths(cfg.out)
-    paths.check_owned()
     started = time.time()
-    fitted = fitted or Fit.from_frame(read_table(spark, paths.log_ratios, "log_ratios"), cfg.fit_params())
     weights = read_table(spark, paths.weights, "weights")
+    scored_with = (commit_metadata(spark, paths.weights) or {}).get("fit_version")
+    fitted = fitted or load_fit(spark, cfg, summary, version=scored_with)
+    weights_version = last_commit(spark, paths.weights).version
     proportions = cfg.target_proportions or [float(s) for s in fitted.target_sizes]
     if len(proportions) != len(fitted.target_names):
         raise DselError(f"target_proportions has {len(proportions)} values but {paths.log_ratios} has "
@@ -188,7 +340,7 @@ def select(spark: SparkSession, cfg: DselConfig, summary: Summary, fitted: Optio
                                  min_length=cfg.min_length)
     summary.warnings.extend(selection.warnings)
     if raw is None:
-        raw = _stored_raw(spark, cfg, paths.weights) or read_raw(spark, cfg)
+        raw = _stored_raw(spark, cfg, paths.weights, summary) or read_raw(spark, cfg, summary=summary)
     columns = user_columns(raw)
     chosen = F.broadcast(selection.chosen) if (cfg.num_samples or 0) <= 1_000_000 else selection.chosen
     joined = raw.join(chosen, (raw[ID] == chosen["id"]) & (raw[HASH] == chosen["doc_hash"]))
@@ -198,7 +350,9 @@ def select(spark: SparkSession, cfg: DselConfig, summary: Summary, fitted: Optio
             .select(*[raw[f"`{c}`"] for c in columns], chosen["num_words"], chosen["log_weight"], chosen["rank"], chosen["target"],
                     F.lit(summary.run_id).alias("run_id"))
             .orderBy("target", "rank"))
-    commit = write_table(rows, paths.selected, _metadata(cfg, summary, requested=selection.requested))
+    commit = write_table(rows, paths.selected, _metadata(cfg, summary, requested=selection.requested,
+                                                         weights_version=weights_version,
+                                                         fit_version=summary.fit_version))
     summary.tables[paths.selected], summary.selected = commit.version, commit.rows
     summary.eligible = selection.eligible
     written = spark.read.format("delta").load(paths.selected)
@@ -211,38 +365,129 @@ def select(spark: SparkSession, cfg: DselConfig, summary: Summary, fitted: Optio
     return written
 
 
-def _record(spark: SparkSession, cfg: DselConfig, summary: Summary) -> None:
-    summary.finish()
+def _record(spark: SparkSession, cfg: DselConfig, summary: Summary, status: str, error: Optional[str] = None) -> None:
+    if status != "running":
+        summary.finish()
     paths = OutputPaths(cfg.out)
+    counts = summary.counts()
     record_run(spark, paths.runs, {
-        "run_id": summary.run_id, "command": summary.command,
-        "started_at": dt.datetime.fromtimestamp(summary.started), "finished_at": dt.datetime.fromtimestamp(summary.finished),
-        "params": json.dumps(cfg.to_dict(), sort_keys=True), "counts": json.dumps(summary.counts(), sort_keys=True),
-        "table_versions": json.dumps(summary.tables, sort_keys=True), "dsel_version": __version__,
+        "run_id": summary.run_id, "command": summary.command, "status": status,
+        "started_at": dt.datetime.fromtimestamp(summary.started),
+        "finished_at": dt.datetime.fromtimestamp(summary.finished) if summary.finished else None,
+        "params": json.dumps(cfg.to_dict(), sort_keys=True, default=str),
+        "input_versions": json.dumps(summary.inputs, sort_keys=True), "fit_version": summary.fit_version,
+        "refit": None if summary.fit_version is None else summary.refit is not None,
+        "read": summary.read, "skipped": sum(summary.skipped.values()) if summary.skipped else (
+            0 if summary.scored is not None else None),
+        "scored": summary.scored, "selected": summary.selected,
+        "counts": json.dumps(counts, sort_keys=True), "table_versions": json.dumps(summary.tables, sort_keys=True),
+        "error": error, "host": socket.gethostname(), "pid": os.getpid(), "dsel_version": __version__,
     })
 
 
-def execute(spark: SparkSession, cfg: DselConfig, command: str) -> Summary:
-    """Run one command ('fit', 'score', 'select' or 'run') and record it in ``OUT/runs``."""
-    summary = Summary(command=command, run_id=cfg.run_id or cfg.default_run_id(command))
-    if command == "fit":
-        fit(spark, cfg, summary)
-    elif command == "score":
-        score(spark, cfg, summary)
-    elif command == "select":
-        select(spark, cfg, summary)
-    elif command == "run":
-        cfg.require("raw", "target", "out")
-        if cfg.num_samples is None and cfg.num_tokens is None:
-            raise DselError("give --num-samples K or --num-tokens N")
-        raw = read_raw(spark, cfg)  # one schema inference for the whole run
-        fitted = fit(spark, cfg, summary, raw)
-        score(spark, cfg, summary, fitted, raw)
-        select(spark, cfg, summary, fitted, raw)
-    else:
-        raise DselError(f"unknown command {command!r}; use fit, score, select or run")
-    _record(spark, cfg, summary)
+def _run(spark: SparkSession, cfg: DselConfig, summary: Summary) -> None:
+    cfg.require("raw", "target", "out")
+    if cfg.num_samples is None and cfg.num_tokens is None:
+        raise DselError("give --num-samples K or --num-tokens N")
+    raw = read_raw(spark, cfg, summary=summary)  # one schema inference for the whole run
+    feats = featurize(spark, cfg, summary, raw)
+    read_targets(spark, cfg, summary)
+    reason = refit_reason(spark, cfg, summary)
+    fitted = fit(spark, cfg, summary, feats, reason) if reason else load_fit(spark, cfg, summary)
+    if not reason:
+        print(f"[dsel] reusing the fit in {OutputPaths(cfg.out).log_ratios} (version {summary.fit_version})", flush=True)
+    score(spark, cfg, summary, fitted, feats)
+    select(spark, cfg, summary, fitted, raw)
+
+
+def reproduce(spark: SparkSession, cfg: DselConfig, summary: Summary, source_out: str, source_run: str) -> None:
+    """Re-run past run ``source_run`` of ``source_out`` into ``cfg.out``, from what it recorded.
+
+    Its Delta inputs are read as of the versions it read (time travel), its fit is read from
+    ``source_out/log_ratios`` as of the version it used, and its parameters are its own; the
+    documents are then featurized, scored and selected again into ``cfg.out``.  JSON or Parquet
+    inputs have no versions: if their files changed since, this fails rather than pretend.
+    """
+    source = OutputPaths(source_out)
+    runs = read_table(spark, source.runs, "runs")
+    row = runs.where(F.col("run_id") == source_run).first()
+    if row is None:
+        known = ", ".join(r["run_id"] for r in runs.select("run_id").limit(5).collect())
+        raise DselError(f"{source.runs} has no run '{source_run}' (some it has: {known}); pass one of its run ids")
+    if row["command"] not in ("run", "select") or row["status"] != "succeeded" or row["fit_version"] is None:
+        raise DselError(f"run '{source_run}' ({row['command']}, {row['status']}) made no selection to reproduce; "
+                        "pick a succeeded 'run' or 'select' run")
+    inputs = json.loads(row["input_versions"] or "{}")
+    pins = {}
+    for state in [inputs.get("raw") or {}] + list(inputs.get("targets") or []):
+        if "version" in state:
+            pins[state["sources"][0]] = int(state["version"])
+    params = json.loads(row["params"])
+    params.update(out=cfg.out, run_id=summary.run_id, pin_versions=pins or None, export=cfg.export,
+                  export_format=cfg.export_format, break_lock=False)
+    again = DselConfig.from_mapping(params)
+    raw = read_raw(spark, again, summary=summary)
+    for role, recorded, now in [("raw", inputs.get("raw"), summary.inputs.get("raw"))]:
+        if recorded and "digest" in recorded and recorded != now:
+            raise DselError(f"the {role} files {', '.join(recorded['sources'])} changed since run '{source_run}' "
+                            "read them, and only Delta inputs can be read as they were; restore the files, or "
+                            "keep raw data in Delta tables to make runs reproducible")
+    fitted = load_fit(spark, again, None, source.log_ratios, int(row["fit_version"]))
+    feats = featurize(spark, again, summary, raw)
+    paths = OutputPaths(cfg.out)
+    written = write_table(fitted.to_frame(spark), paths.log_ratios,
+                          _metadata(again, summary, dsel_fit=fitted.params, targets=fitted.target_names,
+                                    reproduces={"out": source_out, "run_id": source_run,
+                                                "fit_version": int(row["fit_version"])}))
+    summary.tables[paths.log_ratios], summary.fit_version = written.version, written.version
+    summary.refit = f"copied from {source.log_ratios} version {int(row['fit_version'])}"
+    score(spark, again, summary, fitted, feats)
+    select(spark, again, summary, fitted, raw)
+
+
+def execute(spark: SparkSession, cfg: DselConfig, command: str, **options: str) -> Summary:
+    """Run one command ('fit', 'score', 'select', 'run' or 'reproduce') and record it in ``OUT/runs``.
+
+    The run holds ``OUT/lock`` from start to end, so two runs never write one output at once;
+    its row in ``OUT/runs`` says 'running' while it works, then 'succeeded' or 'failed'.
+    ``reproduce`` takes ``source_out`` and ``source_run`` options.
+    """
+    stages = {"fit": lambda s: fit(spark, cfg, s), "score": lambda s: score(spark, cfg, s),
+              "select": lambda s: select(spark, cfg, s), "run": lambda s: _run(spark, cfg, s),
+              "reproduce": lambda s: reproduce(spark, cfg, s, options["source_out"], options["source_run"])}
+    if command not in stages:
+        raise DselError(f"unknown command {command!r}; use {', '.join(stages)}")
+    cfg.require("out")
+    if command in ("run", "fit"):
+        cfg.require("raw", "target")
+    if command in ("run", "select") and cfg.num_samples is None and cfg.num_tokens is None:
+        raise DselError("give --num-samples K or --num-tokens N")
+    inputs = [] if command == "reproduce" else [fingerprint(spark, cfg.raw, cfg.raw_format, cfg) if cfg.raw else []]
+    if command in ("run", "fit"):
+        inputs.append(fingerprint(spark, cfg.target, cfg.target_format, cfg))
+    summary = Summary(command=command, run_id=cfg.run_id or cfg.default_run_id(command, [inputs, options]))
+    paths = OutputPaths(cfg.out)
+    paths.check_owned()
+    local = cfg.out.removeprefix("file://")
+    fresh = "://" not in local and not os.path.exists(local)
+    check_outputs(spark, paths)
+    claim(spark, paths.lock, summary.run_id, cfg.lock_timeout_hours, force=cfg.break_lock)
+    try:
+        _record(spark, cfg, summary, "running")
+        stages[command](summary)
+    except BaseException as exc:
+        try:
+            if fresh and not summary.tables:
+                shutil.rmtree(local, ignore_errors=True)  # failed before writing anything: leave no trace
+            else:
+                _record(spark, cfg, summary, "failed", f"{type(exc).__name__}: {exc}"[:2000])
+        finally:
+            release(spark, paths.lock, summary.run_id)
+        raise
+    _record(spark, cfg, summary, "succeeded")
+    release(spark, paths.lock, summary.run_id)
     return summary
 
 
-__all__ = ["execute", "fit", "load_fit", "score", "select", "read_raw", "read_targets"]
+__all__ = ["execute", "featurize", "fit", "load_fit", "refit_reason", "reproduce", "score", "select", "read_raw",
+           "read_targets"]

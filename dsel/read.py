@@ -14,9 +14,10 @@ the internal columns the later stages use (``_dsel_*``), without touching the us
 from __future__ import annotations
 
 import glob
+import hashlib
 import os
 import re
-from typing import Optional
+from typing import Any, Optional
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -76,12 +77,16 @@ def detect_format(source: str) -> str:
 
 
 def read_input(spark: SparkSession, sources: list[str], fmt: str, cfg: DselConfig, role: str,
-               schema: Optional[T.StructType] = None) -> DataFrame:
+               schema: Optional[T.StructType] = None, state: Optional[dict[str, Any]] = None) -> DataFrame:
     """Read one input (``role`` is 'raw' or 'target', for messages) with all its columns.
 
     For JSON lines, Spark infers the schema (a pass over the data, or a sample of it with
     ``json_sampling_ratio``) unless ``schema`` is given: dsel passes the schema it stored
     when it first read the same input, so later stages parse the text once each.
+
+    A Delta input is read as of one version: ``cfg.pin_versions[source]`` when set, else the
+    latest, so that a table growing during the run is read consistently.  When ``state`` is given
+    it receives :func:`input_state` of what was read.
     """
     if not sources:
         raise DselError(f"no {role} input given; pass --{role} PATH")
@@ -103,16 +108,84 @@ def read_input(spark: SparkSession, sources: list[str], fmt: str, cfg: DselConfi
         elif kind == "delta":
             if len(sources) != 1:
                 raise DselError(f"give one Delta table per --{role}; got {len(sources)} paths")
-            df = spark.read.format("delta").load(sources[0])
+            version = _delta_version(spark, sources[0], cfg, path=True)
+            df = spark.read.format("delta").option("versionAsOf", version).load(sources[0])
         else:
-            if len(sources) != 1 or not _TABLE_NAME.match(sources[0]):
-                raise DselError(f"{sources!r} is not a valid table name; use catalog.schema.table with "
-                                "letters, digits and underscores")
-            df = spark.table(sources[0])
+            _check_table_name(sources)
+            version = _delta_version(spark, sources[0], cfg, path=False)
+            df = (spark.table(sources[0]) if version is None
+                  else spark.sql(f"SELECT * FROM {sources[0]} VERSION AS OF {int(version)}"))
     except AnalysisException as exc:
         raise DselError(f"cannot read {role} input {', '.join(sources)} as {kind}: "
                         f"{str(exc).splitlines()[0]}. Check the path and --{role}-format") from None
-    return _check_columns(df, cfg, role)
+    df = _check_columns(df, cfg, role)
+    if state is not None:
+        state.update(input_state(df, sources, kind, version if kind in ("delta", "table") else None))
+    return df
+
+
+def _check_table_name(sources: list[str]) -> None:
+    if len(sources) != 1 or not _TABLE_NAME.match(sources[0]):
+        raise DselError(f"{sources!r} is not a valid table name; use catalog.schema.table with "
+                        "letters, digits and underscores")
+
+
+def _delta_version(spark: SparkSession, source: str, cfg: DselConfig, path: bool) -> Optional[int]:
+    """The version to read a Delta input at: the pinned one, else the latest (None: not a Delta table)."""
+    from delta.tables import DeltaTable
+
+    try:
+        table = DeltaTable.forPath(spark, source) if path else DeltaTable.forName(spark, source)
+    except Exception:
+        if path or source in (cfg.pin_versions or {}):
+            raise DselError(f"{source} is not a Delta table; check the path, or --raw-format/--target-format")
+        return None
+    latest = int(table.history(1).select("version").first()[0])
+    pinned = (cfg.pin_versions or {}).get(source)
+    if pinned is not None and pinned > latest:
+        raise DselError(f"{source} has no version {pinned} (latest is {latest}); fix pin_versions")
+    return latest if pinned is None else int(pinned)
+
+
+def fingerprint(spark: SparkSession, sources: list[str], fmt: str, cfg: DselConfig) -> list[str]:
+    """A cheap identity of an input's current contents, read before a run starts (for default run ids):
+    a Delta version, or the names, sizes and times of local files.  Remote files count by name only."""
+    prints = []
+    for source in sources:
+        kind = detect_format(source) if fmt == "auto" else fmt
+        if kind == "table":
+            _check_table_name([source])
+        if kind in ("delta", "table"):
+            prints.append(f"{source}@{_delta_version(spark, source, cfg, path=kind == 'delta')}")
+        elif _is_uri(source):
+            prints.append(source)
+        else:
+            path = _local(source)
+            names = glob.glob(path) if any(c in path for c in "*?[") else [path]
+            files = sorted(os.path.join(root, n) for name in names for root, _, found in
+                           (os.walk(name) if os.path.isdir(name) else [(os.path.dirname(name), [], [os.path.basename(name)])])
+                           for n in found)
+            stats = [f"{f}:{os.stat(f).st_size}:{os.stat(f).st_mtime_ns}" for f in files if os.path.exists(f)]
+            prints.append(hashlib.sha256("\n".join(stats).encode()).hexdigest())
+    return prints
+
+
+def input_state(df: DataFrame, sources: list[str], kind: str, version: Optional[int]) -> dict[str, Any]:
+    """What an input was when it was read: a Delta version, or a digest of its files' names, sizes and times."""
+    if version is not None:
+        return {"sources": list(sources), "format": kind, "version": version}
+    files = sorted(df.inputFiles())
+    stats = []
+    for name in files:
+        local = _local(name)
+        local = local.replace("///", "/") if local.startswith("///") else local
+        try:
+            info = os.stat(local)
+            stats.append(f"{name}:{info.st_size}:{info.st_mtime_ns}")
+        except OSError:
+            stats.append(name)
+    return {"sources": list(sources), "format": kind, "files": len(files),
+            "digest": hashlib.sha256("\n".join(stats).encode()).hexdigest()}
 
 
 def _check_columns(df: DataFrame, cfg: DselConfig, role: str) -> DataFrame:

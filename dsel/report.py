@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 
 @dataclass
@@ -20,6 +20,11 @@ class Summary:
     selected: Optional[int] = None
     selected_words: Optional[int] = None
     kl_reduction: Optional[float] = None
+    featurized: Optional[int] = None  # raw records featurized by this run (the rest were already in OUT/features)
+    scored_now: Optional[int] = None  # documents this run scored (the rest kept their weights)
+    refit: Optional[str] = None  # why this run fit the histograms again, or None when it reused the fit
+    fit_version: Optional[int] = None  # the OUT/log_ratios version the scores and the selection used
+    inputs: dict[str, Any] = field(default_factory=dict)  # {"raw": input state, "targets": [states]}
     tables: dict[str, int] = field(default_factory=dict)  # path -> Delta version written
     warnings: list[str] = field(default_factory=list)
     stages: list[tuple[str, float]] = field(default_factory=list)
@@ -40,7 +45,9 @@ class Summary:
         return (self.finished or time.time()) - self.started
 
     def counts(self) -> dict[str, object]:
-        return {"read": self.read, "skipped": dict(self.skipped), "scored": self.scored, "eligible": self.eligible,
+        return {"read": self.read, "featurized": self.featurized, "skipped": dict(self.skipped), "scored": self.scored,
+                "scored_now": self.scored_now, "refit": self.refit, "fit_version": self.fit_version,
+                "eligible": self.eligible,
                 "selected": self.selected, "selected_words": self.selected_words, "kl_reduction": self.kl_reduction}
 
     def format(self) -> str:
@@ -51,8 +58,15 @@ class Summary:
             total = sum(self.skipped.values())
             reasons = ", ".join(f"{k}={v:,}" for k, v in sorted(self.skipped.items())) or "none"
             lines.append(f"  skipped            {total:>12,}  ({reasons})")
+        if self.featurized is not None and self.featurized != self.read:
+            lines.append(f"  featurized now     {self.featurized:>12,}  (the rest were featurized by earlier runs)")
         if self.scored is not None:
-            lines.append(f"  scored             {self.scored:>12,}")
+            now = (f"  ({self.scored_now:,} scored now, the rest kept their weights)"
+                   if self.scored_now is not None and self.scored_now != self.scored else "")
+            lines.append(f"  scored             {self.scored:>12,}{now}")
+        if self.fit_version is not None:
+            why = f"fit now: {self.refit}" if self.refit else "reused"
+            lines.append(f"  fit                {'log_ratios v' + str(self.fit_version):>12}  ({why})")
         if self.eligible is not None:
             lines.append(f"  eligible           {self.eligible:>12,}")
         if self.selected is not None:

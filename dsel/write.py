@@ -17,17 +17,7 @@ from pyspark.sql import types as T
 
 from dsel.errors import DselError
 
-RUNS_SCHEMA = T.StructType([
-    T.StructField("run_id", T.StringType()),
-    T.StructField("command", T.StringType()),
-    T.StructField("started_at", T.TimestampType()),
-    T.StructField("finished_at", T.TimestampType()),
-    T.StructField("params", T.StringType()),
-    T.StructField("counts", T.StringType()),
-    T.StructField("table_versions", T.StringType()),
-    T.StructField("dsel_version", T.StringType()),
-])
-TABLES = ("features", "log_ratios", "weights", "skipped", "selected", "runs")
+TABLES = ("features", "log_ratios", "weights", "skipped", "selected", "runs", "lock")
 
 
 @dataclass(frozen=True)
@@ -64,6 +54,10 @@ class OutputPaths:
         return self.table("features")
 
     @property
+    def lock(self) -> str:
+        return self.table("lock")
+
+    @property
     def staging(self) -> str:
         return self.table("_staging_scored")
 
@@ -89,11 +83,79 @@ class Written:
     rows: int
 
 
-def write_table(df: DataFrame, path: str, metadata: dict[str, Any]) -> Written:
-    """Overwrite the Delta table at ``path`` with ``df`` in one commit."""
-    (df.write.format("delta").mode("overwrite").option("overwriteSchema", "true")
-     .option("userMetadata", json.dumps(metadata, sort_keys=True, default=str)).save(path))
+#: Tables whose columns are fixed by dsel (``selected`` carries the raw input's own columns).
+FIXED_SCHEMA_TABLES = ("features", "log_ratios", "weights", "skipped")
+
+
+def write_table(df: DataFrame, path: str, metadata: dict[str, Any], mode: str = "overwrite",
+                change_feed: bool = False) -> Written:
+    """Write ``df`` to the Delta table at ``path`` in one commit (``overwrite`` or ``append``).
+
+    An existing table must have been written by dsel and, for the tables with fixed columns,
+    have the same columns; otherwise this fails instead of mixing data.  ``change_feed`` turns on
+    Delta's change data feed when the table is created (``OUT/features``, for incremental scoring).
+    """
+    check_table(df.sparkSession, path, df.schema)
+    writer = (df.write.format("delta").mode(mode)
+              .option("userMetadata", json.dumps(metadata, sort_keys=True, default=str)))
+    if mode == "overwrite":
+        writer = writer.option("overwriteSchema", "true")
+    if change_feed:
+        writer = writer.option("delta.enableChangeDataFeed", "true")
+    writer.save(path)
     return last_commit(df.sparkSession, path)
+
+
+def check_outputs(spark: SparkSession, paths: OutputPaths) -> None:
+    """Before a run writes anything: every table already under ``--out`` must be one dsel wrote."""
+    for name in TABLES:
+        if name not in ("runs", "lock"):
+            check_table(spark, paths.table(name), None)
+
+
+def check_table(spark: SparkSession, path: str, schema: Optional[T.StructType]) -> None:
+    """Refuse to write over a table dsel did not write, or one of its tables with other columns."""
+    from delta.tables import DeltaTable
+
+    name = path.rstrip("/").rsplit("/", 1)[-1]
+    local = path[len("file://"):] if path.startswith("file://") else path
+    if "://" not in local and os.path.exists(local) and not DeltaTable.isDeltaTable(spark, path):
+        raise DselError(f"{path} exists but is not a Delta table; move it away or choose another --out")
+    if not DeltaTable.isDeltaTable(spark, path):
+        return
+    if "dsel_version" not in (commit_metadata(spark, path) or {}):
+        raise DselError(f"{path} is a Delta table that dsel did not write; choose another --out")
+    if schema is not None and name in FIXED_SCHEMA_TABLES:
+        check_schema(spark, path, schema, name)
+
+
+def check_schema(spark: SparkSession, path: str, schema: T.StructType, what: str) -> None:
+    """Fail when the Delta table at ``path`` has other columns than ``schema``."""
+    have = [(f.name, f.dataType.simpleString()) for f in spark.read.format("delta").load(path).schema.fields]
+    want = [(f.name, f.dataType.simpleString()) for f in schema.fields]
+    if have != want:
+        raise DselError(f"{path} holds a '{what}' table with other columns ({', '.join(n for n, _ in have)}) "
+                        f"than this run writes ({', '.join(n for n, _ in want)}), perhaps from another dsel "
+                        "version; write to a new --out, or move that table away")
+
+
+def merge_table(df: DataFrame, path: str, key: str, metadata: dict[str, Any]) -> Written:
+    """Upsert ``df`` into the Delta table at ``path`` on ``key`` in one commit (MERGE), with userMetadata."""
+    from delta.tables import DeltaTable
+
+    spark = df.sparkSession
+    check_table(spark, path, df.schema)
+    conf = "spark.databricks.delta.commitInfo.userMetadata"
+    spark.conf.set(conf, json.dumps(metadata, sort_keys=True, default=str))
+    try:
+        (DeltaTable.forPath(spark, path).alias("t").merge(df.alias("s"), f"t.`{key}` = s.`{key}`")
+         .whenMatchedUpdateAll().whenNotMatchedInsertAll().execute())
+    finally:
+        spark.conf.unset(conf)
+    row = DeltaTable.forPath(spark, path).history(1).select("version", "operationMetrics").first()
+    metrics = row["operationMetrics"] or {}
+    changed = int(metrics.get("numTargetRowsInserted", 0)) + int(metrics.get("numTargetRowsUpdated", 0))
+    return Written(int(row["version"]), changed)
 
 
 def last_commit(spark: SparkSession, path: str) -> Written:
@@ -119,22 +181,6 @@ def commit_metadata(spark: SparkSession, path: str) -> Optional[dict[str, Any]]:
 
     raw = DeltaTable.forPath(spark, path).history(1).select("userMetadata").first()[0]
     return json.loads(raw) if raw else None
-
-
-def record_run(spark: SparkSession, path: str, row: dict[str, Any]) -> None:
-    """Insert or replace the run's row (MERGE on run_id) in the run table."""
-    from delta.tables import DeltaTable
-
-    frame = spark.createDataFrame([tuple(row[f.name] for f in RUNS_SCHEMA.fields)], RUNS_SCHEMA)
-    if not DeltaTable.isDeltaTable(spark, path):
-        try:
-            frame.write.format("delta").mode("errorifexists").save(path)
-            return
-        except Exception:  # another writer created it first; fall through to the merge
-            pass
-    (DeltaTable.forPath(spark, path).alias("r")
-     .merge(frame.alias("n"), "r.run_id = n.run_id")
-     .whenMatchedUpdateAll().whenNotMatchedInsertAll().execute())
 
 
 def export(df: DataFrame, path: str, fmt: str) -> None:

@@ -74,12 +74,36 @@ def test_a_killed_driver_then_a_rerun_gives_complete_output_without_duplicates(s
     proc.wait()
     assert "[dsel] featurize done" in seen, seen[-3000:]
     assert not (out / "selected").exists()
+    crashed = spark.read.format("delta").load(str(out / "runs")).collect()
+    assert [r["status"] for r in crashed] == ["running"]  # the dead run still holds the lock
     rerun = _spawn(_argv(small, out, "--master", "local[2]"))
     log = rerun.communicate(timeout=600)[0]
     assert rerun.returncode == 0, log[-3000:]
+    assert "[dsel] featurize done" not in log  # resumed after the completed stage
     assert _tables(spark, out) == small["clean"]
     runs = spark.read.format("delta").load(str(out / "runs")).collect()
-    assert len(runs) == 1 and json.loads(runs[0]["counts"])["selected"] == 30
+    assert len(runs) == 1 and runs[0]["status"] == "succeeded" and runs[0]["selected"] == 30
+    assert runs[0]["run_id"] == crashed[0]["run_id"]
+
+
+def test_two_processes_writing_one_output_at_once_one_fails_clearly(spark, small):
+    out = small["root"] / "contended"
+    procs = {seed: _spawn(_argv(small, out, "--master", "local[1]", "--seed", seed)) for seed in ("9", "10")}
+    logs = {seed: p.communicate(timeout=600)[0] for seed, p in procs.items()}
+    codes = {seed: p.returncode for seed, p in procs.items()}
+    assert sorted(codes.values()) == [0, 2], logs
+    winner = next(s for s, c in codes.items() if c == 0)
+    loser_log = logs[next(s for s, c in codes.items() if c == 2)]
+    assert "dsel: error: another dsel run" in loser_log and "--break-lock" in loser_log, loser_log[-2000:]
+    if winner == "9":
+        assert _tables(spark, out) == small["clean"]
+    else:
+        clean = small["root"] / "clean-10"
+        execute(spark, DselConfig.from_mapping({"raw": [small["raw"]], "target": [small["target"]],
+                                                "out": str(clean), "num_samples": 30, "seed": 10}), "run")
+        assert _tables(spark, out) == _tables(spark, clean)
+    runs = spark.read.format("delta").load(str(out / "runs")).collect()
+    assert [r["status"] for r in runs] == ["succeeded"]
 
 
 @pytest.mark.parametrize("flags, message", [

@@ -1,0 +1,171 @@
+"""Runs: the run history table (``OUT/runs``) and the output lock (``OUT/lock``).
+
+**The run table** holds one row per run id (a MERGE on ``run_id``, so a rerun replaces its row):
+when it started and ended, its status, its parameters, the versions of the inputs it read, the
+``log_ratios`` version its selection used, its counts, and the version of every table it wrote.
+
+**The lock** keeps two runs from writing one output at once.  It is a one-row Delta table; a
+run claims it with a single MERGE that succeeds only when the lock is free, already held by the
+same run id (a rerun after a crash), or held by a run that is known to be gone (its process is
+dead on this host, or it claimed the lock more than ``lock_timeout_hours`` ago).  Two runs that
+claim at the same instant both MERGE the same row, and Delta's optimistic concurrency lets
+exactly one of them commit; the other gets a clear error and writes nothing.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import os
+import socket
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from pyspark.errors import AnalysisException
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from dsel.errors import DselError
+from dsel.write import check_schema
+
+RUNS_SCHEMA = T.StructType([
+    T.StructField("run_id", T.StringType()),
+    T.StructField("command", T.StringType()),
+    T.StructField("status", T.StringType()),  # running, succeeded or failed
+    T.StructField("started_at", T.TimestampType()),
+    T.StructField("finished_at", T.TimestampType()),
+    T.StructField("params", T.StringType()),  # JSON of the DselConfig
+    T.StructField("input_versions", T.StringType()),  # JSON {"raw": {...}, "target": [{...}]}
+    T.StructField("fit_version", T.LongType()),  # the log_ratios version the scores and selection used
+    T.StructField("refit", T.BooleanType()),  # whether this run fit the histograms again
+    T.StructField("read", T.LongType()),
+    T.StructField("skipped", T.LongType()),
+    T.StructField("scored", T.LongType()),
+    T.StructField("selected", T.LongType()),
+    T.StructField("counts", T.StringType()),  # JSON: every count of the summary, skipped by reason
+    T.StructField("table_versions", T.StringType()),  # JSON {table path: Delta version written}
+    T.StructField("error", T.StringType()),
+    T.StructField("host", T.StringType()),
+    T.StructField("pid", T.LongType()),
+    T.StructField("dsel_version", T.StringType()),
+])
+
+LOCK_SCHEMA = T.StructType([
+    T.StructField("lock", T.StringType()),
+    T.StructField("run_id", T.StringType()),
+    T.StructField("host", T.StringType()),
+    T.StructField("pid", T.LongType()),
+    T.StructField("claimed_at", T.TimestampType()),
+])
+
+
+def record_run(spark: SparkSession, path: str, row: dict[str, Any]) -> None:
+    """Insert or replace the run's row (MERGE on run_id) in the run table."""
+    from delta.tables import DeltaTable
+
+    frame = spark.createDataFrame([tuple(row.get(f.name) for f in RUNS_SCHEMA.fields)], RUNS_SCHEMA)
+    if not DeltaTable.isDeltaTable(spark, path):
+        try:
+            frame.write.format("delta").mode("errorifexists").save(path)
+            return
+        except Exception:  # another writer created it first; fall through to the merge
+            pass
+    check_schema(spark, path, RUNS_SCHEMA, "runs")
+    (DeltaTable.forPath(spark, path).alias("r")
+     .merge(frame.alias("n"), "r.run_id = n.run_id")
+     .whenMatchedUpdateAll().whenNotMatchedInsertAll().execute())
+
+
+@dataclass(frozen=True)
+class Holder:
+    """Who holds an output's lock."""
+
+    run_id: str
+    host: str
+    pid: int
+    claimed_at: dt.datetime
+
+    def gone(self, timeout_hours: float) -> bool:
+        """True when the holder can no longer be running: dead on this host, or older than the timeout."""
+        if dt.datetime.now() - self.claimed_at > dt.timedelta(hours=timeout_hours):
+            return True
+        if self.host != socket.gethostname():
+            return False
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
+
+
+def holder(spark: SparkSession, path: str) -> Optional[Holder]:
+    from delta.tables import DeltaTable
+
+    if not DeltaTable.isDeltaTable(spark, path):
+        return None
+    row = spark.read.format("delta").load(path).where(F.col("run_id").isNotNull()).first()
+    return None if row is None else Holder(row["run_id"], row["host"], int(row["pid"]), row["claimed_at"])
+
+
+def _busy(path: str, held: Holder) -> DselError:
+    return DselError(
+        f"another dsel run, '{held.run_id}' (pid {held.pid} on {held.host}, since {held.claimed_at:%Y-%m-%d %H:%M:%S}), "
+        f"is writing to {path.rsplit('/', 1)[0]}; wait for it to finish, or if it is dead, rerun with "
+        "--break-lock (or a smaller --lock-timeout-hours)")
+
+
+def claim(spark: SparkSession, path: str, run_id: str, timeout_hours: float, force: bool = False) -> None:
+    """Take the output lock for ``run_id`` or raise DselError naming the run that holds it."""
+    from delta import exceptions as conflicts
+    from delta.tables import DeltaTable
+
+    now = dt.datetime.now().replace(microsecond=0)
+    me = spark.createDataFrame([("lock", run_id, socket.gethostname(), os.getpid(), now)], LOCK_SCHEMA)
+    conflict = tuple(getattr(conflicts, n) for n in _CONFLICTS)
+    if not DeltaTable.isDeltaTable(spark, path):
+        try:
+            me.write.format("delta").mode("errorifexists").save(path)
+            return
+        except conflict + (AnalysisException,):
+            pass  # created by a concurrent run a moment ago: compete through the MERGE below
+    check_schema(spark, path, LOCK_SCHEMA, "lock")
+    held = holder(spark, path)
+    condition = "l.run_id IS NULL OR l.run_id = n.run_id"
+    if held is not None and held.run_id != run_id and (force or held.gone(timeout_hours)):
+        # Take over from exactly the holder seen here; if it changed meanwhile, the MERGE matches nothing.
+        condition += (f" OR (l.run_id = '{_quote(held.run_id)}' AND l.host = '{_quote(held.host)}'"
+                      f" AND l.pid = {int(held.pid)})")
+    try:
+        (DeltaTable.forPath(spark, path).alias("l").merge(me.alias("n"), "l.lock = n.lock")
+         .whenMatchedUpdate(condition=condition, set={c: f"n.{c}" for c in me.columns})
+         .whenNotMatchedInsertAll().execute())
+    except conflict:
+        now_held = holder(spark, path)
+        raise _busy(path, now_held) if now_held else DselError(
+            f"another dsel run changed {path} at the same moment; rerun") from None
+    now_held = holder(spark, path)
+    if now_held is None or now_held.run_id != run_id or now_held.pid != os.getpid():
+        raise _busy(path, now_held or held)
+
+
+#: Delta's optimistic-concurrency errors (in delta-spark's Python API they share no common base class).
+_CONFLICTS = ("ConcurrentAppendException", "ConcurrentDeleteDeleteException", "ConcurrentDeleteReadException",
+              "ConcurrentTransactionException", "ConcurrentWriteException", "DeltaConcurrentModificationException",
+              "MetadataChangedException", "ProtocolChangedException")
+
+
+def release(spark: SparkSession, path: str, run_id: str) -> None:
+    """Free the lock if ``run_id`` (in this process) still holds it."""
+    from delta.tables import DeltaTable
+
+    if not DeltaTable.isDeltaTable(spark, path):
+        return
+    (DeltaTable.forPath(spark, path).update(
+        condition=(F.col("run_id") == run_id) & (F.col("pid") == os.getpid()),
+        set={"run_id": F.lit(None).cast("string"), "host": F.lit(None).cast("string"),
+             "pid": F.lit(None).cast("long"), "claimed_at": F.lit(None).cast("timestamp")}))
+
+
+def _quote(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("'", "\\'")
