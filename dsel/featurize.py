@@ -91,15 +91,29 @@ def features(df: DataFrame, cfg: DselConfig) -> DataFrame:
 
 
 def _inject_fault(stage: str) -> None:
-    """Testing aid: with DSEL_FAULT_INJECTION=<stage> in the executors' environment, the first
-    attempt of task 0 of that stage fails, so that tests can check retries change nothing."""
-    if os.environ.get("DSEL_FAULT_INJECTION") != stage:
+    """Testing aid, set in the executors' environment, so that tests can check faults change nothing:
+
+    * ``DSEL_FAULT_INJECTION=<stage>``: the first attempt of task 0 of that stage fails;
+    * ``DSEL_FAULT_INJECTION=<stage>:stall``: the first attempt of every task of that stage writes a
+      file into ``DSEL_FAULT_DIR`` and then sleeps ``DSEL_FAULT_STALL`` seconds (default 60), so a test
+      can kill its executor mid-stage.
+    """
+    mode = os.environ.get("DSEL_FAULT_INJECTION", "")
+    if mode not in (stage, f"{stage}:stall"):
         return
     from pyspark import TaskContext
 
     ctx = TaskContext.get()
-    if ctx is not None and ctx.partitionId() == 0 and ctx.attemptNumber() == 0:
+    if ctx is None or ctx.attemptNumber() != 0:
+        return
+    if mode == stage and ctx.partitionId() == 0:
         raise RuntimeError(f"dsel fault injection: failing the first attempt of {stage} task 0")
+    if mode.endswith(":stall"):
+        import time
+
+        marker = os.path.join(os.environ["DSEL_FAULT_DIR"], f"{stage}-{ctx.partitionId()}-{os.getpid()}")
+        open(marker, "w").close()
+        time.sleep(float(os.environ.get("DSEL_FAULT_STALL", "60")))
 
 
 def feature_histograms(feats: DataFrame, group: "F.Column", num_groups: int, num_buckets: int) -> DataFrame:

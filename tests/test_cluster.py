@@ -98,7 +98,7 @@ def data(tmp_path_factory):
             "count": len(raw)}
 
 
-def _submit(cluster: dict, data: dict, out: Path, log_dir: Path) -> subprocess.Popen:
+def _submit(cluster: dict, data: dict, out: Path, log_dir: Path, *conf: str) -> subprocess.Popen:
     """Start spark-submit in the background; its stdout and stderr go to files under log_dir."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYSPARK_GATEWAY")}
     env.update({"SPARK_LOCAL_IP": "127.0.0.1", "PYTHONPATH": str(REPO), "PYSPARK_PYTHON": sys.executable,
@@ -115,6 +115,7 @@ def _submit(cluster: dict, data: dict, out: Path, log_dir: Path) -> subprocess.P
         "--conf", "spark.ui.enabled=false",
         "--conf", "spark.sql.shuffle.partitions=2", "--conf", "spark.default.parallelism=2",
         "--conf", "spark.databricks.delta.snapshotPartitions=2",
+        *[arg for c in conf for arg in ("--conf", c)],
         str(REPO / "jobs" / "run.py"),
         "--raw", data["raw"], "--target", data["target"], "--out", str(out),
         "--num-samples", str(NUM_SAMPLES), "--seed", str(SEED),
@@ -134,17 +135,23 @@ def _selected(spark, out: Path) -> list[tuple]:
     return [(r["id"], r["target"], r["rank"], r["log_weight"], r["text"]) for r in rows]
 
 
+def _local_run(spark, data: dict) -> Path:
+    """The same config in local mode, in the test session (once per module)."""
+    local_out = data["root"] / "local-out"
+    if not (local_out / "selected").exists():
+        execute(spark, DselConfig.from_mapping({
+            "raw": [data["raw"]], "target": [data["target"]], "out": str(local_out),
+            "num_samples": NUM_SAMPLES, "seed": SEED,
+        }), "run")
+    return local_out
+
+
 def test_spark_submit_to_standalone_matches_local_mode(spark, cluster, data):
     started = time.time()
     cluster_out = data["root"] / "cluster-out"
     job = _submit(cluster, data, cluster_out, data["root"])
     try:
-        # The same config in local mode, in the test session, while the cluster job runs.
-        local_out = data["root"] / "local-out"
-        execute(spark, DselConfig.from_mapping({
-            "raw": [data["raw"]], "target": [data["target"]], "out": str(local_out),
-            "num_samples": NUM_SAMPLES, "seed": SEED,
-        }), "run")
+        local_out = _local_run(spark, data)  # while the cluster job runs
         returncode = job.wait(timeout=420)
     finally:
         if job.poll() is None:
@@ -173,3 +180,36 @@ def test_spark_submit_to_standalone_matches_local_mode(spark, cluster, data):
     cluster_selected, local_selected = _selected(spark, cluster_out), _selected(spark, local_out)
     assert len(cluster_selected) == NUM_SAMPLES
     assert cluster_selected == local_selected
+
+
+def test_an_executor_killed_mid_stage_leaves_the_same_output(spark, cluster, data):
+    """Featurize tasks stall on their first attempt; one executor JVM is SIGKILLed while they do.
+    Spark reruns its tasks elsewhere, the worker starts a new executor, and the tables come out the same."""
+    root = data["root"] / "executor-loss"
+    markers = root / "markers"
+    markers.mkdir(parents=True)
+    out = root / "out"
+    job = _submit(cluster, data, out, root, "spark.executorEnv.DSEL_FAULT_INJECTION=featurize:stall",
+                  f"spark.executorEnv.DSEL_FAULT_DIR={markers}", "spark.executorEnv.DSEL_FAULT_STALL=45")
+    try:
+        deadline = time.time() + 300
+        while not list(markers.iterdir()) and time.time() < deadline and job.poll() is None:
+            time.sleep(0.5)
+        assert list(markers.iterdir()), "no featurize task started on the cluster"
+        found = subprocess.run(["pgrep", "-f", "CoarseGrainedExecutorBackend"], capture_output=True, text=True)
+        executors = [int(p) for p in found.stdout.split()]
+        assert len(executors) == 2, found.stdout
+        os.kill(executors[0], 9)  # one executor JVM (and its Python workers with it) dies mid-stage
+        returncode = job.wait(timeout=600)
+    finally:
+        if job.poll() is None:
+            job.kill()
+            job.wait()
+    stdout, stderr = (root / "submit.out").read_text(), (root / "submit.err").read_text()
+    assert returncode == 0, f"spark-submit exited {returncode}:\n{stdout}\n{stderr[-8000:]}"
+    assert "Lost executor" in stderr or "ExecutorLostFailure" in stderr, stderr[-5000:]
+    local_out = _local_run(spark, data)
+    assert _weights(spark, out) == _weights(spark, local_out)
+    assert _selected(spark, out) == _selected(spark, local_out)
+    runs = spark.read.format("delta").load(str(out / "runs")).collect()
+    assert [(r["status"], r["selected"]) for r in runs] == [("succeeded", NUM_SAMPLES)]
