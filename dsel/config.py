@@ -221,7 +221,7 @@ FIELD_HELP: dict[str, str] = {
     'min_length': "Documents with fewer words than this are not eligible (the reference's min_example_length).",
     'max_doc_bytes': 'Documents with more UTF-8 bytes of text are skipped (reason too_large) and counted.',
     'num_tokens': 'Token (word) budget, an alternative to num_samples.',
-    'run_id': 'Defaults to a hash of the parameters, so that rerunning the same run replaces, never duplicates.',
+    'run_id': 'Defaults to a hash of the command, parameters and input state, so rerunning the same run on the same data replaces and resumes, never duplicates.',
     'strict': 'fail the run when any record is skipped (malformed, null, empty, too large, duplicate id)',
     'json_sampling_ratio': 'Fraction of JSON lines Spark reads to infer the schema of the extra columns.',
     'raw_format': 'format of --raw: auto, json, parquet, delta or table',
