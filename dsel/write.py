@@ -83,8 +83,9 @@ class Written:
     rows: int
 
 
-#: Tables whose columns are fixed by dsel (``selected`` carries the raw input's own columns).
-FIXED_SCHEMA_TABLES = ("features", "log_ratios", "weights", "skipped")
+#: Tables whose columns are fixed by dsel (``selected`` carries the raw input's own columns, and
+#: ``features``, dsel's cache of the featurize pass, is rebuilt whole when its layout changes).
+FIXED_SCHEMA_TABLES = ("log_ratios", "weights", "skipped")
 
 
 def write_table(df: DataFrame, path: str, metadata: dict[str, Any], mode: str = "overwrite",
@@ -95,7 +96,7 @@ def write_table(df: DataFrame, path: str, metadata: dict[str, Any], mode: str = 
     have the same columns; otherwise this fails instead of mixing data.  ``change_feed`` turns on
     Delta's change data feed when the table is created (``OUT/features``, for incremental scoring).
     """
-    check_table(df.sparkSession, path, df.schema)
+    check_table(df.sparkSession, path, df.schema, appending=mode != "overwrite")
     writer = (df.write.format("delta").mode(mode)
               .option("userMetadata", json.dumps(metadata, sort_keys=True, default=str)))
     if mode == "overwrite":
@@ -113,8 +114,9 @@ def check_outputs(spark: SparkSession, paths: OutputPaths) -> None:
             check_table(spark, paths.table(name), None)
 
 
-def check_table(spark: SparkSession, path: str, schema: Optional[T.StructType]) -> None:
-    """Refuse to write over a table dsel did not write, or one of its tables with other columns."""
+def check_table(spark: SparkSession, path: str, schema: Optional[T.StructType], appending: bool = False) -> None:
+    """Refuse to write over a table dsel did not write, or one of its tables with other columns
+    (any of them when ``appending`` rows to it)."""
     from delta.tables import DeltaTable
 
     name = path.rstrip("/").rsplit("/", 1)[-1]
@@ -125,7 +127,7 @@ def check_table(spark: SparkSession, path: str, schema: Optional[T.StructType]) 
         return
     if "dsel_version" not in (commit_metadata(spark, path) or {}):
         raise DselError(f"{path} is a Delta table that dsel did not write; choose another --out")
-    if schema is not None and name in FIXED_SCHEMA_TABLES:
+    if schema is not None and (appending or name in FIXED_SCHEMA_TABLES):
         check_schema(spark, path, schema, name)
 
 
@@ -144,7 +146,7 @@ def merge_table(df: DataFrame, path: str, key: str, metadata: dict[str, Any]) ->
     from delta.tables import DeltaTable
 
     spark = df.sparkSession
-    check_table(spark, path, df.schema)
+    check_table(spark, path, df.schema, appending=True)
     conf = "spark.databricks.delta.commitInfo.userMetadata"
     spark.conf.set(conf, json.dumps(metadata, sort_keys=True, default=str))
     try:
