@@ -25,7 +25,7 @@ from dsel.fit import Fit, fit as fit_histograms
 from dsel.read import HASH, ID, INTERNAL, prepare, read_input, user_columns
 from dsel.report import Summary
 from dsel.score import score as score_records, skipped as skipped_records, weights as weight_records
-from dsel.select import eligible, select as select_documents
+from dsel.select import Filters, filter_counts, select as select_documents
 from dsel.evaluate import run_kl_reduction
 from dsel.featurize import features as raw_features
 from dsel.write import OutputPaths, commit_metadata, export, last_commit, read_table, record_run, write_table
@@ -75,7 +75,7 @@ def _features_key(cfg: DselConfig, raw: DataFrame) -> dict:
             stats.append(name)
     digest = hashlib.sha256("\n".join(stats).encode()).hexdigest()
     return {"raw": cfg.raw, "raw_format": cfg.raw_format, "text_column": cfg.text_column, "id_column": cfg.id_column,
-            "max_doc_bytes": cfg.max_doc_bytes, "input_files": digest, **cfg.fit_params()}
+            "max_doc_bytes": cfg.max_doc_bytes, "input_files": digest, "quality_stats": 1, **cfg.fit_params()}
 
 
 def featurize(spark: SparkSession, cfg: DselConfig, summary: Summary, raw: Optional[DataFrame] = None) -> DataFrame:
@@ -164,7 +164,7 @@ def score(spark: SparkSession, cfg: DselConfig, summary: Summary, fitted: Option
         raise DselError(f"strict mode: {sum(summary.skipped.values()):,} records were skipped ({reasons}); "
                         f"they are listed in {paths.skipped}. Fix the input, or run without --strict to skip them")
     weights = spark.read.format("delta").load(paths.weights)
-    summary.eligible = eligible(weights, cfg.min_length).count()
+    summary.eligible, summary.filtered, _ = filter_counts(weights, Filters.of(cfg))
     summary.stage("score", started)
 
 
@@ -185,8 +185,9 @@ def select(spark: SparkSession, cfg: DselConfig, summary: Summary, fitted: Optio
                         f"{len(fitted.target_names)} targets")
     selection = select_documents(weights, fitted.target_names, proportions, num_samples=cfg.num_samples,
                                  num_tokens=cfg.num_tokens, seed=cfg.seed, method=cfg.method,
-                                 min_length=cfg.min_length)
+                                 min_length=Filters.of(cfg))
     summary.warnings.extend(selection.warnings)
+    summary.filtered = selection.filtered
     if raw is None:
         raw = _stored_raw(spark, cfg, paths.weights) or read_raw(spark, cfg)
     columns = user_columns(raw)

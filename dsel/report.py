@@ -17,6 +17,7 @@ class Summary:
     skipped: dict[str, int] = field(default_factory=dict)
     scored: Optional[int] = None
     eligible: Optional[int] = None
+    filtered: dict[str, int] = field(default_factory=dict)  # scored documents each eligibility filter removed
     selected: Optional[int] = None
     selected_words: Optional[int] = None
     kl_reduction: Optional[float] = None
@@ -41,7 +42,7 @@ class Summary:
 
     def counts(self) -> dict[str, object]:
         return {"read": self.read, "skipped": dict(self.skipped), "scored": self.scored, "eligible": self.eligible,
-                "selected": self.selected, "selected_words": self.selected_words, "kl_reduction": self.kl_reduction}
+                "filtered": dict(self.filtered), "selected": self.selected, "selected_words": self.selected_words, "kl_reduction": self.kl_reduction}
 
     def format(self) -> str:
         lines = [f"dsel {self.command} — run {self.run_id}"]
@@ -55,6 +56,9 @@ class Summary:
             lines.append(f"  scored             {self.scored:>12,}")
         if self.eligible is not None:
             lines.append(f"  eligible           {self.eligible:>12,}")
+        if self.filtered:
+            reasons = ", ".join(f"{k}={v:,}" for k, v in self.filtered.items())
+            lines.append(f"  not eligible       {sum(self.filtered.values()):>12,}  ({reasons})")
         if self.selected is not None:
             words = f"  ({self.selected_words:,} words)" if self.selected_words is not None else ""
             lines.append(f"  selected           {self.selected:>12,}{words}")

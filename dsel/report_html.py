@@ -45,6 +45,7 @@ from dsel.config import DselConfig
 from dsel.errors import DselError
 from dsel.read import ID, REASON, TEXT, prepare, read_input
 from dsel.write import OutputPaths, commit_metadata, read_table
+from dsel.select import Filters, eligible, filter_counts
 
 NUM_BINS = 40
 TOP_BUCKETS = 15
@@ -139,6 +140,7 @@ def bucket_ngrams(df_prepared: DataFrame, cfg: DselConfig, buckets: list[int],
     ranked = found.withColumn("r", F.row_number().over(
         Window.partitionBy("bucket").orderBy(F.col("count").desc(), F.col("ngram"))))
     result: dict[int, list[tuple[str, int]]] = {int(b): [] for b in wanted}
+    report["filtered"] = removed
     for row in ranked.where(F.col("r") <= per_bucket).orderBy("bucket", "r").collect():
         result[int(row["bucket"])].append((row["ngram"], int(row["count"])))
     return result
@@ -166,9 +168,9 @@ def collect_report(spark: SparkSession, out: str, label_column: Optional[str] = 
     report: dict[str, Any] = {"out": out, "dsel_version": __version__, "params": cfg.to_dict()}
     report["kl"] = run_kl_reduction(spark, cfg)
 
-    counts = weights.agg(F.count("*").alias("scored"),
-                         F.sum((F.col("num_words") >= cfg.min_length).cast("int")).alias("eligible")).first()
-    report["counts"] = {"scored": int(counts["scored"]), "eligible": int(counts["eligible"] or 0),
+    rule = Filters.of(cfg)
+    eligible_count, removed, _ = filter_counts(weights, rule)
+    report["counts"] = {"scored": sum(removed.values()) + eligible_count, "eligible": eligible_count,
                         "selected": selected.count()}
 
     edges = common_edges([(weights, "log_weight"), (selected, "log_weight")])
@@ -210,7 +212,7 @@ def collect_report(spark: SparkSession, out: str, label_column: Optional[str] = 
         report["label_mix"] = {"column": label_column, "raw": raw_mix, "selected": sel_mix}
 
     # Highest- and lowest-weighted eligible documents, truncated.
-    pool = weights.where(F.col("num_words") >= cfg.min_length)
+    pool = eligible(weights, rule)
     report["documents"] = {}
     for side, order in (("highest", F.col("log_weight").desc()), ("lowest", F.col("log_weight").asc())):
         ids = pool.orderBy(order, F.col("id")).limit(SHOWN_DOCS).select(
@@ -327,7 +329,9 @@ def render_html(report: dict[str, Any], images: dict[str, str]) -> str:
         f"{_e(params['method'])}, seed {_e(params['seed'])}, {_e(params['ngrams'])}-grams in "
         f"{_e(params['num_buckets'])} buckets ({_e(params['hash_kind'])}).</p>",
         "<h2>Counts</h2><table>" + "".join(f"<tr><th>{_e(k)}</th><td class=n>{v:,}</td></tr>"
-                                            for k, v in report["counts"].items()) + "</table>",
+                                            for k, v in report["counts"].items())
+        + "".join(f"<tr><th>not eligible: {_e(k)}</th><td class=n>{v:,}</td></tr>"
+                  for k, v in report.get("filtered", {}).items()) + "</table>",
         '<h2 id="kl">KL reduction</h2>',
         f'<p>KL reduction: <span class="kl" id="kl-reduction">{kl["kl_reduction"]:.4f}</span> nats '
         f'(add-one smoothing; with add-1e-8 smoothing: <span id="kl-reduction-epsilon">'
