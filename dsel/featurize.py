@@ -18,7 +18,7 @@ from typing import Iterator
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from pyspark.sql import DataFrame
+from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
 from dsel.config import DselConfig
@@ -61,6 +61,45 @@ def histograms(df: DataFrame, cfg: DselConfig, group: "F.Column", num_groups: in
     usable = df.where(F.col(REASON).isNull()).select(F.col(TEXT), group.cast("long").alias(GROUP))
     return (usable.mapInArrow(count_partition, HISTOGRAM_SCHEMA)
             .groupBy("group", "bucket").agg(F.sum("count").alias("count")))
+
+
+def target_histogram(df: DataFrame, cfg: DselConfig, per_bucket: int) -> DataFrame:
+    """Bucket counts of every usable document of ``df``, and a sample of the real n-grams of each bucket.
+
+    Rows ``bucket, count, ngram, key``: one per non-empty bucket with its count (``ngram`` null),
+    and up to ``per_bucket`` per bucket with a sampled n-gram (``count`` null).  The sample is the
+    bottom-k of :class:`dsel.kernel.NgramSample`, kept per task while counting (the same pass over
+    the text) and merged across tasks by keeping, per bucket, the ``per_bucket`` n-grams with the
+    smallest (key, n-gram): a frequency-weighted sample, the same on any partitioning, of bounded
+    size (at most B x per_bucket rows per task and in the result).
+    """
+    n, buckets, seed, kind = cfg.ngrams, cfg.num_buckets, cfg.hash_seed, cfg.hash_kind
+
+    def count_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        from dsel import kernel
+
+        counts = np.zeros((1, buckets), dtype=np.int64)
+        sample = kernel.NgramSample(buckets, per_bucket)
+        for batch in batches:
+            kernel.count_batch(batch.column(0), np.zeros(batch.num_rows, np.int64), counts, n=n, seed=seed,
+                               hash_kind=kind, sample=sample,
+                               doc_hashes=batch.column(1).to_numpy(zero_copy_only=False).astype(np.int64))
+        for part in _nonzero(counts):
+            yield pa.RecordBatch.from_arrays(
+                [part.column(1), part.column(2), pa.nulls(part.num_rows, pa.string()),
+                 pa.nulls(part.num_rows, pa.int64())], names=["bucket", "count", "ngram", "key"])
+        bucket, key, grams = sample.rows()
+        if len(grams):
+            yield pa.RecordBatch.from_arrays(
+                [pa.array(bucket), pa.nulls(len(grams), pa.int64()), pa.array(grams, pa.string()), pa.array(key)],
+                names=["bucket", "count", "ngram", "key"])
+
+    usable = df.where(F.col(REASON).isNull()).select(F.col(TEXT), F.col(HASH))
+    merged = (usable.mapInArrow(count_partition, NGRAM_SAMPLE_SCHEMA)
+              .groupBy("bucket", "ngram").agg(F.sum("count").alias("count"), F.min("key").alias("key")))
+    order = Window.partitionBy("bucket", F.col("ngram").isNull()).orderBy("key", "ngram")
+    return (merged.withColumn("_dsel_r", F.row_number().over(order))
+            .where(F.col("ngram").isNull() | (F.col("_dsel_r") <= per_bucket)).drop("_dsel_r"))
 
 
 def features(df: DataFrame, cfg: DselConfig) -> DataFrame:
