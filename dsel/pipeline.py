@@ -25,7 +25,7 @@ from dsel.fit import Fit, fit as fit_histograms
 from dsel.read import HASH, ID, INTERNAL, prepare, read_input, user_columns
 from dsel.report import Summary
 from dsel.score import score as score_records, skipped as skipped_records, weights as weight_records
-from dsel.select import Filters, filter_counts, select as select_documents
+from dsel.select import Filters, filter_counts, select as select_documents, with_raw_columns
 from dsel.evaluate import run_kl_reduction
 from dsel.featurize import features as raw_features
 from dsel.write import OutputPaths, commit_metadata, export, last_commit, read_table, record_run, write_table
@@ -190,15 +190,8 @@ def select(spark: SparkSession, cfg: DselConfig, summary: Summary, fitted: Optio
     summary.filtered = selection.filtered
     if raw is None:
         raw = _stored_raw(spark, cfg, paths.weights) or read_raw(spark, cfg)
-    columns = user_columns(raw)
     chosen = F.broadcast(selection.chosen) if (cfg.num_samples or 0) <= 1_000_000 else selection.chosen
-    joined = raw.join(chosen, (raw[ID] == chosen["id"]) & (raw[HASH] == chosen["doc_hash"]))
-    # Several raw records with one id and one text: keep one, the same one on every run.
-    once = Window.partitionBy(chosen["id"]).orderBy(F.to_json(F.struct(*[raw[f"`{c}`"] for c in columns])))
-    rows = (joined.withColumn("_dsel_once", F.row_number().over(once)).where(F.col("_dsel_once") == 1)
-            .select(*[raw[f"`{c}`"] for c in columns], chosen["num_words"], chosen["log_weight"], chosen["rank"], chosen["target"],
-                    F.lit(summary.run_id).alias("run_id"))
-            .orderBy("target", "rank"))
+    rows = with_raw_columns(raw, chosen, summary.run_id).orderBy("target", "rank")
     commit = write_table(rows, paths.selected, _metadata(cfg, summary, requested=selection.requested))
     summary.tables[paths.selected], summary.selected = commit.version, commit.rows
     summary.eligible = selection.eligible

@@ -36,6 +36,7 @@ from pyspark.sql import functions as F
 
 from dsel.errors import DselError
 from dsel.featurize import STAT_COLUMNS
+from dsel.read import HASH, ID, user_columns
 
 KEY = "_dsel_key"
 #: Selections up to this size use Spark's top-k directly; larger ones use threshold selection.
@@ -150,6 +151,24 @@ class Selection:
     eligible: int = 0
     warnings: list[str] = field(default_factory=list)
     filtered: dict[str, int] = field(default_factory=dict)  # documents each eligibility filter removed
+
+
+def with_raw_columns(raw: DataFrame, chosen: DataFrame, run_id: str, extra: Sequence[str] = (),
+                     per: Sequence[str] = ()) -> DataFrame:
+    """The chosen rows joined back to their raw records: every raw column, then ``num_words``,
+    ``log_weight``, ``rank``, ``target``, ``run_id`` and the ``extra`` chosen columns.
+
+    ``raw`` comes from :func:`dsel.read.prepare`; ``chosen`` has ``id`` and ``doc_hash``.  When several
+    raw records share one id and text, one is kept per id (and per ``per`` columns), the same one
+    on every run.
+    """
+    columns = user_columns(raw)
+    joined = raw.join(chosen, (raw[ID] == chosen["id"]) & (raw[HASH] == chosen["doc_hash"]))
+    once = Window.partitionBy(*[chosen[c] for c in per], chosen["id"]).orderBy(
+        F.to_json(F.struct(*[raw[f"`{c}`"] for c in columns])))
+    return (joined.withColumn("_dsel_once", F.row_number().over(once)).where(F.col("_dsel_once") == 1)
+            .select(*[raw[f"`{c}`"] for c in columns], chosen["num_words"], chosen["log_weight"], chosen["rank"],
+                    chosen["target"], F.lit(run_id).alias("run_id"), *[chosen[c] for c in extra]))
 
 
 def _keyed(pool: DataFrame, target: int, seed: int, method: str) -> DataFrame:

@@ -27,7 +27,7 @@ RUNS_SCHEMA = T.StructType([
     T.StructField("table_versions", T.StringType()),
     T.StructField("dsel_version", T.StringType()),
 ])
-TABLES = ("features", "log_ratios", "weights", "skipped", "selected", "runs")
+TABLES = ("features", "log_ratios", "weights", "skipped", "selected", "runs", "evaluation")
 
 
 @dataclass(frozen=True)
