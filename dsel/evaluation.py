@@ -15,7 +15,7 @@ top k, no noise); see :mod:`dsel.baselines`.  The classifier is trained once for
 picks among the same eligible documents (``min_length`` and any quality filter of the config).
 
 The pool is fit and scored in memory (the weights are cached for the run of the methods), and only
-labels counts and B-sized histograms reach the driver.  With ``cfg.out`` set, the picks and the
+label counts and B-sized histograms reach the driver.  With ``cfg.out`` set, the picks and the
 result are written as Delta tables (one commit each, overwritten by the next evaluation):
 
 * ``OUT/evaluation/selected``: one table for all methods, partitioned by ``method``, with the
@@ -43,6 +43,7 @@ from dsel.errors import DselError
 from dsel.evaluate import histograms_by_group, kl_summary
 from dsel.read import HASH, ID, REASON, TEXT
 from dsel.select import Filters, eligible, with_raw_columns
+from dsel.write import OutputPaths, write_table
 
 from dsel.cli_extra import EVALUATE_METHODS as METHODS  # noqa: E402  (one list for the CLI and the API)
 
@@ -81,6 +82,8 @@ def evaluate(spark: SparkSession, cfg: DselConfig, label_column: str, target_lab
     if clashing and cfg.out:
         raise DselError(f"raw input has column(s) {', '.join(clashing)}, which dsel evaluate adds to "
                         "OUT/evaluation/selected; rename them, or evaluate without --out")
+    if cfg.out:
+        OutputPaths(cfg.out).check_owned()  # before the work, not after
     targets = read_targets(spark, cfg)
     rule = Filters.of(cfg)
     feats = features(raw, cfg).cache()  # the pool's text is featurized once, here
@@ -165,17 +168,12 @@ def evaluate(spark: SparkSession, cfg: DselConfig, label_column: str, target_lab
 
 
 def _evaluation_path(out: str, name: str) -> str:
-    from dsel.write import OutputPaths
-
     return OutputPaths(out).table("evaluation") + "/" + name
 
 
 def _write_selected(spark: SparkSession, cfg: DselConfig, rows: DataFrame, run_id: str,
                     methods: Sequence[str]) -> DataFrame:
     """Overwrite ``OUT/evaluation/selected`` (partitioned by method) with ``rows``; read it back."""
-    from dsel.write import OutputPaths
-
-    OutputPaths(cfg.out).check_owned()
     path = _evaluation_path(cfg.out, "selected")
     (rows.write.format("delta").mode("overwrite").option("overwriteSchema", "true").partitionBy("method")
      .option("userMetadata", json.dumps({"run_id": run_id, "command": "evaluate", "methods": list(methods),
@@ -186,8 +184,6 @@ def _write_selected(spark: SparkSession, cfg: DselConfig, rows: DataFrame, run_i
 
 def _write_results(spark: SparkSession, cfg: DselConfig, result: dict[str, Any]) -> str:
     """Overwrite ``OUT/evaluation/results``: one row per method (:data:`RESULT_COLUMNS`)."""
-    from dsel.write import write_table
-
     schema = ("method string, precision double, kl_reduction double, kl_reduction_epsilon double, k long, "
               "selected long, selected_features long, label_docs long, eligible long, label_column string, "
               "target_label string, targets array<string>, seconds double, run_id string")

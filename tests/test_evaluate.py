@@ -174,3 +174,13 @@ def test_baselines_have_the_selection_columns_and_are_seeded(spark, pool):
     domains = Counter(i.split("/")[0] for i in ids)
     assert len(domains) >= 6
     w.unpersist()
+
+
+def test_evaluate_refuses_an_out_it_does_not_own_before_any_work(pool, tmp_path, capsys):
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("not dsel's")
+    assert main(["evaluate", "--raw", pool["raw"], "--target", pool["targets"]["python_peps"], "--label-column",
+                 "domain", "--target-label", "python_peps", "--out", str(foreign)]) == 2
+    assert "which dsel did not write" in capsys.readouterr().err
+    assert sorted(p.name for p in foreign.iterdir()) == ["notes.txt"]
