@@ -1,9 +1,11 @@
 """Baselines to compare DSIR with, each returning the columns of ``dsel.select.Selection.chosen``.
 
-Every function returns a DataFrame ``id, doc_hash, num_words, log_weight, rank, target`` (rank 1 =
-highest key), picked among eligible documents only (``num_words >= min_length``) from the weights
-table of :func:`dsel.score.weights`, so that any two selections can be joined back to the raw
-records and compared.  All randomness is a pure function of ``(seed, id)`` through Spark's
+Every function returns a DataFrame ``id, doc_hash, num_words, log_weight, rank, target,
+method_score`` (:data:`COLUMNS`; rank 1 = highest key; ``method_score`` is what the method ranks
+by, before any noise: the uniform draw, DSIR's log importance weight, the classifier's probability),
+picked among eligible documents only (``num_words >= min_length``, or a :class:`dsel.select.Filters`)
+from the weights table of :func:`dsel.score.weights`, so that any two selections can be joined back to
+the raw records and compared.  All randomness is a pure function of ``(seed, id)`` through Spark's
 ``xxhash64``, like :func:`dsel.select.gumbel`: the same seed gives the same documents on any
 partitioning.
 
@@ -19,16 +21,18 @@ partitioning.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
 from dsel.config import DselConfig
 from dsel.read import HASH, ID, REASON, TEXT
-from dsel.select import SELECTED_COLUMNS, eligible, select
+from dsel.select import SELECTED_COLUMNS, Filters, eligible, select
 
 KEY = "_dsel_key"
+#: The columns every baseline returns: a selection's columns and the method's own score.
+COLUMNS = SELECTED_COLUMNS + ("method_score",)
 #: GPT-3's Pareto shape for the classifier filter.
 PARETO_ALPHA = 9.0
 #: Java-regex version of nltk's WordPunctTokenizer pattern (Unicode classes on).
@@ -42,28 +46,29 @@ def uniform(seed: int, stream: str, column: str = "id") -> F.Column:
     return (bits.cast("double") + F.lit(0.5)) / F.lit(float(2 ** 53))
 
 
-def _top(keyed: DataFrame, k: int, target: str) -> DataFrame:
+def _top(keyed: DataFrame, k: int, target: str, score: str) -> DataFrame:
     order = [F.col(KEY).desc(), F.col("id").asc()]
     top = keyed.orderBy(*order).limit(k)
     return (top.withColumn("rank", F.row_number().over(Window.orderBy(*order)))
-            .select("id", "doc_hash", "num_words", "log_weight", "rank", F.lit(target).alias("target")))
+            .select("id", "doc_hash", "num_words", "log_weight", "rank", F.lit(target).alias("target"),
+                    F.col(score).alias("method_score")))
 
 
-def random_selection(weights: DataFrame, k: int, *, seed: int = 0, min_length: int = 100,
+def random_selection(weights: DataFrame, k: int, *, seed: int = 0, min_length: Union[int, Filters] = 100,
                      target: str = "random") -> DataFrame:
     """k eligible documents uniformly at random: the k largest ``xxhash64(seed, id)`` uniforms."""
     pool = eligible(weights, min_length).withColumn(KEY, uniform(seed, ""))
-    return _top(pool, k, target)
+    return _top(pool, k, target, KEY)
 
 
 def dsir_selection(weights: DataFrame, k: int, *, target_names: Sequence[str] = ("target",),
                    proportions: Optional[Sequence[float]] = None, seed: int = 0, method: str = "gumbel",
-                   min_length: int = 100) -> DataFrame:
+                   min_length: Union[int, Filters] = 100) -> DataFrame:
     """DSIR's own selection (``method`` 'gumbel' or 'topk'), as :func:`dsel.select.select` makes it."""
     props = list(proportions) if proportions is not None else [1.0] * len(target_names)
     chosen = select(weights, list(target_names), props, num_samples=k, seed=seed, method=method,
                     min_length=min_length).chosen
-    return chosen.select(*SELECTED_COLUMNS)
+    return chosen.select(*SELECTED_COLUMNS, F.col("log_weight").alias("method_score"))
 
 
 def ngram_features(df_prepared: DataFrame, cfg: DselConfig, num_features: Optional[int] = None) -> DataFrame:
@@ -126,7 +131,7 @@ def train_classifier(raw_prepared: DataFrame, targets_prepared: Sequence[DataFra
 
 
 def classifier_scores(model, raw_prepared: DataFrame, weights: DataFrame, cfg: DselConfig,
-                      min_length: int = 100) -> DataFrame:
+                      min_length: Union[int, Filters] = 100) -> DataFrame:
     """The eligible weights rows with ``score``: the model's probability that the document is target-like."""
     from pyspark.ml.functions import vector_to_array
 
@@ -140,7 +145,7 @@ def classifier_scores(model, raw_prepared: DataFrame, weights: DataFrame, cfg: D
 
 
 def heuristic_classification(raw_prepared: DataFrame, targets_prepared: Sequence[DataFrame], weights: DataFrame,
-                             cfg: DselConfig, k: int, *, seed: int = 0, min_length: int = 100,
+                             cfg: DselConfig, k: int, *, seed: int = 0, min_length: Union[int, Filters] = 100,
                              mode: str = "pareto", alpha: float = PARETO_ALPHA, target: str = "classifier",
                              model=None) -> DataFrame:
     """The classifier-filter baseline: k eligible documents by ``score + pareto(alpha) noise`` (or score).
@@ -157,8 +162,8 @@ def heuristic_classification(raw_prepared: DataFrame, targets_prepared: Sequence
         key = F.col("score") + noise
     else:
         key = F.col("score")
-    return _top(scored.withColumn(KEY, key), k, target)
+    return _top(scored.withColumn(KEY, key), k, target, "score")
 
 
-__all__ = ["PARETO_ALPHA", "uniform", "random_selection", "dsir_selection", "ngram_features", "train_classifier",
+__all__ = ["COLUMNS", "PARETO_ALPHA", "uniform", "random_selection", "dsir_selection", "ngram_features", "train_classifier",
            "classifier_scores", "heuristic_classification"]

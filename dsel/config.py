@@ -28,6 +28,8 @@ EXPORT_FORMATS = ("jsonl", "parquet")
 REFIT_POLICIES = ("auto", "always", "never")
 #: The reference's ``num_tokens_to_fit='auto'``: 100,000 n-gram features per bucket.
 AUTO_FIT_FEATURES_PER_BUCKET = 100_000
+#: The optional quality filters (off when None), in the order the run summary attributes removals.
+QUALITY_FILTERS = ("max_length", "max_repetition_ratio", "min_informative_ratio", "max_numeric_ratio")
 
 
 @dataclass
@@ -49,6 +51,10 @@ class DselConfig:
     combine_targets: bool = False
     target_proportions: Optional[list[float]] = None
     min_length: int = 100
+    max_length: Optional[int] = None
+    max_repetition_ratio: Optional[float] = None
+    min_informative_ratio: Optional[float] = None
+    max_numeric_ratio: Optional[float] = None
     max_doc_bytes: int = 64 * 1024 * 1024
     num_samples: Optional[int] = None
     num_tokens: Optional[int] = None
@@ -120,7 +126,8 @@ class DselConfig:
         """A hash of the command, the parameters and ``inputs`` (what the inputs hold now): rerunning the
         same run on the same data gets the same id, and so replaces and resumes rather than duplicates."""
         ignored = ("run_id", "export", "export_format", "break_lock", "lock_timeout_hours")
-        params = {k: v for k, v in self.to_dict().items() if k not in ignored}
+        params = {k: v for k, v in self.to_dict().items() if k not in ignored
+                  and not (k in QUALITY_FILTERS and v is None)}  # unset filters keep earlier run ids
         digest = hashlib.sha256(json.dumps([command, params, inputs], sort_keys=True, default=str).encode()).hexdigest()
         return f"{command}-{digest[:16]}"
 
@@ -160,6 +167,17 @@ class DselConfig:
         _int_range("num_buckets", self.num_buckets, 1, 1 << 26)
         _int_range("hash_seed", self.hash_seed, 0, (1 << 32) - 1)
         _int_range("min_length", self.min_length, 0, None)
+        if self.max_length is not None:
+            _int_range("max_length", self.max_length, 1, None)
+            if self.max_length < self.min_length:
+                raise ConfigError("max_length", f"is {self.max_length} but min_length is {self.min_length}, so no "
+                                  "document could be selected; give a max_length >= min_length")
+        for key in QUALITY_FILTERS[1:]:
+            value = getattr(self, key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                      or not 0.0 <= value <= 1.0):
+                raise ConfigError(key, f"must be a share between 0 and 1 (or unset to turn the filter off), "
+                                  f"got {value!r}")
         _int_range("max_doc_bytes", self.max_doc_bytes, 1, (1 << 31) - 1)
         _int_range("seed", self.seed, -(1 << 63), (1 << 63) - 1)
         if self.num_tokens_to_fit not in ("auto", "all"):
@@ -219,6 +237,14 @@ FIELD_HELP: dict[str, str] = {
     'combine_targets': "Treat all --target inputs as one target (the reference's default) instead of one per input.",
     'target_proportions': "Quota of each target; default: proportional to each target's n-gram count.",
     'min_length': "Documents with fewer words than this are not eligible (the reference's min_example_length).",
+    'max_length': "Quality filter, off by default: documents with more words than this are not eligible "
+                  "(the DSIR paper used 500).",
+    'max_repetition_ratio': "Quality filter, off by default: documents whose most frequent word is a larger share "
+                            "of their words than this are not eligible (the DSIR paper used 0.2).",
+    'min_informative_ratio': "Quality filter, off by default: documents whose share of words that are neither "
+                             "stopwords nor punctuation is below this are not eligible (the DSIR paper used 0.3).",
+    'max_numeric_ratio': "Quality filter, off by default: documents whose share of words made only of digits is "
+                         "above this are not eligible (the DSIR paper used 0.2).",
     'max_doc_bytes': 'Documents with more UTF-8 bytes of text are skipped (reason too_large) and counted.',
     'num_tokens': 'Token (word) budget, an alternative to num_samples.',
     'run_id': 'Defaults to a hash of the command, parameters and input state, so rerunning the same run on the same data replaces and resumes, never duplicates.',

@@ -11,34 +11,56 @@ method has precision 1.  For each method the table reports:
 
 Methods: ``random``, ``dsir-gumbel``, ``dsir-topk``, ``heuristic-classification`` (GPT-3's
 classifier filter with Pareto noise) and ``heuristic-classification-topk`` (the same classifier's
-top k, no noise); see :mod:`dsel.baselines`.  The classifier is trained once for both.  Nothing is written: the pool is fit and scored in memory (the weights
-are cached for the run of the methods), and only ids, labels and B-sized histograms reach the
-driver.
+top k, no noise); see :mod:`dsel.baselines`.  The classifier is trained once for both.  Every method
+picks among the same eligible documents (``min_length`` and any quality filter of the config).
+
+The pool is fit and scored in memory (the weights are cached for the run of the methods), and only
+label counts and B-sized histograms reach the driver.  With ``cfg.out`` set, the picks and the
+result are written as Delta tables (one commit each, overwritten by the next evaluation):
+
+* ``OUT/evaluation/selected``: one table for all methods, partitioned by ``method``, with the
+  columns of ``OUT/selected`` (every raw column, ``num_words``, ``log_weight``, ``rank``, ``target``,
+  ``run_id``) plus ``method`` and ``method_score`` (see :mod:`dsel.baselines`).  One table rather
+  than one per method, so that comparing methods is one query (``GROUP BY method, domain``, or a
+  self-join on ``id``), and every method's rows have the same columns by construction;
+* ``OUT/evaluation/results``: one row per method (:data:`RESULT_COLUMNS`).
+
+Precision and KL reduction are then computed from the written table, so they are the table's.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from typing import Any, Optional, Sequence
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from dsel.baselines import dsir_selection, heuristic_classification, random_selection, train_classifier
+from dsel.baselines import COLUMNS, dsir_selection, heuristic_classification, random_selection, train_classifier
 from dsel.config import DselConfig
 from dsel.errors import DselError
 from dsel.evaluate import histograms_by_group, kl_summary
-from dsel.read import HASH, ID, REASON
+from dsel.read import HASH, ID, REASON, TEXT
+from dsel.select import Filters, eligible, with_raw_columns
+from dsel.write import OutputPaths, write_table
 
 from dsel.cli_extra import EVALUATE_METHODS as METHODS  # noqa: E402  (one list for the CLI and the API)
+
+
+#: Columns of ``OUT/evaluation/results``, one row per method.
+RESULT_COLUMNS = ("method", "precision", "kl_reduction", "kl_reduction_epsilon", "k", "selected",
+                  "selected_features", "label_docs", "eligible", "label_column", "target_label", "targets", "seconds",
+                  "run_id")
 
 
 def evaluate(spark: SparkSession, cfg: DselConfig, label_column: str, target_label: str,
              methods: Sequence[str] = METHODS, k: Optional[int] = None) -> dict[str, Any]:
     """Run each method on ``cfg.raw`` against ``cfg.target``; return the table as a dict.
 
-    The result: ``{"k", "label_docs", "eligible", "target_label", "methods": {name: {"precision",
-    "kl_reduction", "selected", "seconds"}}}``.  ``k`` defaults to the eligible documents labelled
-    ``target_label``.
+    The result: ``{"k", "label_docs", "eligible", "target_label", "run_id", "methods": {name: {"precision",
+    "kl_reduction", "selected", "seconds"}}}``, and ``"tables"`` (paths) when ``cfg.out`` is set.
+    ``k`` defaults to the eligible documents labelled ``target_label``.
     """
     from dsel.featurize import features
     from dsel.fit import fit
@@ -50,19 +72,30 @@ def evaluate(spark: SparkSession, cfg: DselConfig, label_column: str, target_lab
         raise DselError(f"unknown method {unknown[0]!r}; choose from {', '.join(METHODS)}")
     cfg.require("raw", "target")
     started = time.time()
+    what = json.dumps([cfg.default_run_id("evaluate"), label_column, target_label, list(methods), k])
+    run_id = cfg.run_id or "evaluate-" + hashlib.sha256(what.encode()).hexdigest()[:16]
     raw = read_raw(spark, cfg)
     if label_column not in raw.columns:
         raise DselError(f"raw input has no label column '{label_column}'; its columns are "
                         f"{', '.join(c for c in raw.columns if not c.startswith('_'))}. Pass --label-column NAME")
+    clashing = [c for c in ("method", "method_score") if c in raw.columns]
+    if clashing and cfg.out:
+        raise DselError(f"raw input has column(s) {', '.join(clashing)}, which dsel evaluate adds to "
+                        "OUT/evaluation/selected; rename them, or evaluate without --out")
+    if cfg.out:
+        OutputPaths(cfg.out).check_owned()  # before the work, not after
     targets = read_targets(spark, cfg)
+    rule = Filters.of(cfg)
     feats = features(raw, cfg).cache()  # the pool's text is featurized once, here
     fitted = fit(feats, targets, cfg)
     w = weight_records(score(feats, fitted)).cache()
     labels = raw.where(F.col(REASON).isNull()).select(
         F.col(ID).alias("_l_id"), F.col(HASH).alias("_l_hash"),
         (F.col(f"`{label_column}`").cast("string") == F.lit(target_label)).alias("_l_hit"))
+    target = ",".join(fitted.target_names)
+    chosen: dict[str, DataFrame] = {}
     try:
-        pool = w.where(F.col("num_words") >= cfg.min_length)
+        pool = eligible(w, rule)
         joined = pool.join(labels, (pool["id"] == labels["_l_id"]) & (pool["doc_hash"] == labels["_l_hash"]))
         stats = joined.agg(F.countDistinct("id").alias("eligible"),
                            F.countDistinct(F.when(F.col("_l_hit"), F.col("id"))).alias("hits")).first()
@@ -73,52 +106,95 @@ def evaluate(spark: SparkSession, cfg: DselConfig, label_column: str, target_lab
             raise DselError(f"no eligible raw document has {label_column} = {target_label!r}; check --target-label "
                             f"and --min-length")
         proportions = [float(s) for s in fitted.target_sizes]
-        chosen: dict[str, DataFrame] = {}
         seconds: dict[str, float] = {}
         model = None
         for method in methods:
             t0 = time.time()
             if method == "random":
-                part = random_selection(w, k, seed=cfg.seed, min_length=cfg.min_length)
+                part = random_selection(w, k, seed=cfg.seed, min_length=rule, target=target)
             elif method in ("dsir-gumbel", "dsir-topk"):
                 part = dsir_selection(w, k, target_names=fitted.target_names, proportions=proportions, seed=cfg.seed,
-                                      method=method.split("-")[1], min_length=cfg.min_length)
+                                      method=method.split("-")[1], min_length=rule)
             else:
                 model = model or train_classifier(raw, [df for _, df in targets], cfg, seed=cfg.seed)
                 part = heuristic_classification(raw, [df for _, df in targets], w, cfg, k, seed=cfg.seed,
-                                                min_length=cfg.min_length, model=model,
+                                                min_length=rule, model=model, target=target,
                                                 mode="topk" if method.endswith("-topk") else "pareto")
-            chosen[method] = part.select(F.col("id").alias("_e_id"), F.col("doc_hash").alias("_e_hash"),
-                                         F.lit(list(methods).index(method)).alias("_m"))
-            chosen[method] = chosen[method].cache()
+            chosen[method] = part.select(*COLUMNS, F.lit(method).alias("method")).cache()
             chosen[method].count()
             seconds[method] = time.time() - t0
         every = None
         for part in chosen.values():
             every = part if every is None else every.unionByName(part)
-        picked = raw.join(F.broadcast(every), (raw[ID] == every["_e_id"]) & (raw[HASH] == every["_e_hash"]))
-        picked = picked.dropDuplicates(["_m", "_e_id"])
-        hists = histograms_by_group(picked, cfg, F.col("_m"), len(methods))
-        hits = {int(r["_m"]): (int(r["n"]), int(r["hits"])) for r in picked.groupBy("_m").agg(
+        rows = with_raw_columns(raw, F.broadcast(every), run_id, extra=("method", "method_score"), per=("method",))
+        tables: dict[str, str] = {}
+        if cfg.out:
+            picked = _write_selected(spark, cfg, rows, run_id, methods)
+            tables["selected"] = _evaluation_path(cfg.out, "selected")
+        else:
+            picked = rows.cache()
+        index = {method: i for i, method in enumerate(methods)}
+        group = F.element_at(F.create_map(*[x for m, i in index.items() for x in (F.lit(m), F.lit(i))]),
+                             F.col("method"))
+        texts = picked.select(F.col(f"`{cfg.text_column}`").alias(TEXT), F.lit(None).cast("string").alias(REASON),
+                              "method")  # picked documents are usable: they were scored
+        hists = histograms_by_group(texts, cfg, group, len(methods))
+        hits = {r["method"]: (int(r["n"]), int(r["hits"])) for r in picked.groupBy("method").agg(
             F.count("*").alias("n"),
             F.sum((F.col(f"`{label_column}`").cast("string") == F.lit(target_label)).cast("int")).alias("hits"),
         ).collect()}
     finally:
         w.unpersist()
-        for part in locals().get("chosen", {}).values():
+        feats.unpersist()
+        for part in chosen.values():
             part.unpersist()
+        if "picked" in locals():
+            picked.unpersist()
     result: dict[str, Any] = {"k": k, "label_docs": label_docs, "eligible": eligible_count,
                               "label_column": label_column, "target_label": target_label,
-                              "targets": fitted.target_names, "methods": {}}
+                              "targets": fitted.target_names, "run_id": run_id, "methods": {}}
     for i, method in enumerate(methods):
-        n, hit = hits.get(i, (0, 0))
+        n, hit = hits.get(method, (0, 0))
         kl = kl_summary(fitted.target_counts, fitted.raw_counts, hists[i], fitted.target_names)
         result["methods"][method] = {"precision": hit / k, "kl_reduction": kl["kl_reduction"],
                                      "kl_reduction_epsilon": kl["kl_reduction_epsilon"], "selected": n,
                                      "selected_features": kl["selected_features"],
                                      "seconds": round(seconds[method], 2)}
     result["seconds"] = round(time.time() - started, 2)
+    if cfg.out:
+        tables["results"] = _write_results(spark, cfg, result)
+        result["tables"] = tables
     return result
+
+
+def _evaluation_path(out: str, name: str) -> str:
+    return OutputPaths(out).table("evaluation") + "/" + name
+
+
+def _write_selected(spark: SparkSession, cfg: DselConfig, rows: DataFrame, run_id: str,
+                    methods: Sequence[str]) -> DataFrame:
+    """Overwrite ``OUT/evaluation/selected`` (partitioned by method) with ``rows``; read it back."""
+    path = _evaluation_path(cfg.out, "selected")
+    (rows.write.format("delta").mode("overwrite").option("overwriteSchema", "true").partitionBy("method")
+     .option("userMetadata", json.dumps({"run_id": run_id, "command": "evaluate", "methods": list(methods),
+                                         "params": cfg.to_dict()}, sort_keys=True, default=str))
+     .save(path))
+    return spark.read.format("delta").load(path)
+
+
+def _write_results(spark: SparkSession, cfg: DselConfig, result: dict[str, Any]) -> str:
+    """Overwrite ``OUT/evaluation/results``: one row per method (:data:`RESULT_COLUMNS`)."""
+    schema = ("method string, precision double, kl_reduction double, kl_reduction_epsilon double, k long, "
+              "selected long, selected_features long, label_docs long, eligible long, label_column string, "
+              "target_label string, targets array<string>, seconds double, run_id string")
+    rows = [(m, float(r["precision"]), float(r["kl_reduction"]), float(r["kl_reduction_epsilon"]), int(result["k"]),
+             int(r["selected"]), int(r["selected_features"]), int(result["label_docs"]), int(result["eligible"]),
+             result["label_column"], result["target_label"], list(result["targets"]), float(r["seconds"]),
+             result["run_id"]) for m, r in result["methods"].items()]
+    path = _evaluation_path(cfg.out, "results")
+    write_table(spark.createDataFrame(rows, schema), path,
+                {"run_id": result["run_id"], "command": "evaluate", "params": cfg.to_dict()})
+    return path
 
 
 def format_table(result: dict[str, Any]) -> str:
@@ -131,8 +207,10 @@ def format_table(result: dict[str, Any]) -> str:
         lines.append(f"  {method:<31}{row['precision']:>12.3f}{row['kl_reduction']:>14.4f}"
                      f"{row['kl_reduction_epsilon']:>12.4f}{row['selected']:>10,}{row['seconds']:>7.1f}s")
     lines.append("  KL reduction: add-one smoothing; (eps 1e-8): add-1e-8 smoothing (see dsel.evaluate)")
+    for path in result.get("tables", {}).values():
+        lines.append(f"  wrote {path} (Delta)")
     lines.append(f"  time {result['seconds']:.1f}s")
     return "\n".join(lines)
 
 
-__all__ = ["METHODS", "evaluate", "format_table"]
+__all__ = ["METHODS", "RESULT_COLUMNS", "evaluate", "format_table"]

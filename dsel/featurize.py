@@ -18,7 +18,7 @@ from typing import Iterator
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from pyspark.sql import DataFrame
+from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
 from dsel.config import DselConfig
@@ -28,10 +28,15 @@ GROUP = "_dsel_group"
 HISTOGRAM_SCHEMA = "group int, bucket int, count long"
 #: Number of id-hash bins the raw fit cap counts by (see dsel.fit).
 FIT_BINS = 64
+#: Per-document quality statistics computed in the featurize pass (see dsel.kernel.oracle_stats).
+STAT_COLUMNS = ("top_word_count", "informative_words", "numeric_words")
+_STATS_SCHEMA = ", ".join(f"{c} long" for c in STAT_COLUMNS)
 FEATURES_SCHEMA = (f"{ID} string, {HASH} long, num_words long, num_features long, features binary, "
-                   "skip_reason string, source_file string, detail string, fit_bin int")
+                   f"skip_reason string, source_file string, detail string, fit_bin int, {_STATS_SCHEMA}")
 SCORE_SCHEMA = (f"{ID} string, {HASH} long, num_words long, log_weights array<double>, "
-                "num_features long, skip_reason string, source_file string, detail string")
+                f"num_features long, skip_reason string, source_file string, detail string, {_STATS_SCHEMA}")
+#: Rows of :func:`target_histogram`: bucket counts (ngram null) and the kept n-gram samples (count null).
+NGRAM_SAMPLE_SCHEMA = "bucket int, count long, ngram string, key long"
 
 
 def histograms(df: DataFrame, cfg: DselConfig, group: "F.Column", num_groups: int) -> DataFrame:
@@ -58,14 +63,53 @@ def histograms(df: DataFrame, cfg: DselConfig, group: "F.Column", num_groups: in
             .groupBy("group", "bucket").agg(F.sum("count").alias("count")))
 
 
+def target_histogram(df: DataFrame, cfg: DselConfig, per_bucket: int) -> DataFrame:
+    """Bucket counts of every usable document of ``df``, and a sample of the real n-grams of each bucket.
+
+    Rows ``bucket, count, ngram, key``: one per non-empty bucket with its count (``ngram`` null),
+    and up to ``per_bucket`` per bucket with a sampled n-gram (``count`` null).  The sample is the
+    bottom-k of :class:`dsel.kernel.NgramSample`, kept per task while counting (the same pass over
+    the text) and merged across tasks by keeping, per bucket, the ``per_bucket`` n-grams with the
+    smallest (key, n-gram): a frequency-weighted sample, the same on any partitioning, of bounded
+    size (at most B x per_bucket rows per task and in the result).
+    """
+    n, buckets, seed, kind = cfg.ngrams, cfg.num_buckets, cfg.hash_seed, cfg.hash_kind
+
+    def count_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        from dsel import kernel
+
+        counts = np.zeros((1, buckets), dtype=np.int64)
+        sample = kernel.NgramSample(buckets, per_bucket)
+        for batch in batches:
+            kernel.count_batch(batch.column(0), np.zeros(batch.num_rows, np.int64), counts, n=n, seed=seed,
+                               hash_kind=kind, sample=sample,
+                               doc_hashes=batch.column(1).to_numpy(zero_copy_only=False).astype(np.int64))
+        for part in _nonzero(counts):
+            yield pa.RecordBatch.from_arrays(
+                [part.column(1), part.column(2), pa.nulls(part.num_rows, pa.string()),
+                 pa.nulls(part.num_rows, pa.int64())], names=["bucket", "count", "ngram", "key"])
+        bucket, key, grams = sample.rows()
+        if len(grams):
+            yield pa.RecordBatch.from_arrays(
+                [pa.array(bucket), pa.nulls(len(grams), pa.int64()), pa.array(grams, pa.string()), pa.array(key)],
+                names=["bucket", "count", "ngram", "key"])
+
+    usable = df.where(F.col(REASON).isNull()).select(F.col(TEXT), F.col(HASH))
+    merged = (usable.mapInArrow(count_partition, NGRAM_SAMPLE_SCHEMA)
+              .groupBy("bucket", "ngram").agg(F.sum("count").alias("count"), F.min("key").alias("key")))
+    order = Window.partitionBy("bucket", F.col("ngram").isNull()).orderBy("key", "ngram")
+    return (merged.withColumn("_dsel_r", F.row_number().over(order))
+            .where(F.col("ngram").isNull() | (F.col("_dsel_r") <= per_bucket)).drop("_dsel_r"))
+
+
 def features(df: DataFrame, cfg: DselConfig) -> DataFrame:
     """The one pass over the raw text: each record's encoded sparse n-gram counts.
 
     One row per input record: ``_dsel_id``, ``_dsel_hash``, ``num_words``, ``num_features``,
     ``features`` (binary, see :func:`dsel.kernel.features_batch`; empty for unusable records),
-    ``skip_reason``, ``source_file``, ``detail`` and ``fit_bin`` (the id-hash bin the raw fit
-    cap counts by, see :mod:`dsel.fit`).  Fitting and scoring then read these bytes, never the
-    text again.  Records that :func:`dsel.read.prepare` marked unusable keep their reason; a usable
+    ``skip_reason``, ``source_file``, ``detail``, ``fit_bin`` (the id-hash bin the raw fit
+    cap counts by, see :mod:`dsel.fit`) and the quality statistics :data:`STAT_COLUMNS`.  Fitting
+    and scoring then read these bytes, never the text again.  Records that :func:`dsel.read.prepare` marked unusable keep their reason; a usable
     text with no tokens gets ``empty_text``.
     """
     n, buckets, seed, kind = cfg.ngrams, cfg.num_buckets, cfg.hash_seed, cfg.hash_kind
@@ -76,15 +120,16 @@ def features(df: DataFrame, cfg: DselConfig) -> DataFrame:
         _inject_fault("featurize")
         for batch in batches:
             texts = batch.column(2)
-            encoded, num_features, words = kernel.features_batch(texts, buckets, n=n, seed=seed, hash_kind=kind)
+            encoded, num_features, words, stats = kernel.features_batch(texts, buckets, n=n, seed=seed,
+                                                                        hash_kind=kind, stats=True)
             reason = batch.column(3)
             empty = pa.array((words == 0) & ~np.asarray(texts.is_null(), dtype=bool))
             reason = pc.if_else(pc.and_(reason.is_null(), empty), pa.scalar("empty_text"), reason)
             yield pa.RecordBatch.from_arrays(
                 [batch.column(0), batch.column(1), pa.array(words), pa.array(num_features), encoded, reason,
-                 batch.column(4), batch.column(5), batch.column(6)],
+                 batch.column(4), batch.column(5), batch.column(6), *[pa.array(stats[:, i]) for i in range(3)]],
                 names=[ID, HASH, "num_words", "num_features", "features", "skip_reason", "source_file", "detail",
-                       "fit_bin"])
+                       "fit_bin", *STAT_COLUMNS])
 
     fit_bin = F.pmod(F.xxhash64(F.col(ID)), F.lit(FIT_BINS)).cast("int").alias("fit_bin")
     return df.select(ID, HASH, TEXT, REASON, SOURCE, DETAIL, fit_bin).mapInArrow(featurize_partition, FEATURES_SCHEMA)
@@ -148,10 +193,12 @@ def score_features(feats: DataFrame, log_ratios: np.ndarray) -> DataFrame:
             weights = kernel.score_features(batch.column(2), table)
             yield pa.RecordBatch.from_arrays(
                 [batch.column(0), batch.column(1), batch.column(3), _lists(weights, num_targets), batch.column(4),
-                 batch.column(5), batch.column(6), batch.column(7)],
-                names=[ID, HASH, "num_words", "log_weights", "num_features", "skip_reason", "source_file", "detail"])
+                 batch.column(5), batch.column(6), batch.column(7), *batch.columns[8:]],
+                names=[ID, HASH, "num_words", "log_weights", "num_features", "skip_reason", "source_file", "detail",
+                       *STAT_COLUMNS])
 
-    return (feats.select(ID, HASH, "features", "num_words", "num_features", "skip_reason", "source_file", "detail")
+    return (feats.select(ID, HASH, "features", "num_words", "num_features", "skip_reason", "source_file", "detail",
+                         *STAT_COLUMNS)
             .mapInArrow(score_partition, SCORE_SCHEMA))
 
 

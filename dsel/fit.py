@@ -7,6 +7,11 @@ until the cap is reached.  That is a uniform, seed-free sample of the raw corpus
 same on any cluster.  Targets are always counted in full.
 
 ``log_ratio = log(p_target + 1e-8) - log(p_raw + 1e-8)``, as in data-selection 1.0.3.
+
+While counting a target, the same pass keeps, for every bucket, a sample of up to
+:data:`NGRAMS_PER_BUCKET` real n-grams of the target that hash into it (a frequency-weighted,
+partitioning-independent bottom-k, see :func:`dsel.featurize.target_histogram`), so that buckets
+can be shown as text; they are the ``ngrams`` column of the log-ratio table.
 """
 from __future__ import annotations
 
@@ -20,9 +25,11 @@ from pyspark.sql import functions as F
 
 from dsel.config import DselConfig
 from dsel.errors import DselError
-from dsel.featurize import FIT_BINS, feature_histograms, histograms
+from dsel.featurize import FIT_BINS, feature_histograms, target_histogram
 
 SMOOTHING = 1e-8
+#: Sample n-grams kept per bucket and target while fitting.
+NGRAMS_PER_BUCKET = 3
 
 
 @dataclass
@@ -35,6 +42,7 @@ class Fit:
     params: dict
     raw_features_total: Optional[int] = None  # all usable raw features, when known
     warnings: list[str] = field(default_factory=list)
+    target_ngrams: Optional[list[dict[int, list[str]]]] = None  # per target: bucket -> sample n-grams
 
     @property
     def log_ratios(self) -> np.ndarray:
@@ -49,8 +57,9 @@ class Fit:
         return self.target_counts.sum(axis=1)
 
     def to_frame(self, spark: SparkSession) -> DataFrame:
-        """The log-ratio table: target, target_name, bucket, raw_count, target_count, log_ratio."""
+        """The log-ratio table: target, target_name, bucket, raw_count, target_count, log_ratio, ngrams."""
         num_targets, num_buckets = self.target_counts.shape
+        samples = self.target_ngrams or [{} for _ in range(num_targets)]
         table = pa.table({
             "target": pa.array(np.repeat(np.arange(num_targets, dtype=np.int32), num_buckets)),
             "target_name": pa.array(np.repeat(np.array(self.target_names, dtype=object), num_buckets), pa.string()),
@@ -58,6 +67,8 @@ class Fit:
             "raw_count": pa.array(np.tile(self.raw_counts, num_targets)),
             "target_count": pa.array(self.target_counts.reshape(-1)),
             "log_ratio": pa.array(self.log_ratios.reshape(-1)),
+            "ngrams": pa.array([samples[t].get(b, []) for t in range(num_targets) for b in range(num_buckets)],
+                               pa.list_(pa.string())),
         })
         return spark.createDataFrame(table)
 
@@ -109,15 +120,30 @@ def fit_raw(raw_features: DataFrame, cfg: DselConfig) -> tuple[np.ndarray, int]:
     return per_bin[:used].sum(axis=0), int(totals.sum())
 
 
-def fit_targets(targets: list[tuple[str, DataFrame]], cfg: DselConfig) -> np.ndarray:
-    """Target bucket counts, one row per target, each counted in full."""
+def fit_targets(targets: list[tuple[str, DataFrame]], cfg: DselConfig,
+                ngrams: Optional[list[dict[int, list[str]]]] = None) -> np.ndarray:
+    """Target bucket counts, one row per target, each counted in full.
+
+    When ``ngrams`` is a list, each target's sample n-grams (bucket -> n-grams, smallest key first)
+    are appended to it.
+    """
     counts = []
     for name, df in targets:
-        dense = _dense(histograms(df, cfg, F.lit(0), 1), 1, cfg.num_buckets)[0]
+        table = target_histogram(df, cfg, NGRAMS_PER_BUCKET).toArrow()
+        rows = table.to_pydict()
+        dense = np.zeros(cfg.num_buckets, dtype=np.int64)
+        sample: dict[int, list[tuple[int, bytes, str]]] = {}
+        for bucket, count, gram, key in zip(rows["bucket"], rows["count"], rows["ngram"], rows["key"]):
+            if gram is None:
+                dense[bucket] = count
+            else:
+                sample.setdefault(bucket, []).append((key, gram.encode("utf-8"), gram))
         if dense.sum() == 0:
             raise DselError(f"target {name} has no usable text (it is empty, or every record is null, empty or "
                             "malformed); check --target and --text-column")
         counts.append(dense)
+        if ngrams is not None:
+            ngrams.append({b: [g for _, _, g in sorted(v)] for b, v in sample.items()})
     return np.stack(counts)
 
 
@@ -127,9 +153,11 @@ def fit(raw_features: DataFrame, targets: list[tuple[str, DataFrame]], cfg: Dsel
     ``raw_features`` comes from :func:`dsel.featurize.features` (the raw text featurized once);
     each target is a DataFrame from :func:`dsel.read.prepare`, counted from its text.
     """
-    target_counts = fit_targets(targets, cfg)  # first: an empty target fails before the long raw pass
+    samples: list[dict[int, list[str]]] = []
+    target_counts = fit_targets(targets, cfg, samples)  # first: an empty target fails before the long raw pass
     raw_counts, raw_total = fit_raw(raw_features, cfg)
-    result = Fit([name for name, _ in targets], raw_counts, target_counts, cfg.fit_params(), raw_total)
+    result = Fit([name for name, _ in targets], raw_counts, target_counts, cfg.fit_params(), raw_total,
+                 target_ngrams=samples)
     for name, row in zip(result.target_names, result.target_counts):
         if not np.any((row > 0) & (raw_counts > 0)):
             result.warnings.append(f"target {name} shares no n-gram bucket with the raw data: its weights only "

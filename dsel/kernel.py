@@ -17,6 +17,7 @@ ASCII documents are lowercased inside the kernel; non-ASCII documents are lowere
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import threading
 
@@ -27,34 +28,64 @@ import pyarrow.compute as pc
 import regex
 from numba import njit
 
+from dsel.stopwords import ENGLISH as STOPWORDS
+
 __all__ = ["HASH_KINDS", "score_batch", "count_batch", "features_batch", "score_features", "count_features",
-           "oracle_buckets"]
+           "NgramSample", "oracle_buckets", "oracle_bucket", "oracle_ngrams", "oracle_stats", "sample_key"]
 
 HASH_KINDS = ("murmur3", "sha256")
 
 # nltk WordPunctTokenizer's pattern and flags, under the engine nltk itself uses.
 _TOKEN = regex.compile(r"\w+|[^\w\s]+", regex.UNICODE | regex.MULTILINE | regex.DOTALL)
+_WORD = regex.compile(r"\w", regex.UNICODE)
+_DIGITS = regex.compile(r"\d+", regex.UNICODE)
+_STOP = frozenset(STOPWORDS)
 _MAX_BUCKETS = 1 << 40  # keeps the in-kernel mod arithmetic exact in int64
 _M32 = 0xFFFFFFFF
+_TOKEN_SLOTS = 1024  # initial slots of the per-document token table (quality statistics)
+_KEY_STEP = 0x9E3779B1  # the n-gram sample's key seed moves by this per token position
+
+
+def oracle_ngrams(text: str, n: int = 2) -> list[tuple[str, int]]:
+    """Reference n-grams: (n-gram, index of its last token), unigrams first, then bigrams, ..."""
+    words = _TOKEN.findall(text.lower())
+    return [(" ".join(words[j:j + i]), j + i - 1) for i in range(1, n + 1) for j in range(len(words) - i + 1)]
+
+
+def oracle_bucket(gram: str, num_buckets: int = 10000, seed: int = 0, hash_kind: str = "murmur3") -> int:
+    """Reference bucket of one n-gram string."""
+    if hash_kind == "murmur3":
+        return mmh3.hash(gram, seed, signed=False) % num_buckets
+    return int(hashlib.sha256(gram.encode("utf-8")).hexdigest(), 16) % num_buckets
 
 
 def oracle_buckets(text: str, n: int = 2, num_buckets: int = 10000, seed: int = 0,
                    hash_kind: str = "murmur3") -> list[int]:
     """Reference definition of the features: one bucket per n-gram occurrence (unigrams first)."""
+    return [oracle_bucket(g, num_buckets, seed, hash_kind) for g, _ in oracle_ngrams(text, n)]
+
+
+def oracle_stats(text: str) -> tuple[int, int, int, int]:
+    """Reference quality statistics: (num_words, top_word_count, informative_words, numeric_words).
+
+    Over the tokens of :func:`oracle_ngrams`: the count of the most frequent token; the tokens that
+    are words (``\\w+``) and not in :data:`dsel.stopwords.ENGLISH` (so neither stopwords nor
+    punctuation, which are the ``[^\\w\\s]+`` tokens); the tokens made only of decimal digits (``\\d+``).
+    """
     words = _TOKEN.findall(text.lower())
-    grams: list[str] = []
-    for i in range(1, n + 1):
-        grams += [" ".join(words[j:j + i]) for j in range(len(words) - i + 1)]
-    if hash_kind == "murmur3":
-        return [mmh3.hash(g, seed, signed=False) % num_buckets for g in grams]
-    return [int(hashlib.sha256(g.encode("utf-8")).hexdigest(), 16) % num_buckets for g in grams]
+    top = max(collections.Counter(words).values(), default=0)
+    informative = sum(1 for w in words if _WORD.match(w) and w not in _STOP)
+    numeric = sum(1 for w in words if _DIGITS.fullmatch(w))
+    return len(words), top, informative, numeric
 
 
 # ---------------------------------------------------------------------------------------------
 # Code-point class table: 0 = whitespace (\\s), 1 = word character (\\w), 2 = other, as the
-# ``regex`` engine classifies them (both are per-code-point Unicode properties).
+# ``regex`` engine classifies them (both are per-code-point Unicode properties); bit 4 is set on
+# the decimal digits (\\d, also word characters), for the numeric-word statistic.
 
 _CLASS_TABLE: np.ndarray | None = None
+_DIGIT = 4
 _CLASS_LOCK = threading.Lock()
 
 
@@ -66,7 +97,7 @@ def _class_table() -> np.ndarray:
             if _CLASS_TABLE is None:
                 every = "".join(map(chr, range(0x110000)))
                 table = np.full(0x110000, 2, dtype=np.uint8)
-                for pattern, cls in ((r"\s+", 0), (r"\w+", 1)):
+                for pattern, cls in ((r"\s+", 0), (r"\w+", 1), (r"\d+", 1 | _DIGIT)):
                     for m in regex.finditer(pattern, every):
                         table[m.start():m.end()] = cls
                 _CLASS_TABLE = table
@@ -205,19 +236,32 @@ def _sha256_mod(buf, a, end, num_buckets, w, h, kk, h0):
 @njit(cache=True, nogil=True)
 def _featurize(data0, data1, starts, ends, which, table, n, seed, use_sha, num_buckets, mode,
                lr_t, weights, groups, counts, num_words, num_feats, scratch, first_doc, skip_tok,
-               doc_counts, touched, out, out_offsets, memo_key, memo_val, memo_off, memo_arena, memo_used):
+               doc_counts, touched, out, out_offsets, memo_key, memo_val, memo_off, memo_arena, memo_used,
+               want_stats, stats, state, tt, tt_slots, sw, sw_arena,
+               sample_k, doc_seeds, smp, smp_arena, smp_used, smp_limit):
     """Featurize documents data{which[d]}[starts[d]:ends[d]] for d >= first_doc.
 
     mode 0: weights[d, t] += lr_t[bucket, t] for every n-gram occurrence.
     mode 1: counts[groups[d], bucket] += 1.
     mode 2: each document's sparse bucket counts, encoded (see :func:`features_batch`) into
             out[out_offsets[d]:out_offsets[d + 1]]; doc_counts (int64 [B], zero) and touched
-            (int64 [B]) are work arrays. If out may not hold the next document, returns
-            (d, 0, -bytes needed) before touching it.
+            (int64 [B]) are work arrays.
+    want_stats: stats[d] = (top_word_count, informative_words, numeric_words) (see :func:`oracle_stats`),
+            from a per-document token table tt (int64 [2^j, 4], see the comment where it is filled;
+            tt_slots lists its used slots) and the stopword table sw / sw_arena (see :func:`_stopword_table`),
+            both keyed by the token's MurmurHash3 with ``seed`` (in murmur3 mode, the unigram's own hash).
+    sample_k > 0: every n-gram occurrence is offered to the bottom-k sample smp / smp_arena / smp_used
+            (see :class:`NgramSample`), with the key seeded by doc_seeds[d] and the token position,
+            when its key is at most its bucket's smp_limit (the largest kept key of a full bucket).
+    state (int64 [6]) carries a document's running values (touched buckets, distinct tokens, top
+    count, informative and numeric words, token-table mask) across a resumption.
+
     The n-grams ending at the first skip_tok tokens of document first_doc are not emitted again
-    (resumption). If an n-gram does not fit in scratch, returns (d, tokens emitted, bytes needed)
-    so the caller can grow scratch and resume; returns (-1, 0, 0) when done. (scratch is never
-    reallocated in here: a reassigned array in the hot loop costs ~5x in numba.)
+    (resumption). Returns (d, tokens emitted, size needed, what) when a buffer must grow before
+    document d can go on, what being 1 (scratch: an n-gram does not fit), 2 (out may not hold the
+    next document), 3 (the token table is half full) or 4 (the sample arena); the caller grows it and
+    resumes. Returns (-1, 0, 0, 0) when done. (No array is reallocated in here: a reassigned array in
+    the hot loop costs ~5x in numba.)
     """
     num_t = lr_t.shape[1]
     cap = scratch.shape[0]
@@ -234,18 +278,28 @@ def _featurize(data0, data1, starts, ends, which, table, n, seed, use_sha, num_b
         e = ends[d]
         skip = skip_tok if d == first_doc else 0
         nfeat = num_feats[d] if d == first_doc else 0
-        ntouched = 0
+        if skip == 0:
+            ntouched = 0
+            if want_stats:
+                for i in range(state[1]):
+                    tt[tt_slots[i], 2] = 0
+                state[1:] = 0
+                state[5] = min(tt.shape[0], _TOKEN_SLOTS) - 1  # a small table per document stays in cache
+        else:
+            ntouched = state[0]
         if mode == 2 and skip == 0:
             bound = min(num_buckets, n * (e - s + 1)) * 20 + 1
             if out_offsets[d] + bound > out.shape[0]:
-                return d, 0, -(out_offsets[d] + bound)
+                return d, 0, out_offsets[d] + bound, 2
         ntok = 0
         cur = 0
         ts = s
+        tdig = 0
         p = s
         while p <= e:
             ln = 1
             cls = 0
+            dig = 0
             if p < e:
                 b = np.int64(data[p])
                 if b < 0x80:
@@ -263,7 +317,12 @@ def _featurize(data0, data1, starts, ends, which, table, n, seed, use_sha, num_b
                           | ((np.int64(data[p + 2]) & 0x3F) << 6) | (np.int64(data[p + 3]) & 0x3F))
                 else:
                     cp = 0x10FFFF + 1  # malformed tail: treat as "other"
-                cls = 2 if cp > 0x10FFFF else np.int64(table[cp])
+                if cp > 0x10FFFF:
+                    cls = 2
+                else:
+                    v = np.int64(table[cp])
+                    cls = v & 3
+                    dig = v & _DIGIT
             if cls != cur:
                 if cur != 0:
                     # token data[ts:p] ends: slide it into the window of the last n token spans
@@ -282,9 +341,20 @@ def _featurize(data0, data1, starts, ends, which, table, n, seed, use_sha, num_b
                         need = k_max + 72
                         for j in range(k_max):
                             need += tok_e[j] - tok_s[j]
+                        grow = 0
                         if need > cap:
+                            grow = 1
+                        elif want_stats and 2 * (state[1] + 1) > state[5] + 1:
+                            if 2 * (state[5] + 1) <= tt.shape[0]:
+                                _rehash_tokens(tt, tt_slots, state, 2 * state[5] + 1)
+                            else:
+                                grow, need = 3, 2 * tt.shape[0]
+                        elif sample_k > 0 and smp_used[0] + k_max * need > smp_arena.shape[0]:
+                            grow, need = 4, k_max * need
+                        if grow:
                             num_feats[d] = nfeat
-                            return d, ntok - 1, need
+                            state[0] = ntouched
+                            return d, ntok - 1, need, grow
                         L = 0
                         for j in range(k_max):
                             if j > 0:
@@ -297,13 +367,18 @@ def _featurize(data0, data1, starts, ends, which, table, n, seed, use_sha, num_b
                                     c += 32
                                 scratch[L] = c
                                 L += 1
+                        key_seed = (doc_seeds[d] + (ntok - 1) * _KEY_STEP) & _M32 if sample_k > 0 else 0
+                        token_hash = 0
                         for k in range(1, k_max + 1):
                             a = gram_a[k]
                             if use_sha:
                                 bucket = _sha_cached(scratch, a, L, num_buckets, w, h, kk, h0, memo_key,
                                                      memo_val, memo_off, memo_arena, memo_used)
                             else:
-                                bucket = _murmur3_32(scratch, a, L, seed) % num_buckets
+                                hv = _murmur3_32(scratch, a, L, seed)
+                                if k == 1:
+                                    token_hash = hv
+                                bucket = hv % num_buckets
                             if mode == 0:
                                 for t in range(num_t):
                                     weights[d, t] += lr_t[bucket, t]
@@ -314,15 +389,154 @@ def _featurize(data0, data1, starts, ends, which, table, n, seed, use_sha, num_b
                                     touched[ntouched] = bucket
                                     ntouched += 1
                                 doc_counts[bucket] += 1
+                            if sample_k > 0:
+                                key = _murmur3_32(scratch, a, L, key_seed)
+                                if key <= smp_limit[bucket]:
+                                    _sample_offer(smp, smp_arena, smp_used, smp_limit, sample_k, bucket, key,
+                                                  scratch, a, L)
                             nfeat += 1
+                        if want_stats:
+                            # Count the token scratch[ta:L] in the document's token table tt: open
+                            # addressing, rows (hash | length << 32, start in data, count, informative),
+                            # compared byte for byte, so the counts are exact.  (Written out here: as a
+                            # function, inlined or not, numba's reference counting of its array
+                            # arguments made featurize ~2x slower.)
+                            if use_sha:
+                                token_hash = _murmur3_32(scratch, gram_a[1], L, seed)
+                            ta = gram_a[1]
+                            m = L - ta
+                            tkey = token_hash | (m << 32)
+                            tmask = state[5]
+                            slot = token_hash & tmask
+                            while tt[slot, 2] != 0:
+                                if tt[slot, 0] == tkey:
+                                    off = tt[slot, 1]
+                                    same = True
+                                    for i in range(m):
+                                        c = np.int64(data[off + i])
+                                        if 65 <= c <= 90:
+                                            c += 32
+                                        if c != scratch[ta + i]:
+                                            same = False
+                                            break
+                                    if same:
+                                        break
+                                slot = (slot + 1) & tmask
+                            if tt[slot, 2] == 0:
+                                tt[slot, 0] = tkey
+                                tt[slot, 1] = ts
+                                tt[slot, 3] = 1 if _informative(scratch, ta, m, token_hash, cur == 1, sw, sw_arena) else 0
+                                tt_slots[state[1]] = slot
+                                state[1] += 1
+                            count = tt[slot, 2] + 1
+                            tt[slot, 2] = count
+                            if count > state[2]:
+                                state[2] = count
+                            state[3] += tt[slot, 3]
+                            if tdig != 0:
+                                state[4] += 1
                 cur = cls
                 ts = p
+                tdig = dig
+            elif dig == 0:
+                tdig = 0
             p += ln
         num_words[d] = ntok
         num_feats[d] = nfeat
+        if want_stats:
+            stats[d, 0] = state[2]
+            stats[d, 1] = state[3]
+            stats[d, 2] = state[4]
         if mode == 2:
             out_offsets[d + 1] = _encode(touched, ntouched, doc_counts, out, out_offsets[d])
-    return -1, 0, 0
+    return -1, 0, 0, 0
+
+
+@njit(cache=True, nogil=True)
+def _compare(buf1, a1, m1, buf2, a2, m2):
+    """-1, 0 or 1 as buf1[a1:a1 + m1] is bytewise less than, equal to or greater than buf2[a2:a2 + m2]."""
+    for i in range(min(m1, m2)):
+        if buf1[a1 + i] != buf2[a2 + i]:
+            return -1 if buf1[a1 + i] < buf2[a2 + i] else 1
+    return 0 if m1 == m2 else (-1 if m1 < m2 else 1)
+
+
+@njit(cache=True, nogil=True)
+def _informative(scratch, a, m, hv, word, sw, sw_arena):
+    """Whether the token scratch[a:a + m] (hash hv) is informative: a word and not a stopword."""
+    if not word:
+        return False
+    if m > _MAX_STOPWORD:
+        return True
+    probe = hv & (sw.shape[0] - 1)
+    while sw[probe, 2] != 0:
+        if sw[probe, 0] == hv and _compare(sw_arena, sw[probe, 1], sw[probe, 2], scratch, a, m) == 0:
+            return False
+        probe = (probe + 1) & (sw.shape[0] - 1)
+    return True
+
+
+@njit(cache=True, nogil=True)
+def _rehash_tokens(tt, tt_slots, state, mask):
+    """Re-place the document's tokens in the first mask + 1 slots of tt (mask + 1 <= len(tt))."""
+    used = state[1]
+    rows = np.empty((used, 4), np.int64)
+    for i in range(used):
+        rows[i] = tt[tt_slots[i]]
+        tt[tt_slots[i], 2] = 0
+    for i in range(used):
+        slot = rows[i, 0] & _M32 & mask
+        while tt[slot, 2] != 0:
+            slot = (slot + 1) & mask
+        tt[slot] = rows[i]
+        tt_slots[i] = slot
+    state[5] = mask
+
+
+@njit(cache=True, nogil=True)
+def _sample_offer(smp, arena, used, limit, k, bucket, key, scratch, a, end):
+    """Offer one n-gram occurrence (scratch[a:end], key) to its bucket's bottom-k (see NgramSample)."""
+    m = end - a
+    base = bucket * k
+    slot = -1
+    for i in range(base, base + k):
+        if smp[2, i] == m and _compare(arena, smp[1, i], m, scratch, a, m) == 0:
+            if key >= smp[0, i]:
+                return
+            slot = i  # kept already: lower its key
+            break
+    if slot < 0:
+        for i in range(base, base + k):
+            if smp[2, i] < 0:
+                slot = i
+                break
+            if slot < 0 or _later(smp, arena, i, slot):
+                slot = i
+        if smp[2, slot] >= 0 and (key > smp[0, slot] or (
+                key == smp[0, slot] and _compare(scratch, a, m, arena, smp[1, slot], smp[2, slot]) > 0)):
+            return
+        off = used[0]
+        for i in range(m):
+            arena[off + i] = scratch[a + i]
+        used[0] = off + m
+        smp[1, slot] = off
+        smp[2, slot] = m
+    smp[0, slot] = key
+    worst = -1
+    for i in range(base, base + k):
+        if smp[2, i] < 0:
+            return  # a free slot: every key is still welcome
+        if worst < 0 or smp[0, i] > smp[0, worst]:
+            worst = i
+    limit[bucket] = smp[0, worst]
+
+
+@njit(cache=True, nogil=True)
+def _later(smp, arena, i, j):
+    """Whether kept n-gram i sorts after kept n-gram j by (key, bytes)."""
+    if smp[0, i] != smp[0, j]:
+        return smp[0, i] > smp[0, j]
+    return _compare(arena, smp[1, i], smp[2, i], arena, smp[1, j], smp[2, j]) > 0
 
 
 @njit(cache=True, nogil=True)
@@ -509,16 +723,119 @@ def _sha_memo(num_buckets: int):
     return _MEMOS[num_buckets]
 
 
-def _run(texts, n, seed, hash_kind, num_buckets, mode, lr_t, weights, groups, counts):
+_STOPWORD_TABLES: dict = {}
+_MAX_STOPWORD = max(len(w.encode("utf-8")) for w in STOPWORDS)
+
+
+def _stopword_table(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The stopwords as an open-addressing table for the kernel, keyed by MurmurHash3 with ``seed``:
+    (int64 [S, 3] rows of hash, offset, length; their bytes)."""
+    if seed not in _STOPWORD_TABLES:
+        words = [w.encode("utf-8") for w in STOPWORDS]
+        size = 1 << (2 * len(words) - 1).bit_length()
+        table = np.zeros((size, 3), np.int64)
+        offset = 0
+        for word in words:
+            hv = mmh3.hash(word, seed, signed=False)
+            slot = hv & (size - 1)
+            while table[slot, 2]:
+                slot = (slot + 1) & (size - 1)
+            table[slot] = (hv, offset, len(word))
+            offset += len(word)
+        _STOPWORD_TABLES[seed] = (table, np.frombuffer(b"".join(words), np.uint8))
+    return _STOPWORD_TABLES[seed]
+
+
+def sample_key(gram: str, doc_hash: int, position: int) -> int:
+    """The sampling key of one n-gram occurrence (see :class:`NgramSample`), as the kernel computes it.
+
+    ``doc_hash``: the document's 64-bit content hash (``_dsel_hash``); ``position``: the index of the
+    n-gram's last token in the document.
+    """
+    return mmh3.hash(gram, (_doc_seed(doc_hash) + position * _KEY_STEP) & _M32, signed=False)
+
+
+def _doc_seed(doc_hash):
+    """32 bits of a 64-bit document hash (an int, or an int64 array)."""
+    if isinstance(doc_hash, np.ndarray):
+        u = doc_hash.astype(np.int64).view(np.uint64)
+        return ((u ^ (u >> np.uint64(32))) & np.uint64(_M32)).astype(np.int64)
+    u = int(doc_hash) & 0xFFFFFFFFFFFFFFFF
+    return (u ^ (u >> 32)) & _M32
+
+
+class NgramSample:
+    """A bottom-k sample of the distinct n-grams of each bucket, filled by :func:`count_batch`.
+
+    Every n-gram occurrence gets a key, ``murmur3_32(n-gram, seed=(doc_seed + position * 0x9E3779B1)
+    mod 2^32)`` (:func:`sample_key`), a pure function of the document's content hash, the position of the
+    n-gram's last token and the n-gram.  An n-gram's key is the smallest key of its occurrences, and each
+    bucket keeps the ``k`` n-grams with the smallest (key, UTF-8 bytes).  So an n-gram that occurs c times
+    is c times as likely to come first as one that occurs once (a frequency-weighted sample without
+    replacement), and the sample is mergeable: the bottom k of the union of several samples (per bucket,
+    each n-gram's smallest key) is the sample of all their documents, whatever the partitioning.
+    """
+
+    def __init__(self, num_buckets: int, k: int = 3) -> None:
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        self.num_buckets, self.k = int(num_buckets), int(k)
+        self.slots = np.zeros((3, self.num_buckets * self.k), np.int64)  # key, arena offset, length (-1: free)
+        self.slots[2] = -1
+        self.limit = np.full(self.num_buckets, _M32 + 1, np.int64)  # largest kept key of a full bucket
+        self.arena = np.zeros(1 << 16, np.uint8)
+        self.used = np.zeros(1, np.int64)
+
+    def _grow(self, need: int) -> None:
+        """Compact the arena to the kept n-grams (replaced ones leave garbage), with room for ``need`` more."""
+        live = np.flatnonzero(self.slots[2] >= 0)
+        size = int(self.slots[2, live].sum())
+        arena = np.zeros(max(self.arena.shape[0], 2 * (size + need)), np.uint8)
+        offset = 0
+        for i in live:
+            a, m = self.slots[1, i], self.slots[2, i]
+            arena[offset:offset + m] = self.arena[a:a + m]
+            self.slots[1, i] = offset
+            offset += m
+        self.arena, self.used[0] = arena, offset
+
+    def rows(self) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """(bucket int32, key int64, n-gram) of every kept n-gram."""
+        live = np.flatnonzero(self.slots[2] >= 0)
+        grams = [bytes(self.arena[a:a + m]).decode("utf-8", "replace")
+                 for a, m in zip(self.slots[1, live], self.slots[2, live])]
+        return (live // self.k).astype(np.int32), self.slots[0, live].copy(), grams
+
+    def as_dict(self) -> dict[int, list[str]]:
+        """Bucket -> its n-grams, smallest key first."""
+        result: dict[int, list[tuple[int, bytes, str]]] = {}
+        for bucket, key, gram in zip(*self.rows()):
+            result.setdefault(int(bucket), []).append((int(key), gram.encode("utf-8"), gram))
+        return {b: [g for _, _, g in sorted(v)] for b, v in result.items()}
+
+
+def _run(texts, n, seed, hash_kind, num_buckets, mode, lr_t, weights, groups, counts, want_stats=False,
+         sample=None, doc_seeds=None):
     chunks = _chunks(texts)
     total = sum(len(c) for c in chunks)
     num_words = np.zeros(total, np.int64)
     num_feats = np.zeros(total, np.int64)
+    stats = np.zeros((total if want_stats else 1, 3), np.int64)
     table = _class_table()
     scratch = np.empty(4096, np.uint8)  # holds one n-gram (+ SHA-256 padding); grown on demand
     work = num_buckets if mode == 2 else 1
     doc_counts, touched = np.zeros(work, np.int64), np.zeros(work, np.int64)
     memo_key, memo_val, memo_off, memo_arena, memo_used = _sha_memo(num_buckets if hash_kind == "sha256" else 0)
+    state = np.zeros(6, np.int64)
+    tt = np.zeros((_TOKEN_SLOTS if want_stats else 1, 4), np.int64)
+    tt_slots = np.zeros(tt.shape[0] // 2 + 1, np.int64)
+    sw, sw_arena = _stopword_table(int(seed))
+    if sample is None:
+        sample_k, seeds, smp, smp_arena, smp_used, smp_limit = 0, np.zeros(1, np.int64), np.zeros((3, 1), np.int64), \
+            np.zeros(1, np.uint8), np.zeros(1, np.int64), np.zeros(1, np.int64)
+    else:
+        sample_k, seeds, smp, smp_used, smp_limit = sample.k, _doc_seed(doc_seeds), sample.slots, sample.used, \
+            sample.limit
     encoded = []
     row = 0
     for chunk in chunks:
@@ -526,27 +843,39 @@ def _run(texts, n, seed, hash_kind, num_buckets, mode, lr_t, weights, groups, co
         r1 = row + len(chunk)
         w_slice = weights[row:r1] if mode == 0 else weights
         g_slice = groups[row:r1] if mode == 1 else groups
+        s_slice = stats[row:r1] if want_stats else stats
+        seed_slice = seeds[row:r1] if sample is not None else seeds
         out = np.empty(1 << 16 if mode == 2 else 1, np.uint8)
         out_offsets = np.zeros(len(chunk) + 1, np.int64)
         doc, skip = 0, 0
         while True:
-            doc, skip, need = _featurize(
+            if sample is not None:
+                smp_arena = sample.arena
+            doc, skip, need, grow = _featurize(
                 data0, data1, starts, ends, which, table, int(n), int(seed), hash_kind == "sha256",
                 int(num_buckets), mode, lr_t, w_slice, g_slice, counts, num_words[row:r1],
                 num_feats[row:r1], scratch, doc, skip, doc_counts, touched, out, out_offsets, memo_key, memo_val,
-                memo_off, memo_arena, memo_used)
-            if doc < 0:
+                memo_off, memo_arena, memo_used, want_stats, s_slice, state, tt, tt_slots, sw, sw_arena,
+                sample_k, seed_slice, smp, smp_arena, smp_used, smp_limit)
+            if grow == 0:
                 break
-            if need < 0:  # the encoded output needs room for the next document: grow and resume
-                grown = np.empty(max(-need, 2 * out.shape[0]), np.uint8)
+            if grow == 1:  # an n-gram does not fit in scratch
+                scratch = np.empty(max(need, 2 * scratch.shape[0]), np.uint8)
+            elif grow == 2:  # the encoded output needs room for the next document
+                grown = np.empty(max(need, 2 * out.shape[0]), np.uint8)
                 grown[:out.shape[0]] = out
                 out = grown
-            else:
-                scratch = np.empty(max(need, 2 * scratch.shape[0]), np.uint8)  # grow and resume
+            elif grow == 3:  # the token table is half full
+                bigger = np.zeros((need, 4), np.int64)
+                bigger[:tt.shape[0]] = tt
+                tt, tt_slots = bigger, np.concatenate([tt_slots, np.zeros(need // 2, np.int64)])
+                _rehash_tokens(tt, tt_slots, state, need - 1)
+            else:  # the sample's arena is full
+                sample._grow(need)
         if mode == 2:
             encoded.append((out, out_offsets))
         row = r1
-    return num_words, num_feats, encoded
+    return num_words, num_feats, encoded, stats
 
 
 def score_batch(texts, log_ratios: np.ndarray, n: int = 2, seed: int = 0,
@@ -567,16 +896,19 @@ def score_batch(texts, log_ratios: np.ndarray, n: int = 2, seed: int = 0,
     weights = np.zeros((total, num_t), np.float64)
     dummy_groups = np.zeros(1, np.int64)
     dummy_counts = np.zeros((1, 1), np.int64)
-    num_words, _, _ = _run(texts, n, seed, hash_kind, num_buckets, 0, lr_t, weights, dummy_groups,
-                           dummy_counts)
+    num_words, _, _, _ = _run(texts, n, seed, hash_kind, num_buckets, 0, lr_t, weights, dummy_groups,
+                              dummy_counts)
     return weights, num_words
 
 
 def count_batch(texts, groups: np.ndarray, counts: np.ndarray, n: int = 2, seed: int = 0,
-                hash_kind: str = "murmur3") -> tuple[np.ndarray, np.ndarray]:
+                hash_kind: str = "murmur3", sample: NgramSample | None = None,
+                doc_hashes: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Add each document's n-gram bucket counts into counts[groups[i], :] in place.
 
     counts: int64 [G, B] (C-contiguous, modified in place); groups: int64 [N] in [0, G).
+    With ``sample`` (an :class:`NgramSample` of B buckets), every n-gram is also offered to it, keyed
+    by ``doc_hashes`` (int64 [N], each document's content hash).
     Returns (num_features int64 [N] = n-gram occurrences per doc, num_words int64 [N]).
     """
     if not (isinstance(counts, np.ndarray) and counts.dtype == np.int64 and counts.ndim == 2
@@ -589,31 +921,39 @@ def count_batch(texts, groups: np.ndarray, counts: np.ndarray, n: int = 2, seed:
         raise ValueError(f"groups must have shape ({len(texts)},), got {groups.shape}")
     if groups.size and (groups.min() < 0 or groups.max() >= num_g):
         raise ValueError(f"groups must be in [0, {num_g})")
+    if sample is not None:
+        if sample.num_buckets != num_buckets:
+            raise ValueError(f"the sample has {sample.num_buckets} buckets but counts has {num_buckets}")
+        doc_hashes = np.ascontiguousarray(doc_hashes, dtype=np.int64)
+        if doc_hashes.shape != (len(texts),):
+            raise ValueError(f"doc_hashes must have shape ({len(texts)},) with a sample")
     dummy_lr = np.zeros((1, 1), np.float64)
     dummy_w = np.zeros((1, 1), np.float64)
-    num_words, num_feats, _ = _run(texts, n, seed, hash_kind, num_buckets, 1, dummy_lr, dummy_w,
-                                   groups, counts)
+    num_words, num_feats, _, _ = _run(texts, n, seed, hash_kind, num_buckets, 1, dummy_lr, dummy_w,
+                                      groups, counts, sample=sample, doc_seeds=doc_hashes)
     return num_feats, num_words
 
 
 def features_batch(texts, num_buckets: int, n: int = 2, seed: int = 0,
-                   hash_kind: str = "murmur3") -> tuple[pa.Array, np.ndarray, np.ndarray]:
+                   hash_kind: str = "murmur3", stats: bool = False):
     """Each document's sparse hashed n-gram counts, encoded once so that fit and score need no text.
 
-    Returns (features: pa.LargeBinaryArray [N], num_features int64 [N], num_words int64 [N]).  A
-    document's bytes are its distinct buckets, in the order they first occur, as unsigned LEB128
-    varint pairs (bucket, count); null documents get empty features.  Use
-    :func:`score_features` and :func:`count_features` on them.
+    Returns (features: pa.LargeBinaryArray [N], num_features int64 [N], num_words int64 [N]), and
+    with ``stats=True`` also int64 [N, 3]: each document's top_word_count, informative_words and
+    numeric_words (:func:`oracle_stats`), computed in the same pass.  A document's bytes are its
+    distinct buckets, in the order they first occur, as unsigned LEB128 varint pairs (bucket, count);
+    null documents get empty features.  Use :func:`score_features` and :func:`count_features` on them.
     """
     _check(n, num_buckets, seed, hash_kind)
     dummy = np.zeros((1, 1))
-    num_words, num_feats, encoded = _run(texts, n, seed, hash_kind, num_buckets, 2, dummy, dummy,
-                                         np.zeros(1, np.int64), np.zeros((1, 1), np.int64))
+    num_words, num_feats, encoded, doc_stats = _run(texts, n, seed, hash_kind, num_buckets, 2, dummy, dummy,
+                                                    np.zeros(1, np.int64), np.zeros((1, 1), np.int64),
+                                                    want_stats=stats)
     arrays = [pa.LargeBinaryArray.from_buffers(pa.large_binary(), len(off) - 1,
                                                [None, pa.py_buffer(off), pa.py_buffer(out[:off[-1]].copy())])
               for out, off in encoded]
     merged = pa.concat_arrays(arrays) if arrays else pa.array([], pa.large_binary())
-    return merged, num_feats, num_words
+    return (merged, num_feats, num_words, doc_stats) if stats else (merged, num_feats, num_words)
 
 
 def _binary_parts(features) -> list[tuple[np.ndarray, np.ndarray]]:

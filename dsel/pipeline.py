@@ -14,7 +14,7 @@ import time
 import uuid
 from typing import Optional
 
-from pyspark.sql import DataFrame, Observation, SparkSession, Window
+from pyspark.sql import DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import StructType
 from delta.tables import DeltaTable
@@ -23,10 +23,10 @@ from dsel import __version__
 from dsel.config import DselConfig
 from dsel.errors import DselError
 from dsel.fit import Fit, fit as fit_histograms
-from dsel.read import DETAIL, HASH, ID, INTERNAL, fingerprint, prepare, read_input, user_columns
+from dsel.read import DETAIL, HASH, ID, INTERNAL, fingerprint, prepare, read_input
 from dsel.report import Summary
 from dsel.score import score as score_records, skipped as skipped_records, weights as weight_records
-from dsel.select import eligible, select as select_documents
+from dsel.select import Filters, filter_counts, select as select_documents, with_raw_columns
 from dsel.evaluate import run_kl_reduction
 from dsel.featurize import features as raw_features
 from dsel.runs import claim, record_run, release
@@ -81,7 +81,7 @@ def _metadata(cfg: DselConfig, summary: Summary, **extra: object) -> dict:
 def _features_settings(cfg: DselConfig) -> dict:
     """What the features of one record depend on (besides the record)."""
     return {"raw": cfg.raw, "raw_format": cfg.raw_format, "text_column": cfg.text_column, "id_column": cfg.id_column,
-            "max_doc_bytes": cfg.max_doc_bytes, **cfg.fit_params()}
+            "max_doc_bytes": cfg.max_doc_bytes, "quality_stats": 1, **cfg.fit_params()}
 
 
 def _record_key(id_col: str, hash_col: str, detail_col: str) -> list:
@@ -269,7 +269,8 @@ def score(spark: SparkSession, cfg: DselConfig, summary: Summary, fitted: Option
         reasons = ", ".join(f"{k}={v:,}" for k, v in sorted(summary.skipped.items()))
         raise DselError(f"strict mode: {sum(summary.skipped.values()):,} records were skipped ({reasons}); "
                         f"they are listed in {paths.skipped}. Fix the input, or run without --strict to skip them")
-    summary.eligible = eligible(spark.read.format("delta").load(paths.weights), cfg.min_length).count()
+    summary.eligible, summary.filtered, _ = filter_counts(spark.read.format("delta").load(paths.weights),
+                                                          Filters.of(cfg))
     summary.stage("score", started)
 
 
@@ -337,19 +338,13 @@ def select(spark: SparkSession, cfg: DselConfig, summary: Summary, fitted: Optio
                         f"{len(fitted.target_names)} targets")
     selection = select_documents(weights, fitted.target_names, proportions, num_samples=cfg.num_samples,
                                  num_tokens=cfg.num_tokens, seed=cfg.seed, method=cfg.method,
-                                 min_length=cfg.min_length)
+                                 min_length=Filters.of(cfg))
     summary.warnings.extend(selection.warnings)
+    summary.filtered = selection.filtered
     if raw is None:
         raw = _stored_raw(spark, cfg, paths.weights, summary) or read_raw(spark, cfg, summary=summary)
-    columns = user_columns(raw)
     chosen = F.broadcast(selection.chosen) if (cfg.num_samples or 0) <= 1_000_000 else selection.chosen
-    joined = raw.join(chosen, (raw[ID] == chosen["id"]) & (raw[HASH] == chosen["doc_hash"]))
-    # Several raw records with one id and one text: keep one, the same one on every run.
-    once = Window.partitionBy(chosen["id"]).orderBy(F.to_json(F.struct(*[raw[f"`{c}`"] for c in columns])))
-    rows = (joined.withColumn("_dsel_once", F.row_number().over(once)).where(F.col("_dsel_once") == 1)
-            .select(*[raw[f"`{c}`"] for c in columns], chosen["num_words"], chosen["log_weight"], chosen["rank"], chosen["target"],
-                    F.lit(summary.run_id).alias("run_id"))
-            .orderBy("target", "rank"))
+    rows = with_raw_columns(raw, chosen, summary.run_id).orderBy("target", "rank")
     commit = write_table(rows, paths.selected, _metadata(cfg, summary, requested=selection.requested,
                                                          weights_version=weights_version,
                                                          fit_version=summary.fit_version))

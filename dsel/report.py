@@ -17,6 +17,7 @@ class Summary:
     skipped: dict[str, int] = field(default_factory=dict)
     scored: Optional[int] = None
     eligible: Optional[int] = None
+    filtered: dict[str, int] = field(default_factory=dict)  # scored documents each eligibility filter removed
     selected: Optional[int] = None
     selected_words: Optional[int] = None
     kl_reduction: Optional[float] = None
@@ -47,7 +48,7 @@ class Summary:
     def counts(self) -> dict[str, object]:
         return {"read": self.read, "featurized": self.featurized, "skipped": dict(self.skipped), "scored": self.scored,
                 "scored_now": self.scored_now, "refit": self.refit, "fit_version": self.fit_version,
-                "eligible": self.eligible,
+                "eligible": self.eligible, "filtered": dict(self.filtered),
                 "selected": self.selected, "selected_words": self.selected_words, "kl_reduction": self.kl_reduction}
 
     def format(self) -> str:
@@ -69,6 +70,9 @@ class Summary:
             lines.append(f"  fit                {'log_ratios v' + str(self.fit_version):>12}  ({why})")
         if self.eligible is not None:
             lines.append(f"  eligible           {self.eligible:>12,}")
+        if self.filtered:
+            reasons = ", ".join(f"{k}={v:,}" for k, v in self.filtered.items())
+            lines.append(f"  not eligible       {sum(self.filtered.values()):>12,}  ({reasons})")
         if self.selected is not None:
             words = f"  ({self.selected_words:,} words)" if self.selected_words is not None else ""
             lines.append(f"  selected           {self.selected:>12,}{words}")

@@ -19,36 +19,37 @@ Every distribution is aggregated in Spark (fixed bins, counts per bin); only bin
 2 x T x B log-ratio rows and a few truncated documents reach the driver.
 
 Readable n-grams: buckets are hashes, so the report names a bucket by sample n-grams that fall
-in it.  They are recomputed at report time for the shown buckets only: the target text (the
-highest-ratio buckets) and a sample of at most :data:`NGRAM_SAMPLE_DOCS` raw documents (the
-lowest-ratio buckets) are tokenized and hashed exactly as :func:`dsel.kernel.oracle_buckets`
-does, inside Spark tasks, and the most frequent n-grams of each shown bucket are kept.  Several
-n-grams share a bucket, so these are examples of what the bucket counts, not its definition.
+in it.  The highest-ratio buckets show the n-grams the fit kept from the target (the ``ngrams``
+column of ``OUT/log_ratios``, see :mod:`dsel.fit`): nothing is re-hashed.  The lowest-ratio buckets
+are the ones the target (almost) never uses, so the fit has no target n-gram for them; they show
+n-grams sampled the same way (the kernel's sampler, :func:`dsel.featurize.target_histogram`) from at
+most :data:`NGRAM_SAMPLE_DOCS` raw documents, read while the report is made.  Both are
+frequency-weighted samples; several n-grams share a bucket, so these are examples of what the bucket
+counts, not its definition.
 """
 from __future__ import annotations
 
 import base64
-import hashlib
 import html
 import io
 import json
 import os
 import time
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 import numpy as np
-from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from dsel import __version__
 from dsel.config import DselConfig
 from dsel.errors import DselError
 from dsel.read import ID, REASON, TEXT, prepare, read_input
+from dsel.select import Filters, eligible, filter_counts
 from dsel.write import OutputPaths, commit_metadata, read_table
 
 NUM_BINS = 40
 TOP_BUCKETS = 15
-NGRAMS_PER_BUCKET = 3
 NGRAM_SAMPLE_DOCS = 2000
 SHOWN_DOCS = 5
 SNIPPET_CHARS = 400
@@ -99,48 +100,18 @@ def common_edges(frames: list[tuple[DataFrame, str]], bins: int = NUM_BINS, log1
     return np.linspace(low, high if high > low else low + 1.0, bins + 1)
 
 
-def bucket_ngrams(df_prepared: DataFrame, cfg: DselConfig, buckets: list[int],
-                  per_bucket: int = NGRAMS_PER_BUCKET) -> dict[int, list[tuple[str, int]]]:
-    """The most frequent n-grams of ``df_prepared`` that hash into each of ``buckets`` (oracle hashing)."""
-    wanted = np.array(sorted(set(int(b) for b in buckets)), dtype=np.int64)
-    n, num_buckets, seed, kind = cfg.ngrams, cfg.num_buckets, cfg.hash_seed, cfg.hash_kind
+def raw_bucket_ngrams(df_prepared: DataFrame, cfg: DselConfig, buckets: list[int]) -> dict[int, list[str]]:
+    """Sample n-grams of ``df_prepared`` (a prepared raw sample) in each of ``buckets``, smallest key first."""
+    from dsel.featurize import target_histogram
+    from dsel.fit import NGRAMS_PER_BUCKET
 
-    def grams_of(batches: Iterator) -> Iterator:
-        import mmh3
-        import pyarrow as pa
-
-        from dsel.kernel import _TOKEN
-
-        keep = set(wanted.tolist())
-        counts: dict[tuple[int, str], int] = {}
-        for batch in batches:
-            for text in batch.column(0).to_pylist():
-                if text is None:
-                    continue
-                words = _TOKEN.findall(text.lower())
-                for i in range(1, n + 1):
-                    for j in range(len(words) - i + 1):
-                        gram = " ".join(words[j:j + i])
-                        if kind == "murmur3":
-                            b = mmh3.hash(gram, seed, signed=False) % num_buckets
-                        else:
-                            b = int(hashlib.sha256(gram.encode("utf-8")).hexdigest(), 16) % num_buckets
-                        if b in keep:
-                            counts[(b, gram)] = counts.get((b, gram), 0) + 1
-        if counts:
-            keys = list(counts)
-            yield pa.RecordBatch.from_arrays(
-                [pa.array([k[0] for k in keys], pa.int32()), pa.array([k[1] for k in keys], pa.string()),
-                 pa.array([counts[k] for k in keys], pa.int64())], names=["bucket", "ngram", "count"])
-
-    found = (df_prepared.where(F.col(REASON).isNull()).select(TEXT)
-             .mapInArrow(grams_of, "bucket int, ngram string, count long")
-             .groupBy("bucket", "ngram").agg(F.sum("count").alias("count")))
-    ranked = found.withColumn("r", F.row_number().over(
-        Window.partitionBy("bucket").orderBy(F.col("count").desc(), F.col("ngram"))))
-    result: dict[int, list[tuple[str, int]]] = {int(b): [] for b in wanted}
-    for row in ranked.where(F.col("r") <= per_bucket).orderBy("bucket", "r").collect():
-        result[int(row["bucket"])].append((row["ngram"], int(row["count"])))
+    wanted = sorted(set(int(b) for b in buckets))
+    rows = (target_histogram(df_prepared, cfg, NGRAMS_PER_BUCKET)
+            .where(F.col("ngram").isNotNull() & F.col("bucket").isin(wanted)).orderBy("bucket", "key", "ngram")
+            .collect())
+    result: dict[int, list[str]] = {b: [] for b in wanted}
+    for row in rows:
+        result[int(row["bucket"])].append(row["ngram"])
     return result
 
 
@@ -155,7 +126,6 @@ def _sample(df_prepared: DataFrame, total: int, limit: int) -> DataFrame:
 def collect_report(spark: SparkSession, out: str, label_column: Optional[str] = "domain") -> dict[str, Any]:
     """Every number and table of the report, as a JSON-ready dict (plots are drawn from it)."""
     from dsel.evaluate import run_kl_reduction
-    from dsel.pipeline import read_targets
 
     started = time.time()
     cfg = run_config(spark, out)
@@ -166,10 +136,11 @@ def collect_report(spark: SparkSession, out: str, label_column: Optional[str] = 
     report: dict[str, Any] = {"out": out, "dsel_version": __version__, "params": cfg.to_dict()}
     report["kl"] = run_kl_reduction(spark, cfg)
 
-    counts = weights.agg(F.count("*").alias("scored"),
-                         F.sum((F.col("num_words") >= cfg.min_length).cast("int")).alias("eligible")).first()
-    report["counts"] = {"scored": int(counts["scored"]), "eligible": int(counts["eligible"] or 0),
+    rule = Filters.of(cfg)
+    eligible_count, removed, _ = filter_counts(weights, rule)
+    report["counts"] = {"scored": sum(removed.values()) + eligible_count, "eligible": eligible_count,
                         "selected": selected.count()}
+    report["filtered"] = removed
 
     edges = common_edges([(weights, "log_weight"), (selected, "log_weight")])
     report["log_weight"] = {"edges": edges.tolist(), "raw": binned(weights, "log_weight", edges=edges)[1].tolist(),
@@ -181,25 +152,24 @@ def collect_report(spark: SparkSession, out: str, label_column: Optional[str] = 
                            "min_length": cfg.min_length}
 
     # Highest and lowest log-ratio buckets of each target, with sample n-grams.
-    table = ratios.select("target", "target_name", "bucket", "raw_count", "target_count", "log_ratio").toArrow()
+    stored = "ngrams" in ratios.columns  # fits before dsel kept n-gram samples have none
+    table = ratios.select("target", "target_name", "bucket", "raw_count", "target_count", "log_ratio",
+                          *(["ngrams"] if stored else [])).toArrow()
     cols = {name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names}
     raw_prepared = prepare(read_input(spark, cfg.raw, cfg.raw_format, cfg, "raw"), cfg)
-    raw_sample = _sample(raw_prepared, report["counts"]["scored"], NGRAM_SAMPLE_DOCS)
-    targets = read_targets(spark, cfg)
     report["buckets"] = {}
-    for t, (name, target_df) in enumerate(targets):
+    for t in sorted(set(cols["target"].tolist())):
         mine = cols["target"] == t
         order = np.argsort(cols["log_ratio"][mine], kind="stable")
-        rows = [{k: (v[mine][i].item() if hasattr(v[mine][i], "item") else v[mine][i]) for k, v in cols.items()}
-                for i in order]
-        top, bottom = rows[::-1][:TOP_BUCKETS], rows[:TOP_BUCKETS]
-        top_grams = bucket_ngrams(target_df, cfg, [r["bucket"] for r in top])
-        bottom_grams = bucket_ngrams(raw_sample, cfg, [r["bucket"] for r in bottom])
-        for r in top:
-            r["ngrams"] = top_grams.get(r["bucket"], [])
-        for r in bottom:
-            r["ngrams"] = bottom_grams.get(r["bucket"], [])
-        report["buckets"][name] = {"highest": top, "lowest": bottom}
+        rows = [{k: _plain(v[mine][i]) for k, v in cols.items()} for i in order]
+        for r in rows:
+            r["ngrams"] = list(r.get("ngrams") or [])
+        report["buckets"][rows[0]["target_name"]] = {"highest": rows[::-1][:TOP_BUCKETS], "lowest": rows[:TOP_BUCKETS]}
+    lowest = [r["bucket"] for parts in report["buckets"].values() for r in parts["lowest"]]
+    raw_grams = raw_bucket_ngrams(_sample(raw_prepared, report["counts"]["scored"], NGRAM_SAMPLE_DOCS), cfg, lowest)
+    for parts in report["buckets"].values():
+        for r in parts["lowest"]:
+            r["ngrams"] = raw_grams.get(r["bucket"], [])
 
     # Label mix.
     if label_column and label_column in selected.columns and label_column in raw_prepared.columns:
@@ -210,7 +180,7 @@ def collect_report(spark: SparkSession, out: str, label_column: Optional[str] = 
         report["label_mix"] = {"column": label_column, "raw": raw_mix, "selected": sel_mix}
 
     # Highest- and lowest-weighted eligible documents, truncated.
-    pool = weights.where(F.col("num_words") >= cfg.min_length)
+    pool = eligible(weights, rule)
     report["documents"] = {}
     for side, order in (("highest", F.col("log_weight").desc()), ("lowest", F.col("log_weight").asc())):
         ids = pool.orderBy(order, F.col("id")).limit(SHOWN_DOCS).select(
@@ -231,6 +201,13 @@ def collect_report(spark: SparkSession, out: str, label_column: Optional[str] = 
 
 
 # ------------------------------------------------------------------------------------------ plots
+def _plain(value: Any) -> Any:
+    """A numpy scalar or array from Arrow as a plain Python value."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return value.item() if hasattr(value, "item") else value
+
+
 def _png(fig) -> str:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
@@ -276,7 +253,7 @@ def plots(report: dict[str, Any]) -> dict[str, str]:
 
     for name, parts in report["buckets"].items():
         rows = parts["highest"][::-1] + parts["lowest"][::-1]
-        labels = [(" / ".join(g for g, _ in r["ngrams"][:2]) or f"bucket {r['bucket']}")[:40] for r in rows]
+        labels = [(" / ".join(r["ngrams"][:2]) or f"bucket {r['bucket']}")[:40] for r in rows]
         fig, ax = plt.subplots(figsize=(7, 0.22 * len(rows) + 1))
         values = [r["log_ratio"] for r in rows]
         ax.barh(range(len(rows)), values, color=["tab:green" if v > 0 else "tab:red" for v in values])
@@ -327,7 +304,9 @@ def render_html(report: dict[str, Any], images: dict[str, str]) -> str:
         f"{_e(params['method'])}, seed {_e(params['seed'])}, {_e(params['ngrams'])}-grams in "
         f"{_e(params['num_buckets'])} buckets ({_e(params['hash_kind'])}).</p>",
         "<h2>Counts</h2><table>" + "".join(f"<tr><th>{_e(k)}</th><td class=n>{v:,}</td></tr>"
-                                            for k, v in report["counts"].items()) + "</table>",
+                                            for k, v in report["counts"].items())
+        + "".join(f"<tr><th>not eligible: {_e(k)}</th><td class=n>{v:,}</td></tr>"
+                  for k, v in report.get("filtered", {}).items()) + "</table>",
         '<h2 id="kl">KL reduction</h2>',
         f'<p>KL reduction: <span class="kl" id="kl-reduction">{kl["kl_reduction"]:.4f}</span> nats '
         f'(add-one smoothing; with add-1e-8 smoothing: <span id="kl-reduction-epsilon">'
@@ -346,13 +325,14 @@ def render_html(report: dict[str, Any], images: dict[str, str]) -> str:
     for name, buckets in report["buckets"].items():
         parts.append(f"<h2>Buckets by log ratio — target {_e(name)}</h2>")
         parts.append(_img(images, f"buckets:{name}", f"log ratios for {name}"))
-        parts.append("<p>Sample n-grams: from the target for the highest buckets, from a sample of the raw pool "
-                     "for the lowest (several n-grams share a bucket).</p>")
+        parts.append("<p>Sample n-grams (frequency-weighted): for the highest buckets, the ones the fit kept from "
+                     "the target; for the lowest, sampled from up to 2,000 raw documents (several n-grams share a "
+                     "bucket).</p>")
         for side in ("highest", "lowest"):
             parts.append(f"<h3>{side}</h3><table><tr><th>bucket</th><th>log ratio</th><th>target count</th>"
-                         "<th>raw count</th><th>n-grams (count)</th></tr>")
+                         "<th>raw count</th><th>n-grams</th></tr>")
             for r in buckets[side]:
-                grams = ", ".join(f"{_e(g)} ({c})" for g, c in r["ngrams"])
+                grams = ", ".join(f'<span class="ngram">{_e(g)}</span>' for g in r["ngrams"])
                 parts.append(f"<tr><td class=n>{r['bucket']}</td><td class=n>{r['log_ratio']:.3f}</td>"
                              f"<td class=n>{r['target_count']:,}</td><td class=n>{r['raw_count']:,}</td>"
                              f"<td>{grams}</td></tr>")
@@ -412,4 +392,5 @@ def format_summary(report: dict[str, Any]) -> str:
     ])
 
 
-__all__ = ["collect_report", "plots", "render_html", "write_report", "format_summary", "bucket_ngrams", "run_config"]
+__all__ = ["collect_report", "plots", "render_html", "write_report", "format_summary", "raw_bucket_ngrams",
+           "run_config"]

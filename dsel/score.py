@@ -12,7 +12,7 @@ from __future__ import annotations
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
-from dsel.featurize import score_features
+from dsel.featurize import STAT_COLUMNS, score_features
 from dsel.fit import Fit
 from dsel.read import HASH, ID
 
@@ -33,20 +33,21 @@ def _winners(scored: DataFrame) -> DataFrame:
     """
     usable = scored.where(F.col("skip_reason").isNull())
     order = F.struct(F.col(HASH), F.col("source_file"))
-    kept = F.struct(HASH, "num_words", "log_weights", "source_file")
+    kept = F.struct(HASH, "num_words", "log_weights", "source_file", *STAT_COLUMNS)
     return usable.groupBy(ID).agg(F.count("*").alias("_dsel_n"), F.min_by(kept, order).alias("_dsel_keep"))
 
 
 def weights(scored: DataFrame) -> DataFrame:
-    """One row per usable id: id, doc_hash, num_words, log_weight, log_weights.
+    """One row per usable id: id, doc_hash, num_words, log_weight, log_weights and the quality statistics.
 
     ``log_weights`` has one entry per target; ``log_weight`` is that entry when there is one
-    target, and the largest entry otherwise.
+    target, and the largest entry otherwise.  ``top_word_count``, ``informative_words`` and
+    ``numeric_words`` come from the featurize pass (see :func:`dsel.kernel.oracle_stats`).
     """
     keep = F.col("_dsel_keep")
     return _winners(scored).select(F.col(ID).alias("id"), keep[HASH].alias("doc_hash"), keep["num_words"].alias("num_words"),
                                    F.array_max(keep["log_weights"]).alias("log_weight"),
-                                   keep["log_weights"].alias("log_weights"))
+                                   keep["log_weights"].alias("log_weights"), *[keep[c].alias(c) for c in STAT_COLUMNS])
 
 
 def skipped(scored: DataFrame) -> DataFrame:

@@ -1,4 +1,13 @@
-"""Select: the minimum-length filter and seeded Gumbel-top-k (or top-k) resampling, with quotas.
+"""Select: the eligibility filters and seeded Gumbel-top-k (or top-k) resampling, with quotas.
+
+Eligible documents have at least ``min_length`` words and pass the optional quality filters of the
+DSIR paper (:class:`Filters`; off unless configured), computed from the per-document statistics of
+the featurize pass (words are the tokenizer's tokens, as in ``num_words``):
+
+* ``max_length``: at most this many words;
+* ``max_repetition_ratio``: ``top_word_count / num_words`` (the most frequent word's share) at most this;
+* ``min_informative_ratio``: ``informative_words / num_words`` (words neither stopwords nor punctuation) at least this;
+* ``max_numeric_ratio``: ``numeric_words / num_words`` (words made only of digits) at most this.
 
 Sampling k documents without replacement with probability proportional to their importance
 weights is done with the Gumbel-top-k trick: take the k largest ``log_weight + G``, where G is
@@ -16,14 +25,18 @@ among those not chosen by an earlier target.
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence, Union
 
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
 from dsel.errors import DselError
+from dsel.featurize import STAT_COLUMNS
+from dsel.read import HASH, ID, user_columns
 
 KEY = "_dsel_key"
 #: Selections up to this size use Spark's top-k directly; larger ones use threshold selection.
@@ -40,9 +53,85 @@ def gumbel(seed: int, target: int) -> F.Column:
     return -F.log(-F.log(uniform))
 
 
-def eligible(weights: DataFrame, min_length: int) -> DataFrame:
-    """Documents long enough to be selected (``num_words >= min_length``, as the reference)."""
-    return weights.where(F.col("num_words") >= min_length)
+@dataclass(frozen=True)
+class Filters:
+    """Which documents of the weights table may be selected (see the module docstring); None is off."""
+
+    min_length: int = 100
+    max_length: Optional[int] = None
+    max_repetition_ratio: Optional[float] = None
+    min_informative_ratio: Optional[float] = None
+    max_numeric_ratio: Optional[float] = None
+
+    @classmethod
+    def of(cls, rule: Union[int, "Filters", Any]) -> "Filters":
+        """A Filters from a minimum length, a Filters, or anything with the same attributes (a DselConfig)."""
+        if isinstance(rule, Filters):
+            return rule
+        if isinstance(rule, int):
+            return cls(min_length=rule)
+        return cls(**{f.name: getattr(rule, f.name) for f in dataclasses.fields(cls)})
+
+    def failing(self) -> list[tuple[str, F.Column]]:
+        """(filter name, condition true for a document that fails it), for every active filter, in order."""
+        words = F.greatest(F.col("num_words"), F.lit(1)).cast("double")
+        share = lambda column: F.col(column).cast("double") / words  # noqa: E731
+        rules = [("min_length", F.col("num_words") < F.lit(self.min_length))]
+        if self.max_length is not None:
+            rules.append(("max_length", F.col("num_words") > F.lit(self.max_length)))
+        if self.max_repetition_ratio is not None:
+            rules.append(("max_repetition_ratio", share("top_word_count") > F.lit(float(self.max_repetition_ratio))))
+        if self.min_informative_ratio is not None:
+            rules.append(("min_informative_ratio",
+                          share("informative_words") < F.lit(float(self.min_informative_ratio))))
+        if self.max_numeric_ratio is not None:
+            rules.append(("max_numeric_ratio", share("numeric_words") > F.lit(float(self.max_numeric_ratio))))
+        return rules
+
+    def describe(self) -> str:
+        """The active filters in words, for messages."""
+        parts = [f"at least {self.min_length} words"]
+        parts += [f"{name} {getattr(self, name)}" for name, _ in self.failing()[1:]]
+        return ", ".join(parts)
+
+    def check(self, weights: DataFrame) -> None:
+        """Fail clearly when a ratio filter is on but the weights table predates the quality statistics."""
+        needed = [c for c in STAT_COLUMNS if c not in weights.columns]
+        quality = [name for name, _ in self.failing() if name not in ("min_length", "max_length")]
+        if quality and needed:
+            raise DselError(f"the weights table has no quality statistics ({', '.join(needed)}), which "
+                            f"{', '.join(quality)} needs; run 'dsel score' (or 'dsel run') again with this dsel")
+
+
+def eligible(weights: DataFrame, min_length: Union[int, Filters]) -> DataFrame:
+    """Documents that may be selected: ``num_words >= min_length`` (as the reference), and with a
+    :class:`Filters` also its quality filters."""
+    rule = Filters.of(min_length)
+    rule.check(weights)
+    failed = [condition for _, condition in rule.failing()]
+    return weights.where(~functools.reduce(lambda a, b: a | b, failed))
+
+
+def filter_counts(weights: DataFrame, min_length: Union[int, Filters]) -> tuple[int, dict[str, int], float]:
+    """(eligible documents, {filter: documents it removed}, mean words of the eligible ones), in one pass.
+
+    Each removed document is counted under the first filter it fails, in the order of
+    :meth:`Filters.failing` (min_length first), so the counts add up to the ineligible documents.
+    """
+    rule = Filters.of(min_length)
+    rule.check(weights)
+    reason = F.lit(None).cast("string")
+    for name, condition in reversed(rule.failing()):
+        reason = F.when(condition, F.lit(name)).otherwise(reason)
+    removed = {name: 0 for name, _ in rule.failing()}
+    count, mean = 0, 0.0
+    for row in weights.groupBy(reason.alias("r")).agg(F.count("*").alias("n"),
+                                                      F.avg("num_words").alias("w")).collect():
+        if row["r"] is None:
+            count, mean = int(row["n"]), float(row["w"] or 0.0)
+        else:
+            removed[row["r"]] = int(row["n"])
+    return count, removed, mean
 
 
 def quotas(total: int, proportions: Sequence[float]) -> list[int]:
@@ -61,6 +150,25 @@ class Selection:
     requested: list[int]
     eligible: int = 0
     warnings: list[str] = field(default_factory=list)
+    filtered: dict[str, int] = field(default_factory=dict)  # documents each eligibility filter removed
+
+
+def with_raw_columns(raw: DataFrame, chosen: DataFrame, run_id: str, extra: Sequence[str] = (),
+                     per: Sequence[str] = ()) -> DataFrame:
+    """The chosen rows joined back to their raw records: every raw column, then ``num_words``,
+    ``log_weight``, ``rank``, ``target``, ``run_id`` and the ``extra`` chosen columns.
+
+    ``raw`` comes from :func:`dsel.read.prepare`; ``chosen`` has ``id`` and ``doc_hash``.  When several
+    raw records share one id and text, one is kept per id (and per ``per`` columns), the same one
+    on every run.
+    """
+    columns = user_columns(raw)
+    joined = raw.join(chosen, (raw[ID] == chosen["id"]) & (raw[HASH] == chosen["doc_hash"]))
+    once = Window.partitionBy(*[chosen[c] for c in per], chosen["id"]).orderBy(
+        F.to_json(F.struct(*[raw[f"`{c}`"] for c in columns])))
+    return (joined.withColumn("_dsel_once", F.row_number().over(once)).where(F.col("_dsel_once") == 1)
+            .select(*[raw[f"`{c}`"] for c in columns], chosen["num_words"], chosen["log_weight"], chosen["rank"],
+                    chosen["target"], F.lit(run_id).alias("run_id"), *[chosen[c] for c in extra]))
 
 
 def _keyed(pool: DataFrame, target: int, seed: int, method: str) -> DataFrame:
@@ -156,24 +264,25 @@ def _top_tokens(keyed: DataFrame, budget: int, pool_size: int, mean_words: float
 
 def select(weights: DataFrame, target_names: Sequence[str], proportions: Sequence[float], *,
            num_samples: Optional[int] = None, num_tokens: Optional[int] = None, seed: int = 0,
-           method: str = "gumbel", min_length: int = 100) -> Selection:
+           method: str = "gumbel", min_length: Union[int, Filters] = 100) -> Selection:
     """Choose documents from the weights table (columns id, doc_hash, num_words, log_weights).
 
     Give exactly one of ``num_samples`` (exactly that many documents, or all eligible ones with
-    a warning when fewer are eligible) and ``num_tokens`` (a budget of words).
+    a warning when fewer are eligible) and ``num_tokens`` (a budget of words).  ``min_length`` is
+    the eligibility rule: a minimum number of words, or a :class:`Filters`.
     """
     if (num_samples is None) == (num_tokens is None):
         raise DselError("give exactly one of --num-samples or --num-tokens")
     if len(proportions) != len(target_names):
         raise DselError(f"{len(proportions)} target proportions for {len(target_names)} targets; "
                         "give one proportion per target")
-    pool = eligible(weights, min_length).select("id", "doc_hash", "num_words", "log_weights")
-    stats = pool.agg(F.count("*").alias("n"), F.avg("num_words").alias("mean")).first()
-    available, mean_words = int(stats["n"]), float(stats["mean"] or 0.0)
-    result = Selection(chosen=None, requested=[], eligible=available)  # type: ignore[arg-type]
+    rule = Filters.of(min_length)
+    pool = eligible(weights, rule).select("id", "doc_hash", "num_words", "log_weights")
+    available, removed, mean_words = filter_counts(weights, rule)
+    result = Selection(chosen=None, requested=[], eligible=available, filtered=removed)  # type: ignore[arg-type]
     if num_samples is not None and num_samples > available:
         result.warnings.append(f"asked for {num_samples} documents but only {available} are eligible "
-                               f"(at least {min_length} words); selecting all {available}")
+                               f"({rule.describe()}); selecting all {available}")
         num_samples = available
     budgets = quotas(num_samples if num_samples is not None else num_tokens, proportions)  # type: ignore[arg-type]
     result.requested = budgets

@@ -17,7 +17,7 @@ from pyspark.sql import types as T
 
 from dsel.errors import DselError
 
-TABLES = ("features", "log_ratios", "weights", "skipped", "selected", "runs", "lock")
+TABLES = ("features", "log_ratios", "weights", "skipped", "selected", "runs", "lock", "evaluation")
 
 
 @dataclass(frozen=True)

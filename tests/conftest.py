@@ -65,3 +65,22 @@ def held_out_pool(root: Path, pool_domains: list[str], targets: list[str], per_d
         docs += sample
     return (write_jsonl(root / "raw.jsonl", docs), docs,
             {d: write_jsonl(root / f"target-{d}.jsonl", t) for d, t in held_out.items()})
+
+
+def bottom_k(keys: dict[int, dict[str, int]], k: int) -> dict[int, list[str]]:
+    """Per bucket, the k n-grams with the smallest (key, UTF-8 bytes): the rule of dsel.kernel.NgramSample."""
+    return {b: [g for g, _ in sorted(v.items(), key=lambda item: (item[1], item[0].encode()))[:k]]
+            for b, v in keys.items()}
+
+
+def oracle_sample(docs, hashes, num_buckets: int, k: int, hash_kind: str, n: int = 2) -> dict[int, list[str]]:
+    """The n-gram sample of ``docs`` (content hashes ``hashes``) computed from the pure-Python oracles."""
+    from dsel import kernel as K
+
+    keys: dict[int, dict[str, int]] = {}
+    for doc, doc_hash in zip(docs, hashes):
+        for gram, position in K.oracle_ngrams(doc or "", n):
+            kept = keys.setdefault(K.oracle_bucket(gram, num_buckets, 0, hash_kind), {})
+            key = K.sample_key(gram, int(doc_hash), position)
+            kept[gram] = min(key, kept.get(gram, key))
+    return bottom_k(keys, k)

@@ -1,10 +1,13 @@
 """Config validation and CLI parsing (no Spark)."""
 from __future__ import annotations
 
+import hashlib
+import json
+
 import pytest
 
 from dsel.cli import build_parser, config_from_args
-from dsel.config import DselConfig
+from dsel.config import QUALITY_FILTERS, DselConfig
 from dsel.errors import ConfigError
 from dsel.select import quotas
 
@@ -42,6 +45,12 @@ def test_toml_takes_the_same_keys_and_flags_win(tmp_path):
     ({"run_id": "x; DROP TABLE y"}, "run_id"),
     ({"target": ["a", "b"], "target_proportions": [1.0]}, "target_proportions"),
     ({"colour": "red"}, "colour"),
+    ({"max_length": 50}, "max_length"),  # below min_length 100: nothing could be selected
+    ({"max_length": 0}, "max_length"),
+    ({"max_repetition_ratio": 1.5}, "max_repetition_ratio"),
+    ({"min_informative_ratio": -0.1}, "min_informative_ratio"),
+    ({"max_numeric_ratio": "lots"}, "max_numeric_ratio"),
+    ({"max_numeric_ratio": True}, "max_numeric_ratio"),
 ])
 def test_bad_values_name_the_key(values, key):
     with pytest.raises(ConfigError) as err:
@@ -73,3 +82,22 @@ def test_default_run_id_is_stable_and_depends_on_parameters():
     a = DselConfig.from_mapping({"raw": ["r"], "num_samples": 5})
     assert a.default_run_id("run") == DselConfig.from_mapping({"raw": ["r"], "num_samples": 5}).default_run_id("run")
     assert a.default_run_id("run") != a.replace(seed=1).default_run_id("run")
+
+
+def test_quality_filters_are_off_by_default_and_are_flags():
+    cfg = parse("run")
+    assert (cfg.min_length, cfg.max_length, cfg.max_repetition_ratio, cfg.min_informative_ratio,
+            cfg.max_numeric_ratio) == (100, None, None, None, None)
+    cfg = parse("select", "--max-length", "500", "--max-repetition-ratio", "0.2", "--min-informative-ratio", "0.3",
+                "--max-numeric-ratio", "0.2")
+    assert (cfg.max_length, cfg.max_repetition_ratio, cfg.min_informative_ratio, cfg.max_numeric_ratio) == \
+        (500, 0.2, 0.3, 0.2)
+    help_text = build_parser()._subparsers._group_actions[0].choices["run"].format_help()
+    assert "--max-repetition-ratio" in help_text and "DSIR paper used 0.2" in help_text
+    # unset filters leave the run id of an existing configuration as it was before they existed
+    plain = DselConfig.from_mapping({"raw": ["r"]})
+    before = {k: v for k, v in plain.to_dict().items()
+              if k not in ("run_id", "export", "export_format", *QUALITY_FILTERS)}
+    digest = hashlib.sha256(json.dumps(["run", before], sort_keys=True, default=str).encode()).hexdigest()
+    assert plain.default_run_id("run") == f"run-{digest[:16]}"
+    assert plain.default_run_id("run") != plain.replace(max_length=500).default_run_id("run")

@@ -85,13 +85,15 @@ def pool(tmp_path_factory):
 @pytest.mark.parametrize("domain", TARGETS)
 def test_dsir_beats_random_and_the_classifier_filter_is_in_the_table(spark, pool, domain, capsys, record_property):
     if domain == TARGETS[0]:
-        # Once through the command line: the same table, printed, and as JSON.
-        out_json = pool["root"] / f"{domain}.json"
+        # Once through the command line: the same table, printed, as JSON, and as Delta tables under --out.
+        out_json, out = pool["root"] / f"{domain}.json", pool["root"] / "eval-out"
         assert main(["evaluate", "--raw", pool["raw"], "--target", pool["targets"][domain], "--label-column",
-                     "domain", "--target-label", domain, "--seed", "0", "--json", str(out_json)]) == 0
+                     "domain", "--target-label", domain, "--seed", "0", "--json", str(out_json),
+                     "--out", str(out)]) == 0
         printed = capsys.readouterr().out
         assert "precision@k" in printed and "heuristic-classification" in printed
         result = json.loads(out_json.read_text())
+        _check_evaluation_tables(spark, out, result, printed, domain)
     else:
         cfg = DselConfig.from_mapping({"raw": [pool["raw"]], "target": [pool["targets"][domain]], "seed": 0})
         result = evaluate(spark, cfg, "domain", domain)
@@ -116,20 +118,53 @@ def test_dsir_beats_random_and_the_classifier_filter_is_in_the_table(spark, pool
     assert rows["heuristic-classification-topk"]["precision"] >= rows["random"]["precision"] + 0.3
 
 
+def _check_evaluation_tables(spark, out, result, printed, domain):
+    """OUT/evaluation/selected: one table, the same columns for every method, k rows each, and the
+    precision recomputed from it is the printed one; OUT/evaluation/results holds the printed table."""
+    from delta.tables import DeltaTable
+
+    selected_path, results_path = out / "evaluation" / "selected", out / "evaluation" / "results"
+    assert DeltaTable.isDeltaTable(spark, str(selected_path)) and DeltaTable.isDeltaTable(spark, str(results_path))
+    table = spark.read.format("delta").load(str(selected_path))
+    # the raw columns, then the columns of OUT/selected, then the method and its score
+    assert table.columns == ["domain", "id", "text", "num_words", "log_weight", "rank", "target", "run_id",
+                             "method", "method_score"]
+    methods = result["methods"]
+    per_method = {m: spark.read.format("delta").load(str(selected_path)).where(F.col("method") == m)
+                  for m in methods}
+    assert len({tuple((f.name, f.dataType.simpleString()) for f in df.schema.fields)
+                for df in per_method.values()}) == 1
+    lines = {line.split()[0]: line.split() for line in printed.splitlines() if line.strip().split()[:1] and
+             line.split()[0] in methods}
+    for method, rows in per_method.items():
+        assert rows.count() == result["k"] == rows.select("id").distinct().count()
+        assert sorted(r["rank"] for r in rows.collect()) == list(range(1, result["k"] + 1))
+        assert rows.where(" OR ".join(f"{c} IS NULL" for c in table.columns if c != "domain")).count() == 0
+        precision = rows.where(F.col("domain") == domain).count() / result["k"]
+        assert precision == pytest.approx(methods[method]["precision"], abs=1e-12)
+        assert f"{precision:.3f}" == lines[method][1]
+    assert table.select("run_id").distinct().count() == 1
+    results = {r["method"]: r for r in spark.read.format("delta").load(str(results_path)).collect()}
+    assert set(results) == set(methods)
+    for method, row in results.items():
+        assert row["precision"] == pytest.approx(methods[method]["precision"], abs=1e-12)
+        assert row["kl_reduction"] == pytest.approx(methods[method]["kl_reduction"], abs=1e-12)
+        assert row["k"] == result["k"] and row["run_id"] == result["run_id"]
+
+
 def test_baselines_have_the_selection_columns_and_are_seeded(spark, pool):
-    from dsel.baselines import random_selection
+    from dsel.baselines import COLUMNS, random_selection
     from dsel.featurize import features
     from dsel.fit import fit
     from dsel.pipeline import read_raw, read_targets
     from dsel.score import score, weights
-    from dsel.select import SELECTED_COLUMNS
 
     cfg = DselConfig.from_mapping({"raw": [pool["raw"]], "target": [pool["targets"]["python_peps"]]})
     raw = read_raw(spark, cfg)
     feats = features(raw, cfg)
     w = weights(score(feats, fit(feats, read_targets(spark, cfg), cfg))).cache()
     a = random_selection(w, 40, seed=1)
-    assert tuple(a.columns) == SELECTED_COLUMNS
+    assert tuple(a.columns) == COLUMNS
     ids = [r["id"] for r in a.orderBy("rank").collect()]
     assert len(set(ids)) == 40
     assert ids == [r["id"] for r in random_selection(w.repartition(3), 40, seed=1).orderBy("rank").collect()]
@@ -139,3 +174,13 @@ def test_baselines_have_the_selection_columns_and_are_seeded(spark, pool):
     domains = Counter(i.split("/")[0] for i in ids)
     assert len(domains) >= 6
     w.unpersist()
+
+
+def test_evaluate_refuses_an_out_it_does_not_own_before_any_work(pool, tmp_path, capsys):
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("not dsel's")
+    assert main(["evaluate", "--raw", pool["raw"], "--target", pool["targets"]["python_peps"], "--label-column",
+                 "domain", "--target-label", "python_peps", "--out", str(foreign)]) == 2
+    assert "which dsel did not write" in capsys.readouterr().err
+    assert sorted(p.name for p in foreign.iterdir()) == ["notes.txt"]

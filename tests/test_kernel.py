@@ -14,7 +14,7 @@ import pytest
 from nltk.tokenize import WordPunctTokenizer
 
 from dsel import kernel as K
-from tests.conftest import CORPUS
+from tests.conftest import CORPUS, bottom_k, oracle_sample
 
 WPT = WordPunctTokenizer()  # nltk >= 3.10 runs it with the ``regex`` engine, as dsel does
 
@@ -320,3 +320,81 @@ def test_encoded_features_reproduce_counts_and_weights(corpus_docs, hash_kind):
     np.testing.assert_array_equal(got, expect)
     assert nf.tolist() == nf2.tolist()
     assert len(feats[len(docs) - 2].as_py()) == 0  # a null document has empty features
+
+
+# ---------------------------------------------------------------------------------------------
+# Quality statistics and the n-gram sample, against their pure-Python oracles.
+
+STAT_DOCS = TRICKY + [
+    "the the the 12 34 a5 \u0661\u0662\u0663 x\u00b2 ok . . , 2024",  # ASCII and Arabic-Indic digits are numeric
+    "The THE tHe cat, the CAT!",  # repetition is case-insensitive, like the n-grams
+    "don't won't isn't",  # apostrophes split: don ' t -> 'don' and 't' are stopwords
+    "a b " + "Q" * 10000 + " c the a",  # a long token: scratch grows mid-document
+    " ".join(f"w{i}" for i in range(5000)) + " w5 w5",  # 5,000 distinct tokens: the token table grows
+    None,
+]
+
+
+@pytest.mark.parametrize("hash_kind", K.HASH_KINDS)
+def test_quality_stats_match_the_oracle(corpus_docs, hash_kind):
+    docs = STAT_DOCS + corpus_docs
+    feats, nf, nw, stats = K.features_batch(pa.chunked_array([pa.array(docs[:30]), pa.array(docs[30:])]), 997,
+                                            seed=5, hash_kind=hash_kind, stats=True)
+    assert stats.shape == (len(docs), 3)
+    for i, doc in enumerate(docs):
+        assert (nw[i], *stats[i]) == (K.oracle_stats(doc) if doc is not None else (0, 0, 0, 0)), repr((doc or "")[:60])
+    # the statistics ride along: the features themselves are unchanged
+    plain, nf2, nw2 = K.features_batch(pa.array(docs), 997, seed=5, hash_kind=hash_kind)
+    assert plain.equals(feats) and nf.tolist() == nf2.tolist() and nw.tolist() == nw2.tolist()
+
+
+def test_quality_stats_by_hand():
+    words, top, informative, numeric = K.oracle_stats("The cat and THE dog: 42 cats, 7 dogs!")
+    # the cat and the dog : 42 cats , 7 dogs !
+    assert (words, top, informative, numeric) == (12, 2, 6, 2)
+    _, _, _, stats = K.features_batch(pa.array(["The cat and THE dog: 42 cats, 7 dogs!"]), 97, stats=True)
+    assert stats.tolist() == [[2, 6, 2]]
+
+
+@pytest.mark.parametrize("hash_kind", K.HASH_KINDS)
+def test_ngram_sample_is_the_bottom_k_of_the_oracle(corpus_docs, hash_kind):
+    docs = STAT_DOCS + corpus_docs
+    hashes = np.random.default_rng(3).integers(-(1 << 63), (1 << 63) - 1, len(docs), dtype=np.int64)  # signed, like Spark's
+    B, k = 101, 3
+    expect = oracle_sample(docs, hashes, B, k, hash_kind)
+    sample = K.NgramSample(B, k)
+    sample.arena = np.zeros(64, np.uint8)  # tiny: the arena must be compacted and grown
+    counts = np.zeros((1, B), np.int64)
+    K.count_batch(pa.array(docs), np.zeros(len(docs), np.int64), counts, hash_kind=hash_kind, sample=sample,
+                  doc_hashes=hashes)
+    assert sample.as_dict() == expect
+    assert sample.arena.shape[0] > 64
+    # every kept n-gram really hashes into its bucket, and the counts are the plain ones
+    for bucket, grams in sample.as_dict().items():
+        assert all(K.oracle_bucket(g, B, 0, hash_kind) == bucket for g in grams)
+    plain = np.zeros((1, B), np.int64)
+    K.count_batch(pa.array(docs), np.zeros(len(docs), np.int64), plain, hash_kind=hash_kind)
+    np.testing.assert_array_equal(counts, plain)
+    # mergeable: two halves, each with its own sample, keep the same n-grams as one sample of all
+    halves = [K.NgramSample(B, k), K.NgramSample(B, k)]
+    for half, part in zip(halves, (slice(0, 100), slice(100, None))):
+        K.count_batch(pa.array(docs[part]), np.zeros(len(docs[part]), np.int64), np.zeros((1, B), np.int64),
+                      hash_kind=hash_kind, sample=half, doc_hashes=hashes[part])
+    merged: dict[int, dict[str, int]] = {}
+    for half in halves:
+        for bucket, key, gram in zip(*half.rows()):
+            kept = merged.setdefault(int(bucket), {})
+            kept[gram] = min(int(key), kept.get(gram, int(key)))
+    assert bottom_k(merged, k) == expect
+
+
+def test_ngram_sample_prefers_frequent_ngrams():
+    """An n-gram that occurs c times comes first c times as often as one that occurs once."""
+    docs = ["alpha " * 9 + "beta"]
+    firsts = []
+    for trial in range(400):
+        sample = K.NgramSample(1, 1)
+        K.count_batch(pa.array(docs), np.zeros(1, np.int64), np.zeros((1, 1), np.int64), n=1, sample=sample,
+                      doc_hashes=np.array([trial * 7919], np.int64))
+        firsts += sample.as_dict()[0]
+    assert 0.8 < firsts.count("alpha") / len(firsts) < 0.97  # 9 of 10 occurrences

@@ -12,13 +12,14 @@ import re
 import shutil
 import subprocess
 import tempfile
+from html import escape
 
 import pytest
 
 from dsel.cli import main
 from dsel.config import DselConfig
 from dsel.evaluate import run_kl_reduction
-from dsel.kernel import oracle_buckets
+from dsel.kernel import oracle_bucket, oracle_ngrams
 from tests.conftest import sample_docs, write_jsonl
 
 DOMAINS = ["sci_abstracts", "movie_reviews", "rust_rfcs", "shakespeare"]
@@ -39,7 +40,8 @@ def report(spark, tmp_path_factory):
                  "--seed", "0"]) == 0
     assert main(["report", "--out", str(out), "--report-dir", str(root / "rep")]) == 0
     data = json.loads((root / "rep" / "report.json").read_text())
-    return {"root": root, "out": out, "json": data, "html": root / "rep" / "report.html", "target": target}
+    return {"root": root, "out": out, "json": data, "html": root / "rep" / "report.html", "target": target,
+            "raw": raw}
 
 
 def test_report_json_holds_the_kl_reduction_and_the_label_mix(spark, report):
@@ -57,20 +59,28 @@ def test_report_json_holds_the_kl_reduction_and_the_label_mix(spark, report):
     assert all(len(d["snippet"]) <= 400 for d in highest + data["documents"]["lowest"])
 
 
-def test_report_ngrams_really_hash_into_their_buckets(report):
+def test_report_ngrams_come_from_the_fit_and_really_hash_into_their_buckets(spark, report):
+    ratios = spark.read.format("delta").load(str(report["out"] / "log_ratios"))
+    stored = {r["bucket"]: r["ngrams"] for r in ratios.select("bucket", "ngrams").collect()}
+    target_grams = {g for d in report["target"] for g, _ in oracle_ngrams(d["text"])}
+    # The fit kept up to 3 real target n-grams for every bucket the target uses, each hashing into it.
+    used = {r["bucket"] for r in ratios.where("target_count > 0").select("bucket").collect()}
+    assert {b for b, grams in stored.items() if grams} == used
+    assert all(oracle_bucket(g) == b and g in target_grams for b, grams in stored.items() for g in grams)
+    assert all(1 <= len(stored[b]) <= 3 for b in used)
     buckets = next(iter(report["json"]["buckets"].values()))
-    shown = 0
+    html = report["html"].read_text(encoding="utf-8")
     for side in ("highest", "lowest"):
         rows = buckets[side]
         assert len(rows) == 15
         for row in rows:
-            for gram, count in row["ngrams"]:
-                assert oracle_buckets(gram, n=1 if " " not in gram else 2, num_buckets=10_000)[-1] == row["bucket"]
-                shown += 1
-    assert shown > 30
-    # The highest buckets are the target's: their n-grams occur in the target text.
-    target_text = " ".join(d["text"].lower() for d in report["target"])
-    assert all(g in target_text for r in buckets["highest"] for g, _ in r["ngrams"][:1] if " " not in g)
+            assert all(oracle_bucket(g) == row["bucket"] for g in row["ngrams"])
+            assert all(f'<span class="ngram">{escape(g)}</span>' in html for g in row["ngrams"])
+    # The highest buckets show the fit's n-grams, read from the table; the lowest, raw n-grams.
+    assert all(row["ngrams"] == stored[row["bucket"]] and row["ngrams"] for row in buckets["highest"])
+    raw_grams = {g for d in report["raw"] for g, _ in oracle_ngrams(d["text"])}
+    assert sum(len(row["ngrams"]) for row in buckets["lowest"]) > 15
+    assert all(g in raw_grams for row in buckets["lowest"] for g in row["ngrams"])
     high = [r["log_ratio"] for r in buckets["highest"]]
     low = [r["log_ratio"] for r in buckets["lowest"]]
     assert high == sorted(high, reverse=True) and low == sorted(low) and min(high) > 0 > max(low)

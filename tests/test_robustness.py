@@ -1,7 +1,6 @@
 """Faults tested for real: a failed task, a killed driver, hostile names, strict mode."""
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess

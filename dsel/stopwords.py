@@ -1,0 +1,33 @@
+"""The English stopword list of the informative-ratio quality filter, embedded (no download at run time).
+
+Source: nltk's English stopword list (``nltk.corpus.stopwords.words('english')``, nltk_data
+``corpora/stopwords/english``, the 179-word version), which the DSIR authors' quality filter uses
+(``experimental/preprocessing/quality_scores/compute_quality_stats.py`` in github.com/p-lambda/dsir,
+MIT licence).  nltk_data took the list from the Snowball project's English stop list as shipped with
+PostgreSQL (``src/backend/snowball/stopwords/english.stop``; Snowball is BSD-licensed) and added
+contraction fragments (nltk_data issue 22).  A list of common function words; it is reproduced here
+with that attribution.
+
+dsel's tokenizer splits at apostrophes (``don't`` -> ``don``, ``'``, ``t``), so the entries with an
+apostrophe never match a token; their fragments (``don``, ``t``, ``ll``, ...) are in the list.
+"""
+from __future__ import annotations
+
+ENGLISH: tuple[str, ...] = (
+    "i", "me", "my", "myself", "we", "our", "ours", "ourselves", "you", "you're", "you've", "you'll", "you'd",
+    "your", "yours", "yourself", "yourselves", "he", "him", "his", "himself", "she", "she's", "her", "hers",
+    "herself", "it", "it's", "its", "itself", "they", "them", "their", "theirs", "themselves", "what", "which",
+    "who", "whom", "this", "that", "that'll", "these", "those", "am", "is", "are", "was", "were", "be", "been",
+    "being", "have", "has", "had", "having", "do", "does", "did", "doing", "a", "an", "the", "and", "but", "if",
+    "or", "because", "as", "until", "while", "of", "at", "by", "for", "with", "about", "against", "between",
+    "into", "through", "during", "before", "after", "above", "below", "to", "from", "up", "down", "in", "out",
+    "on", "off", "over", "under", "again", "further", "then", "once", "here", "there", "when", "where", "why",
+    "how", "all", "any", "both", "each", "few", "more", "most", "other", "some", "such", "no", "nor", "not",
+    "only", "own", "same", "so", "than", "too", "very", "s", "t", "can", "will", "just", "don", "don't",
+    "should", "should've", "now", "d", "ll", "m", "o", "re", "ve", "y", "ain", "aren", "aren't", "couldn",
+    "couldn't", "didn", "didn't", "doesn", "doesn't", "hadn", "hadn't", "hasn", "hasn't", "haven", "haven't",
+    "isn", "isn't", "ma", "mightn", "mightn't", "mustn", "mustn't", "needn", "needn't", "shan", "shan't",
+    "shouldn", "shouldn't", "wasn", "wasn't", "weren", "weren't", "won", "won't", "wouldn", "wouldn't",
+)
+
+__all__ = ["ENGLISH"]
