@@ -41,6 +41,8 @@ import numpy as np
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from delta.tables import DeltaTable
+
 from dsel import __version__
 from dsel.config import DselConfig
 from dsel.errors import DselError
@@ -196,6 +198,12 @@ def collect_report(spark: SparkSession, out: str, label_column: Optional[str] = 
         rows = [r.asDict() for r in docs.collect()]
         rows.sort(key=lambda r: r["log_weight"], reverse=(side == "highest"))
         report["documents"][side] = rows
+    # Every method of a `dsel evaluate --out OUT` on the same data, side by side.
+    results = OutputPaths(out).table("evaluation") + "/results"
+    if DeltaTable.isDeltaTable(spark, results):
+        report["methods"] = [
+            {k: r[k] for k in ("method", "precision", "kl_reduction", "k", "selected", "target_label")}
+            for r in spark.read.format("delta").load(results).orderBy("method").collect()]
     report["seconds"] = round(time.time() - started, 2)
     return report
 
@@ -250,6 +258,14 @@ def plots(report: dict[str, Any]) -> dict[str, str]:
     ax.set_ylabel("share of documents")
     ax.legend()
     images["num_words"] = _png(fig)
+
+    if report.get("methods"):
+        methods = report["methods"]
+        fig, ax = plt.subplots(figsize=(7, 0.5 + 0.45 * len(methods)))
+        ax.barh([m["method"] for m in methods], [m["kl_reduction"] for m in methods], color="#4a7ab5")
+        ax.axvline(0, color="black", linewidth=0.8)
+        ax.set_xlabel("KL reduction (nats, add-one smoothing)")
+        images["methods"] = _png(fig)
 
     for name, parts in report["buckets"].items():
         rows = parts["highest"][::-1] + parts["lowest"][::-1]
@@ -321,6 +337,15 @@ def render_html(report: dict[str, Any], images: dict[str, str]) -> str:
         + "</table>",
         "<h2>Log importance weights</h2>", _img(images, "log_weight", "log-weight distribution"),
         "<h2>Document lengths</h2>", _img(images, "num_words", "length distribution"),
+        *([
+            '<h2 id="methods">Methods side by side</h2>',
+            "<p>From <code>dsel evaluate --out</code> on this output: every method picked k documents of the same "
+            "pool; precision is the share of them labelled with the target label.</p>",
+            "<table><tr><th>method</th><th>KL reduction</th><th>precision at k</th><th>k</th></tr>"
+            + "".join(f"<tr><td>{_e(m['method'])}</td><td class=n>{m['kl_reduction']:.4f}</td>"
+                      f"<td class=n>{m['precision']:.3f}</td><td class=n>{m['k']:,}</td></tr>"
+                      for m in report["methods"]) + "</table>",
+            _img(images, "methods", "KL reduction per method")] if report.get("methods") else []),
     ]
     for name, buckets in report["buckets"].items():
         parts.append(f"<h2>Buckets by log ratio — target {_e(name)}</h2>")

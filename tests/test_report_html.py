@@ -38,6 +38,9 @@ def report(spark, tmp_path_factory):
     out = root / "out"
     assert main(["run", "--raw", raw_path, "--target", target_path, "--out", str(out), "--num-samples", "30",
                  "--seed", "0"]) == 0
+    # Two methods on the same data, written beside the run; the report puts them side by side.
+    assert main(["evaluate", "--raw", raw_path, "--target", target_path, "--out", str(out), "--label-column",
+                 "domain", "--target-label", "sci_abstracts", "--methods", "random", "dsir-gumbel"]) == 0
     assert main(["report", "--out", str(out), "--report-dir", str(root / "rep")]) == 0
     data = json.loads((root / "rep" / "report.json").read_text())
     return {"root": root, "out": out, "json": data, "html": root / "rep" / "report.html", "target": target,
@@ -101,8 +104,14 @@ def test_report_html_renders_in_headless_chromium(report):
     kl = report["json"]["kl"]["kl_reduction"]
     assert re.search(r'id="kl-reduction"[^>]*>' + re.escape(f"{kl:.4f}") + "<", dom)
     images = re.findall(r'<img alt="([^"]*)" src="data:image/png;base64,([A-Za-z0-9+/=]+)"', dom)
-    assert {alt for alt, _ in images} >= {"log-weight distribution", "length distribution", "domain mix"}
-    assert len(images) == 4
+    assert {alt for alt, _ in images} >= {"log-weight distribution", "length distribution", "domain mix",
+                                          "KL reduction per method"}
+    assert len(images) == 5
+    methods = {m["method"]: m for m in report["json"]["methods"]}
+    assert set(methods) == {"random", "dsir-gumbel"}
+    assert methods["dsir-gumbel"]["kl_reduction"] > methods["random"]["kl_reduction"]
+    for m in methods.values():
+        assert re.search(rf"<td>{m['method']}</td><td class=\"n\">{m['kl_reduction']:.4f}</td>", dom), m
     from PIL import Image
 
     for alt, data in images:
