@@ -1,13 +1,10 @@
 """Config validation and CLI parsing (no Spark)."""
 from __future__ import annotations
 
-import hashlib
-import json
-
 import pytest
 
 from dsel.cli import build_parser, config_from_args
-from dsel.config import QUALITY_FILTERS, DselConfig
+from dsel.config import DselConfig
 from dsel.errors import ConfigError
 from dsel.select import quotas
 
@@ -94,10 +91,8 @@ def test_quality_filters_are_off_by_default_and_are_flags():
         (500, 0.2, 0.3, 0.2)
     help_text = build_parser()._subparsers._group_actions[0].choices["run"].format_help()
     assert "--max-repetition-ratio" in help_text and "DSIR paper used 0.2" in help_text
-    # unset filters leave the run id of an existing configuration as it was before they existed
+    # the default run id follows the parameters and the state of the inputs, not the lock settings
     plain = DselConfig.from_mapping({"raw": ["r"]})
-    before = {k: v for k, v in plain.to_dict().items()
-              if k not in ("run_id", "export", "export_format", *QUALITY_FILTERS)}
-    digest = hashlib.sha256(json.dumps(["run", before], sort_keys=True, default=str).encode()).hexdigest()
-    assert plain.default_run_id("run") == f"run-{digest[:16]}"
-    assert plain.default_run_id("run") != plain.replace(max_length=500).default_run_id("run")
+    assert plain.default_run_id("run", ["v1"]) == plain.replace(break_lock=True).default_run_id("run", ["v1"])
+    assert plain.default_run_id("run", ["v1"]) != plain.replace(max_length=500).default_run_id("run", ["v1"])
+    assert plain.default_run_id("run", ["v1"]) != plain.default_run_id("run", ["v2"])
