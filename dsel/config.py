@@ -25,6 +25,7 @@ FORMATS = ("auto", "json", "parquet", "delta", "table")
 METHODS = ("gumbel", "topk")
 HASH_KINDS = ("murmur3", "sha256")
 EXPORT_FORMATS = ("jsonl", "parquet")
+JSON_READERS = ("auto", "spark")
 #: The reference's ``num_tokens_to_fit='auto'``: 100,000 n-gram features per bucket.
 AUTO_FIT_FEATURES_PER_BUCKET = 100_000
 
@@ -57,6 +58,7 @@ class DselConfig:
     export: Optional[str] = None
     export_format: str = "jsonl"
     json_sampling_ratio: float = 1.0
+    json_reader: str = "auto"
     strict: bool = False
 
     # ---------------------------------------------------------------- construction
@@ -111,7 +113,7 @@ class DselConfig:
         }
 
     def default_run_id(self, command: str) -> str:
-        params = {k: v for k, v in self.to_dict().items() if k not in ("run_id", "export", "export_format")}
+        params = {k: v for k, v in self.to_dict().items() if k not in ("run_id", "export", "export_format", "json_reader")}
         digest = hashlib.sha256(json.dumps([command, params], sort_keys=True, default=str).encode()).hexdigest()
         return f"{command}-{digest[:16]}"
 
@@ -129,6 +131,7 @@ class DselConfig:
         _choice("hash_kind", self.hash_kind, HASH_KINDS)
         _choice("method", self.method, METHODS)
         _choice("export_format", self.export_format, EXPORT_FORMATS)
+        _choice("json_reader", self.json_reader, JSON_READERS)
         for key in ("text_column", "id_column"):
             value = getattr(self, key)
             if not isinstance(value, str) or not value or "`" in value:
@@ -200,6 +203,7 @@ FIELD_HELP: dict[str, str] = {
     'num_tokens': 'Token (word) budget, an alternative to num_samples.',
     'run_id': 'Defaults to a hash of the parameters, so that rerunning the same run replaces, never duplicates.',
     'strict': 'fail the run when any record is skipped (malformed, null, empty, too large, duplicate id)',
+    'json_reader': "auto (default): JSON-lines files are read by pyarrow in the Python workers; spark: by Spark's JSON reader.",
     'json_sampling_ratio': 'Fraction of JSON lines Spark reads to infer the schema of the extra columns.',
     'raw_format': 'format of --raw: auto, json, parquet, delta or table',
     'target_format': 'format of --target: auto, json, parquet, delta or table',

@@ -8,7 +8,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import os
-import shutil
 import json
 import time
 from typing import Optional
@@ -18,14 +17,14 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import StructType
 from delta.tables import DeltaTable
 
-from dsel import __version__
+from dsel import __version__, jsonread
 from dsel.config import DselConfig
 from dsel.errors import DselError
 from dsel.fit import Fit, fit as fit_histograms
 from dsel.read import HASH, ID, INTERNAL, prepare, read_input, user_columns
 from dsel.report import Summary
 from dsel.score import score as score_records, skipped as skipped_records, weights as weight_records
-from dsel.select import eligible, select as select_documents
+from dsel.select import SELECTED_COLUMNS, eligible, select as select_documents
 from dsel.evaluate import run_kl_reduction
 from dsel.featurize import features as raw_features
 from dsel.write import OutputPaths, commit_metadata, export, last_commit, read_table, record_run, write_table
@@ -61,9 +60,9 @@ def _metadata(cfg: DselConfig, summary: Summary, **extra: object) -> dict:
             "params": cfg.to_dict(), **extra}
 
 
-def _features_key(cfg: DselConfig, raw: DataFrame) -> dict:
-    """What the features table depends on: the settings, and the input files with their sizes and times."""
-    files = sorted(raw.inputFiles())
+def _features_key(cfg: DselConfig, files: list[str], reader: str = "spark") -> dict:
+    """What the features table depends on: the settings, the reader, and the input files with their sizes and times."""
+    files = sorted(files)
     stats = []
     for name in files:
         local = name[len("file:"):] if name.startswith("file:") else name
@@ -75,7 +74,8 @@ def _features_key(cfg: DselConfig, raw: DataFrame) -> dict:
             stats.append(name)
     digest = hashlib.sha256("\n".join(stats).encode()).hexdigest()
     return {"raw": cfg.raw, "raw_format": cfg.raw_format, "text_column": cfg.text_column, "id_column": cfg.id_column,
-            "max_doc_bytes": cfg.max_doc_bytes, "input_files": digest, **cfg.fit_params()}
+            "max_doc_bytes": cfg.max_doc_bytes, "input_files": digest, **cfg.fit_params(),
+            **({"reader": reader} if reader != "spark" else {})}
 
 
 def featurize(spark: SparkSession, cfg: DselConfig, summary: Summary, raw: Optional[DataFrame] = None) -> DataFrame:
@@ -85,20 +85,71 @@ def featurize(spark: SparkSession, cfg: DselConfig, summary: Summary, raw: Optio
     """
     paths = OutputPaths(cfg.out)
     if raw is None:
+        fast = fast_plan(spark, cfg)
+        if fast is not None:
+            feats = _fast_featurize(spark, cfg, summary, fast)
+            if feats is not None:
+                return feats
         raw = (_stored_raw(spark, cfg, paths.features) if DeltaTable.isDeltaTable(spark, paths.features) else None)
         raw = raw if raw is not None else read_raw(spark, cfg)
-    key = _features_key(cfg, raw)
-    if DeltaTable.isDeltaTable(spark, paths.features) and (commit_metadata(spark, paths.features) or {}).get(
-            "features_of") == key:
-        summary.read = last_commit(spark, paths.features).rows
-        return spark.read.format("delta").load(paths.features)
+    key = _features_key(cfg, raw.inputFiles())
+    if DeltaTable.isDeltaTable(spark, paths.features):
+        meta = commit_metadata(spark, paths.features) or {}
+        if meta.get("features_of") == key:
+            summary.read = last_commit(spark, paths.features).rows
+            _RAW_SCHEMAS[paths.features] = meta.get("raw_schema")
+            return spark.read.format("delta").load(paths.features)
     started = time.time()
+    _RAW_SCHEMAS[paths.features] = _raw_schema(raw)
     written = write_table(raw_features(raw, cfg), paths.features,
-                          _metadata(cfg, summary, features_of=key, raw_schema=_raw_schema(raw)))
+                          _metadata(cfg, summary, features_of=key, raw_schema=_RAW_SCHEMAS[paths.features]))
     summary.read = written.rows
     summary.tables[paths.features] = written.version
     summary.stage("featurize", started)
     return spark.read.format("delta").load(paths.features)
+
+
+#: The raw schema (JSON) of each features table this process wrote or checked, by path.
+_RAW_SCHEMAS: dict[str, Optional[str]] = {}
+
+
+def fast_plan(spark: SparkSession, cfg: DselConfig) -> Optional[jsonread.Plan]:
+    """The pyarrow reader's plan for the raw input, or None (with one log line saying why)."""
+    plan, why = jsonread.plan(spark, cfg)
+    if plan is None:
+        print(f"[dsel] reading the raw input with Spark's reader: {why}", flush=True)
+    return plan
+
+
+def _fast_featurize(spark: SparkSession, cfg: DselConfig, summary: Summary,
+                    plan: jsonread.Plan) -> Optional[DataFrame]:
+    """``OUT/features`` by the pyarrow reader (see :mod:`dsel.jsonread`); None when Spark's reader must
+    read this input instead (the reason is logged)."""
+    paths = OutputPaths(cfg.out)
+    key = _features_key(cfg, plan.files, "pyarrow")
+    metadata = _metadata(cfg, summary, features_of=key)
+    started = time.time()
+    fresh = not (DeltaTable.isDeltaTable(spark, paths.features)
+                 and (commit_metadata(spark, paths.features) or {}).get("features_of") == key)
+    if fresh:
+        written = write_table(jsonread.features(spark, cfg, plan), paths.features, metadata)
+        summary.tables[paths.features] = written.version
+    feats = spark.read.format("delta").load(paths.features)
+    schema, why = jsonread.check(spark, cfg, feats, paths.features, json.dumps(metadata, sort_keys=True, default=str))
+    if schema is None:
+        print(f"[dsel] reading the raw input with Spark's reader: {why}", flush=True)
+        return None
+    _RAW_SCHEMAS[paths.features] = schema
+    summary.read = written.rows if fresh else feats.count()
+    if fresh:
+        summary.stage("featurize", started)
+    return spark.read.format("delta").load(paths.features)
+
+
+def _features_schema(spark: SparkSession, paths: OutputPaths) -> Optional[str]:
+    if paths.features not in _RAW_SCHEMAS:
+        _RAW_SCHEMAS[paths.features] = (commit_metadata(spark, paths.features) or {}).get("raw_schema")
+    return _RAW_SCHEMAS[paths.features]
 
 
 def fit(spark: SparkSession, cfg: DselConfig, summary: Summary, raw: Optional[DataFrame] = None) -> Fit:
@@ -111,7 +162,7 @@ def fit(spark: SparkSession, cfg: DselConfig, summary: Summary, raw: Optional[Da
     started = time.time()
     result = fit_histograms(feats, targets, cfg)
     summary.warnings.extend(result.warnings)
-    schema = (commit_metadata(spark, paths.features) or {}).get("raw_schema")
+    schema = _features_schema(spark, paths)
     written = write_table(result.to_frame(spark), paths.log_ratios,
                           _metadata(cfg, summary, dsel_fit=result.params, targets=result.target_names,
                                     raw_schema=schema))
@@ -144,21 +195,18 @@ def score(spark: SparkSession, cfg: DselConfig, summary: Summary, fitted: Option
     fitted = fitted or load_fit(spark, cfg)
     feats = featurize(spark, cfg, summary, raw)
     started = time.time()
-    schema = (commit_metadata(spark, paths.features) or {}).get("raw_schema")
+    schema = _features_schema(spark, paths)
     metadata = _metadata(cfg, summary, dsel_fit=fitted.params, targets=fitted.target_names, raw_schema=schema)
-    # Decode the stored features once (no text is read) into a narrow staging table; the weights,
-    # the skipped records and their counts all come from it.
-    write_table(score_records(feats, fitted), paths.staging, metadata)
-    scored = spark.read.format("delta").load(paths.staging)
-    written = write_table(weight_records(scored), paths.weights, metadata)
+    # The weights decode the stored features of usable records (no text is read); the skipped
+    # records need no weights, only the narrow columns of the features table.
+    written = write_table(weight_records(score_records(feats.where(F.col("skip_reason").isNull()), fitted)),
+                          paths.weights, metadata)
     summary.tables[paths.weights], summary.scored = written.version, written.rows
-    written = write_table(skipped_records(scored), paths.skipped, metadata)
+    written = write_table(skipped_records(feats), paths.skipped, metadata)
     summary.tables[paths.skipped] = written.version
     summary.skipped = {} if written.rows == 0 else {
         r["reason"]: int(r["count"])
         for r in spark.read.format("delta").load(paths.skipped).groupBy("reason").count().collect()}
-    if "://" not in paths.staging or paths.staging.startswith("file://"):
-        shutil.rmtree(paths.staging.removeprefix("file://"), ignore_errors=True)
     if cfg.strict and summary.skipped:
         reasons = ", ".join(f"{k}={v:,}" for k, v in sorted(summary.skipped.items()))
         raise DselError(f"strict mode: {sum(summary.skipped.values()):,} records were skipped ({reasons}); "
@@ -188,14 +236,19 @@ def select(spark: SparkSession, cfg: DselConfig, summary: Summary, fitted: Optio
                                  min_length=cfg.min_length)
     summary.warnings.extend(selection.warnings)
     if raw is None:
+        raw = _selected_raw(spark, cfg, paths, selection)
+    if raw is None:
         raw = _stored_raw(spark, cfg, paths.weights) or read_raw(spark, cfg)
     columns = user_columns(raw)
-    chosen = F.broadcast(selection.chosen) if (cfg.num_samples or 0) <= 1_000_000 else selection.chosen
-    joined = raw.join(chosen, (raw[ID] == chosen["id"]) & (raw[HASH] == chosen["doc_hash"]))
+    # chosen's columns by new names: raw may be built from the selection itself (see _selected_raw)
+    chosen = selection.chosen.select(*[F.col(c).alias(f"_dsel_c_{c}") for c in SELECTED_COLUMNS])
+    chosen = F.broadcast(chosen) if (cfg.num_samples or 0) <= 1_000_000 else chosen
+    joined = raw.join(chosen, (raw[ID] == F.col("_dsel_c_id")) & (raw[HASH] == F.col("_dsel_c_doc_hash")))
     # Several raw records with one id and one text: keep one, the same one on every run.
-    once = Window.partitionBy(chosen["id"]).orderBy(F.to_json(F.struct(*[raw[f"`{c}`"] for c in columns])))
+    once = Window.partitionBy("_dsel_c_id").orderBy(F.to_json(F.struct(*[raw[f"`{c}`"] for c in columns])))
     rows = (joined.withColumn("_dsel_once", F.row_number().over(once)).where(F.col("_dsel_once") == 1)
-            .select(*[raw[f"`{c}`"] for c in columns], chosen["num_words"], chosen["log_weight"], chosen["rank"], chosen["target"],
+            .select(*[raw[f"`{c}`"] for c in columns],
+                    *[F.col(f"_dsel_c_{c}").alias(c) for c in ("num_words", "log_weight", "rank", "target")],
                     F.lit(summary.run_id).alias("run_id"))
             .orderBy("target", "rank"))
     commit = write_table(rows, paths.selected, _metadata(cfg, summary, requested=selection.requested))
@@ -209,6 +262,25 @@ def select(spark: SparkSession, cfg: DselConfig, summary: Summary, fitted: Optio
         summary.tables[cfg.export] = -1
     summary.stage("select", started)
     return written
+
+
+def _selected_raw(spark: SparkSession, cfg: DselConfig, paths: OutputPaths, selection) -> Optional[DataFrame]:
+    """The chosen raw records read back by their line (pyarrow reader), when OUT/features knows where
+    each line is and the raw files are unchanged since; else None.
+
+    The selection is materialized first (it is used twice: to find the lines and to join them)."""
+    if not DeltaTable.isDeltaTable(spark, paths.features):
+        return None
+    feats = spark.read.format("delta").load(paths.features)
+    if not jsonread.is_fast(feats):
+        return None
+    plan, _ = jsonread.plan(spark, cfg)
+    meta = commit_metadata(spark, paths.features) or {}
+    schema = (commit_metadata(spark, paths.weights) or {}).get("raw_schema")
+    if plan is None or schema is None or meta.get("features_of") != _features_key(cfg, plan.files, "pyarrow"):
+        return None
+    selection.chosen = selection.chosen.localCheckpoint()
+    return jsonread.raw_rows(feats, selection.chosen, schema)
 
 
 def _record(spark: SparkSession, cfg: DselConfig, summary: Summary) -> None:
@@ -235,7 +307,8 @@ def execute(spark: SparkSession, cfg: DselConfig, command: str) -> Summary:
         cfg.require("raw", "target", "out")
         if cfg.num_samples is None and cfg.num_tokens is None:
             raise DselError("give --num-samples K or --num-tokens N")
-        raw = read_raw(spark, cfg)  # one schema inference for the whole run
+        # Spark's reader: one schema inference for the whole run; the pyarrow reader needs none
+        raw = None if jsonread.plan(spark, cfg)[0] is not None else read_raw(spark, cfg)
         fitted = fit(spark, cfg, summary, raw)
         score(spark, cfg, summary, fitted, raw)
         select(spark, cfg, summary, fitted, raw)
