@@ -301,16 +301,36 @@ class _Summary:
     malformed: int = 0
     id_from_text: int = 0
     fallback: list = field(default_factory=list)
+    counts: Optional[np.ndarray] = None  # int64 [B]: n-gram bucket counts of the usable records
+    bins: np.ndarray = field(default_factory=lambda: np.zeros(64, np.int64))  # usable features per fit bin
+
+    def count(self, batch: pa.RecordBatch, num_buckets: int) -> None:
+        """Add a features batch's usable records to ``counts`` and ``bins`` (unusable ones have no features)."""
+        from dsel import kernel
+
+        if self.counts is None:
+            self.counts = np.zeros((1, num_buckets), np.int64)
+        feats = batch.column(batch.schema.get_field_index("features"))
+        kernel.count_features(feats, np.zeros(len(feats), np.int64), self.counts)
+        bins = batch.column(batch.schema.get_field_index("fit_bin")).to_numpy(zero_copy_only=False)
+        weights = batch.column(batch.schema.get_field_index("num_features")).to_numpy(zero_copy_only=False)
+        self.bins += np.bincount(bins, weights=weights, minlength=len(self.bins)).astype(np.int64)
 
     def to_json(self) -> str:
+        cells = np.flatnonzero(self.counts[0]) if self.counts is not None else np.zeros(0, np.int64)
         return json.dumps({"types": self.types, "malformed": self.malformed, "id_from_text": self.id_from_text,
-                           "fallback": sorted(set(self.fallback))})
+                           "fallback": sorted(set(self.fallback)), "bins": self.bins.tolist(),
+                           "cells": cells.tolist(), "counts": self.counts[0][cells].tolist() if len(cells) else []})
 
-    def add(self, other: dict) -> None:
+    def add(self, other: dict, num_buckets: int) -> None:
         self.types = _merge(self.types, other["types"])
         self.malformed += other["malformed"]
         self.id_from_text += other["id_from_text"]
         self.fallback = sorted(set(self.fallback) | set(other["fallback"]))
+        if self.counts is None:
+            self.counts = np.zeros((1, num_buckets), np.int64)
+        np.add.at(self.counts[0], np.asarray(other["cells"], np.int64), np.asarray(other["counts"], np.int64))
+        self.bins += np.asarray(other["bins"], np.int64)
 
 
 def _open(uri: str, gzip: bool):
@@ -641,6 +661,7 @@ def _task_function(tasks: list, text_col: str, id_col: str, limit: int, params: 
                                            limit, params)
                         if out is None:
                             continue
+                        summary.count(out, params[0])
                         if held is not None:
                             yield held
                         held = out
@@ -755,11 +776,11 @@ def is_fast(feats: DataFrame) -> bool:
     return "line_start" in feats.columns
 
 
-def summary(feats: DataFrame) -> _Summary:
+def summary(feats: DataFrame, num_buckets: int) -> _Summary:
     """The merged summaries the tasks left in ``raw_types``."""
     total = _Summary()
     for row in feats.where(F.col("raw_types").isNotNull()).select("raw_types").collect():
-        total.add(json.loads(row[0]))
+        total.add(json.loads(row[0]), num_buckets)
     return total
 
 
@@ -772,14 +793,24 @@ def raw_schema(seen: _Summary) -> T.StructType:
     return T.StructType(sorted(fields, key=lambda f: f.name.encode("utf-16-be")))
 
 
-def check(spark: SparkSession, cfg: DselConfig, feats: DataFrame, path: str, metadata: str) -> tuple[Optional[str], str]:
-    """Validate a features table this reader wrote: (raw schema JSON, "") or (None, why to use Spark's reader).
+@dataclass
+class Checked:
+    """A features table this reader wrote, checked: the raw schema (JSON) and, unless the check had to
+    change records, the raw bucket counts and features per fit bin counted in the same pass."""
+
+    schema: str
+    counted: Optional[tuple[np.ndarray, np.ndarray]]
+
+
+def check(spark: SparkSession, cfg: DselConfig, feats: DataFrame, path: str,
+          metadata: str) -> tuple[Optional[Checked], str]:
+    """Validate a features table this reader wrote: (Checked, "") or (None, why to use Spark's reader).
 
     Raises the same DselError as Spark's reader path for unusable inputs (missing text column, ...).
     Re-checks malformed lines with Spark's parser, and nulls the derived ids of records without an
     id field when other records have one (Spark's reader gives them a null id).
     """
-    seen = summary(feats)
+    seen = summary(feats, cfg.num_buckets)
     if seen.fallback:
         return None, seen.fallback[0]
     if _has(seen.types, "decimal"):
@@ -790,9 +821,11 @@ def check(spark: SparkSession, cfg: DselConfig, feats: DataFrame, path: str, met
     _check_columns(spark.createDataFrame([], schema), cfg, "raw")
     if seen.malformed and _spark_accepts_some(spark, feats, schema):
         return None, "Spark's JSON parser accepts lines that Python's rejects (single quotes, trailing text, ...)"
+    counted = (seen.counts[0], seen.bins) if seen.counts is not None else None
     if seen.id_from_text and cfg.id_column in schema.fieldNames():
         _null_missing_ids(spark, path, metadata)
-    return schema.json(), ""
+        counted = None
+    return Checked(schema.json(), counted), ""
 
 
 def _spark_accepts_some(spark: SparkSession, feats: DataFrame, schema: T.StructType) -> bool:
@@ -883,3 +916,43 @@ def raw_rows(feats: DataFrame, keys: DataFrame, schema_json: str) -> DataFrame:
         "mode": "PERMISSIVE", "columnNameOfCorruptRecord": CORRUPT}).alias("_dsel_record"))
     user = [f.name for f in schema.fields if f.name != CORRUPT and f.name not in INTERNAL]
     return parsed.select(*[F.col("_dsel_record").getField(c).alias(c) for c in user], ID, HASH)
+
+
+def scored(spark: SparkSession, feats: DataFrame, log_ratios: np.ndarray) -> Optional[DataFrame]:
+    """The score rows (SCORE_SCHEMA) of the usable records of a features table this reader wrote and
+    :func:`check` passed unchanged, decoded by the Python workers straight from its Parquet files: the
+    JVM neither reads nor ships the encoded features.  None when Delta table defaults (deletion
+    vectors, column mapping) could make the files differ from the table."""
+    from dsel.featurize import SCORE_SCHEMA
+
+    defaults = "spark.databricks.delta.properties.defaults."
+    if any(spark.conf.get(defaults + key, None) not in (None, "", "false", "none")
+           for key in ("enableDeletionVectors", "columnMapping.mode")):
+        return None
+    files = sorted(feats.inputFiles())
+    table = np.ascontiguousarray(log_ratios, dtype=np.float64)
+    columns = [ID, "_dsel_hash", "num_words", "num_features", "skip_reason", "source_file", "detail", "features"]
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        import pyarrow.parquet as pq
+        from pyarrow import fs
+
+        from dsel import kernel
+        from dsel.featurize import _lists
+
+        for batch in batches:
+            for index in batch.column(0).to_pylist():
+                filesystem, path = fs.FileSystem.from_uri(files[index])
+                with filesystem.open_input_file(path) as handle:
+                    for part in pq.ParquetFile(handle).iter_batches(batch_size=8192, columns=columns):
+                        part = part.filter(part.column(4).is_null())
+                        if not part.num_rows:
+                            continue
+                        weights = kernel.score_features(part.column(7), table)
+                        yield pa.RecordBatch.from_arrays(
+                            [part.column(0), part.column(1), part.column(2), _lists(weights, table.shape[0]),
+                             part.column(3), part.column(4), part.column(5), part.column(6)],
+                            names=[ID, "_dsel_hash", "num_words", "log_weights", "num_features", "skip_reason",
+                                   "source_file", "detail"])
+
+    return spark.range(0, len(files), 1, max(1, len(files))).mapInArrow(run, SCORE_SCHEMA)

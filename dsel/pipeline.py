@@ -92,6 +92,7 @@ def featurize(spark: SparkSession, cfg: DselConfig, summary: Summary, raw: Optio
                 return feats
         raw = (_stored_raw(spark, cfg, paths.features) if DeltaTable.isDeltaTable(spark, paths.features) else None)
         raw = raw if raw is not None else read_raw(spark, cfg)
+    _COUNTED.pop(paths.features, None)
     key = _features_key(cfg, raw.inputFiles())
     if DeltaTable.isDeltaTable(spark, paths.features):
         meta = commit_metadata(spark, paths.features) or {}
@@ -111,6 +112,8 @@ def featurize(spark: SparkSession, cfg: DselConfig, summary: Summary, raw: Optio
 
 #: The raw schema (JSON) of each features table this process wrote or checked, by path.
 _RAW_SCHEMAS: dict[str, Optional[str]] = {}
+#: Raw bucket counts and features per fit bin that the pyarrow reader counted while featurizing, by path.
+_COUNTED: dict[str, Optional[tuple]] = {}
 
 
 def fast_plan(spark: SparkSession, cfg: DselConfig) -> Optional[jsonread.Plan]:
@@ -135,11 +138,12 @@ def _fast_featurize(spark: SparkSession, cfg: DselConfig, summary: Summary,
         written = write_table(jsonread.features(spark, cfg, plan), paths.features, metadata)
         summary.tables[paths.features] = written.version
     feats = spark.read.format("delta").load(paths.features)
-    schema, why = jsonread.check(spark, cfg, feats, paths.features, json.dumps(metadata, sort_keys=True, default=str))
-    if schema is None:
+    checked, why = jsonread.check(spark, cfg, feats, paths.features, json.dumps(metadata, sort_keys=True, default=str))
+    if checked is None:
         print(f"[dsel] reading the raw input with Spark's reader: {why}", flush=True)
         return None
-    _RAW_SCHEMAS[paths.features] = schema
+    _RAW_SCHEMAS[paths.features] = checked.schema
+    _COUNTED[paths.features] = checked.counted
     summary.read = written.rows if fresh else feats.count()
     if fresh:
         summary.stage("featurize", started)
@@ -160,7 +164,7 @@ def fit(spark: SparkSession, cfg: DselConfig, summary: Summary, raw: Optional[Da
     targets = read_targets(spark, cfg)
     feats = featurize(spark, cfg, summary, raw)
     started = time.time()
-    result = fit_histograms(feats, targets, cfg)
+    result = fit_histograms(feats, targets, cfg, _COUNTED.get(paths.features))
     summary.warnings.extend(result.warnings)
     schema = _features_schema(spark, paths)
     written = write_table(result.to_frame(spark), paths.log_ratios,
@@ -199,8 +203,12 @@ def score(spark: SparkSession, cfg: DselConfig, summary: Summary, fitted: Option
     metadata = _metadata(cfg, summary, dsel_fit=fitted.params, targets=fitted.target_names, raw_schema=schema)
     # The weights decode the stored features of usable records (no text is read); the skipped
     # records need no weights, only the narrow columns of the features table.
-    written = write_table(weight_records(score_records(feats.where(F.col("skip_reason").isNull()), fitted)),
-                          paths.weights, metadata)
+    usable = None
+    if _COUNTED.get(paths.features) is not None:  # the pyarrow reader's table, unchanged: decode in Python
+        usable = jsonread.scored(spark, feats, fitted.log_ratios)
+    if usable is None:
+        usable = score_records(feats.where(F.col("skip_reason").isNull()), fitted)
+    written = write_table(weight_records(usable), paths.weights, metadata)
     summary.tables[paths.weights], summary.scored = written.version, written.rows
     written = write_table(skipped_records(feats), paths.skipped, metadata)
     summary.tables[paths.skipped] = written.version
