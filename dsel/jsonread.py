@@ -50,6 +50,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from dsel.config import DselConfig
+from dsel.errors import DselError
 from dsel.read import CORRUPT, ID, INTERNAL, _check_columns, detect_format
 
 #: Extra columns of a features table written by this reader (after FEATURES_SCHEMA's).
@@ -701,9 +702,12 @@ def plan(spark: SparkSession, cfg: DselConfig) -> tuple[Optional[Plan], str]:
     if float(cfg.json_sampling_ratio) < 1.0:
         return None, "json_sampling_ratio < 1 asks for Spark's schema inference on a sample"
     try:
-        files = sorted(spark.read.format("text").load(cfg.raw).inputFiles())
+        listed = spark.read.format("text").load(cfg.raw)
+        files = sorted(listed.inputFiles())
     except Exception:
         return None, "Spark's file listing failed; its reader reports why"
+    if len(listed.columns) > 1:
+        return None, "the raw files are in partition directories (key=value), whose columns Spark's reader adds"
     if not files:
         return None, "no raw files"
     odd = [f for f in files if f.lower().endswith(_OTHER_CODECS)]
@@ -726,12 +730,8 @@ def _pack(spark: SparkSession, files: list[str], sizes: dict[str, int]) -> list[
     """Splits packed into tasks as Spark packs file splits (maxPartitionBytes, openCostInBytes)."""
     max_bytes = int(_conf_bytes(spark, "spark.sql.files.maxPartitionBytes", 128 << 20))
     open_cost = int(_conf_bytes(spark, "spark.sql.files.openCostInBytes", 4 << 20))
-    try:
-        parallelism = spark.sparkContext.defaultParallelism
-    except Exception:  # Spark Connect
-        parallelism = int(spark.conf.get("spark.default.parallelism", "2"))
     total = sum(sizes.values()) + open_cost * len(files)
-    split_bytes = min(max_bytes, max(open_cost, total // max(parallelism, 1)))
+    split_bytes = min(max_bytes, max(open_cost, total // _parallelism(spark)))
     splits = []
     for name in files:
         size, gz = sizes[name], _is_gzip(name)
@@ -753,6 +753,13 @@ def _pack(spark: SparkSession, files: list[str], sizes: dict[str, int]) -> list[
     if current:
         tasks.append(current)
     return tasks
+
+
+def _parallelism(spark: SparkSession) -> int:
+    try:
+        return max(1, spark.sparkContext.defaultParallelism)
+    except Exception:  # Spark Connect
+        return max(1, int(spark.conf.get("spark.default.parallelism", "2")))
 
 
 def _conf_bytes(spark: SparkSession, key: str, default: int) -> int:
@@ -884,7 +891,10 @@ def lines_of(rows: DataFrame) -> DataFrame:
                 for start, length in zip(starts, lengths):
                     skip = start - at
                     while skip > 0:
-                        skip -= len(stream.read(min(skip, BLOCK_BYTES)))
+                        got = len(stream.read(min(skip, BLOCK_BYTES)))
+                        if not got:
+                            raise DselError(f"{source} is shorter than when it was featurized; run 'dsel score' again")
+                        skip -= got
                     lines.append(bytes(stream.read(length)))
                     at = start + length
             else:
@@ -894,8 +904,8 @@ def lines_of(rows: DataFrame) -> DataFrame:
             yield pa.RecordBatch.from_arrays([c.combine_chunks() for c in part.columns] + [line_array],
                                              names=part.schema.names + ["_dsel_line"])
 
-    partitions = max(1, int(rows.sparkSession.conf.get("spark.sql.shuffle.partitions", "8")))
-    return rows.repartition(partitions, "source_file").mapInArrow(read, out_schema)
+    # a few rows (the selection, or the malformed lines): one task per core, each file in one task
+    return rows.repartition(_parallelism(rows.sparkSession), "source_file").mapInArrow(read, out_schema)
 
 
 def raw_rows(feats: DataFrame, keys: DataFrame, schema_json: str) -> DataFrame:

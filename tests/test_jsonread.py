@@ -172,9 +172,14 @@ def test_other_inputs_use_spark_reader(spark, tmp_path):
     plain = write_jsonl(tmp_path / "a.jsonl", docs)
     parquet = str(tmp_path / "p")
     spark.createDataFrame(docs).write.parquet(parquet)
+    (tmp_path / "p2").mkdir()
+    (tmp_path / "p2" / "a.jsonl.bz2").write_bytes(b"")
     plan, why = jsonread.plan(spark, DselConfig.from_mapping({"raw": [plain]}))
     assert plan is not None and plan.files == [f"file://{plain}"] and why == ""
+    write_jsonl(tmp_path / "parts" / "lang=en" / "a.jsonl", docs)
     for values, reason in (({"raw": [parquet]}, "parquet"), ({"raw": [plain], "json_reader": "spark"}, "spark"),
-                           ({"raw": [plain], "json_sampling_ratio": 0.5}, "sample")):
+                           ({"raw": [plain], "json_sampling_ratio": 0.5}, "sample"),
+                           ({"raw": [str(tmp_path / "parts")]}, "partition"),
+                           ({"raw": [str(tmp_path / "p2" / "a.jsonl.bz2")], "raw_format": "json"}, "codec")):
         plan, why = jsonread.plan(spark, DselConfig.from_mapping(values))
         assert plan is None and reason in why
