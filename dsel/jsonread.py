@@ -173,7 +173,7 @@ def _merge(a: Any, b: Any) -> Any:
         return b
     if b == "null":
         return a
-    if {a, b} == {"long", "double"} if isinstance(a, str) and isinstance(b, str) else False:
+    if isinstance(a, str) and isinstance(b, str) and {a, b} == {"long", "double"}:
         return "double"
     if isinstance(a, dict) and isinstance(b, dict):
         if "struct" in a and "struct" in b:
@@ -188,7 +188,7 @@ def _merge(a: Any, b: Any) -> Any:
     return "string"
 
 
-def _py_type(value: Any, depth: int = 0) -> Any:
+def _py_type(value: Any) -> Any:
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -202,9 +202,9 @@ def _py_type(value: Any, depth: int = 0) -> Any:
     if isinstance(value, list):
         t = "null"
         for item in value:
-            t = _merge(t, _py_type(item, depth + 1))
+            t = _merge(t, _py_type(item))
         return {"array": t}
-    return {"struct": {k: _py_type(v, depth + 1) for k, v in value.items()}}
+    return {"struct": {k: _py_type(v) for k, v in value.items()}}
 
 
 def _arrow_type(t: pa.DataType) -> Any:
