@@ -126,7 +126,7 @@ def evaluate(spark: SparkSession, cfg: DselConfig, label_column: str, target_lab
         every = None
         for part in chosen.values():
             every = part if every is None else every.unionByName(part)
-        rows = with_raw_columns(raw, F.broadcast(every), run_id, extra=("method", "method_score"), per=("method",))
+        rows = with_raw_columns(raw, every, run_id, extra=("method", "method_score"), per=("method",), broadcast=True)
         tables: dict[str, str] = {}
         if cfg.out:
             picked = _write_selected(spark, cfg, rows, run_id, methods)

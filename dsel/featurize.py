@@ -112,27 +112,42 @@ def features(df: DataFrame, cfg: DselConfig) -> DataFrame:
     and scoring then read these bytes, never the text again.  Records that :func:`dsel.read.prepare` marked unusable keep their reason; a usable
     text with no tokens gets ``empty_text``.
     """
-    n, buckets, seed, kind = cfg.ngrams, cfg.num_buckets, cfg.hash_seed, cfg.hash_kind
+    cfg_params = kernel_params(cfg)
 
     def featurize_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        from dsel import kernel
-
         _inject_fault("featurize")
         for batch in batches:
-            texts = batch.column(2)
-            encoded, num_features, words, stats = kernel.features_batch(texts, buckets, n=n, seed=seed,
-                                                                        hash_kind=kind, stats=True)
-            reason = batch.column(3)
-            empty = pa.array((words == 0) & ~np.asarray(texts.is_null(), dtype=bool))
-            reason = pc.if_else(pc.and_(reason.is_null(), empty), pa.scalar("empty_text"), reason)
-            yield pa.RecordBatch.from_arrays(
-                [batch.column(0), batch.column(1), pa.array(words), pa.array(num_features), encoded, reason,
-                 batch.column(4), batch.column(5), batch.column(6), *[pa.array(stats[:, i]) for i in range(3)]],
-                names=[ID, HASH, "num_words", "num_features", "features", "skip_reason", "source_file", "detail",
-                       "fit_bin", *STAT_COLUMNS])
+            yield featurize_batch(*batch.columns, cfg_params)
 
     fit_bin = F.pmod(F.xxhash64(F.col(ID)), F.lit(FIT_BINS)).cast("int").alias("fit_bin")
     return df.select(ID, HASH, TEXT, REASON, SOURCE, DETAIL, fit_bin).mapInArrow(featurize_partition, FEATURES_SCHEMA)
+
+
+def kernel_params(cfg: DselConfig) -> tuple[int, int, int, str]:
+    """(num_buckets, ngrams, hash_seed, hash_kind): what :func:`featurize_batch` needs, small enough for a closure."""
+    return cfg.num_buckets, cfg.ngrams, cfg.hash_seed, cfg.hash_kind
+
+
+def featurize_batch(ids: pa.Array, hashes: pa.Array, texts: pa.Array, reasons: pa.Array, sources: pa.Array,
+                    details: pa.Array, fit_bins: pa.Array, params: tuple[int, int, int, str]) -> pa.RecordBatch:
+    """One batch of :func:`features` rows (FEATURES_SCHEMA, with the quality statistics) from the
+    prepared columns of its records.
+
+    ``texts`` is null for unusable records (``reasons`` says why); shared by Spark's reader path
+    (:func:`features`) and the pyarrow reader (:mod:`dsel.jsonread`).
+    """
+    from dsel import kernel
+
+    buckets, n, seed, kind = params
+    encoded, num_features, words, stats = kernel.features_batch(texts, buckets, n=n, seed=seed, hash_kind=kind,
+                                                                stats=True)
+    empty = pa.array((words == 0) & ~np.asarray(texts.is_null(), dtype=bool))
+    reasons = pc.if_else(pc.and_(reasons.is_null(), empty), pa.scalar("empty_text"), reasons)
+    return pa.RecordBatch.from_arrays(
+        [ids, hashes, pa.array(words), pa.array(num_features), encoded, reasons, sources, details, fit_bins,
+         *[pa.array(stats[:, i]) for i in range(len(STAT_COLUMNS))]],
+        names=[ID, HASH, "num_words", "num_features", "features", "skip_reason", "source_file", "detail", "fit_bin",
+               *STAT_COLUMNS])
 
 
 def _inject_fault(stage: str) -> None:

@@ -102,13 +102,20 @@ def _dense(df: DataFrame, num_groups: int, num_buckets: int) -> np.ndarray:
     return dense
 
 
-def fit_raw(raw_features: DataFrame, cfg: DselConfig) -> tuple[np.ndarray, int]:
+def fit_raw(raw_features: DataFrame, cfg: DselConfig,
+            counted: Optional[tuple[np.ndarray, np.ndarray]] = None) -> tuple[np.ndarray, int]:
     """Raw bucket counts under the cap, and the total usable raw features (all bins).
 
     ``raw_features`` comes from :func:`dsel.featurize.features`; its ``fit_bin`` column is
-    ``pmod(xxhash64(id), 64)``.
+    ``pmod(xxhash64(id), 64)``.  ``counted``, when given, is (bucket counts of all usable records,
+    features per fit bin), counted while featurizing: when the cap takes every bin, they are
+    the answer and the features are not read again.
     """
     cap = cfg.fit_cap
+    if counted is not None and counted[1].sum() > 0:
+        every, per_bin_total = counted
+        if cap is None or int(np.searchsorted(np.cumsum(per_bin_total), cap)) + 1 >= FIT_BINS:
+            return every, int(per_bin_total.sum())
     num_bins = 1 if cap is None else FIT_BINS
     group = F.lit(0) if cap is None else F.col("fit_bin")
     per_bin = _dense(feature_histograms(raw_features, group, num_bins, cfg.num_buckets), num_bins, cfg.num_buckets)
@@ -147,7 +154,8 @@ def fit_targets(targets: list[tuple[str, DataFrame]], cfg: DselConfig,
     return np.stack(counts)
 
 
-def fit(raw_features: DataFrame, targets: list[tuple[str, DataFrame]], cfg: DselConfig) -> Fit:
+def fit(raw_features: DataFrame, targets: list[tuple[str, DataFrame]], cfg: DselConfig,
+        counted: Optional[tuple[np.ndarray, np.ndarray]] = None) -> Fit:
     """Fit raw and target histograms.
 
     ``raw_features`` comes from :func:`dsel.featurize.features` (the raw text featurized once);
@@ -155,7 +163,7 @@ def fit(raw_features: DataFrame, targets: list[tuple[str, DataFrame]], cfg: Dsel
     """
     samples: list[dict[int, list[str]]] = []
     target_counts = fit_targets(targets, cfg, samples)  # first: an empty target fails before the long raw pass
-    raw_counts, raw_total = fit_raw(raw_features, cfg)
+    raw_counts, raw_total = fit_raw(raw_features, cfg, counted)
     result = Fit([name for name, _ in targets], raw_counts, target_counts, cfg.fit_params(), raw_total,
                  target_ngrams=samples)
     for name, row in zip(result.target_names, result.target_counts):

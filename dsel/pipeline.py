@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import hashlib
 import shutil
 import socket
 import time
@@ -19,7 +20,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import StructType
 from delta.tables import DeltaTable
 
-from dsel import __version__
+from dsel import __version__, jsonread
 from dsel.config import DselConfig
 from dsel.errors import DselError
 from dsel.fit import Fit, fit as fit_histograms
@@ -84,6 +85,24 @@ def _features_settings(cfg: DselConfig) -> dict:
             "max_doc_bytes": cfg.max_doc_bytes, "quality_stats": 1, **cfg.fit_params()}
 
 
+def _features_key(cfg: DselConfig, files: list[str], reader: str = "spark") -> dict:
+    """What the pyarrow reader's features table depends on: the settings, and the input files with their sizes and times."""
+    return {**_features_settings(cfg), "input_files": _files_digest(files), "reader": reader}
+
+
+def _files_digest(files: list[str]) -> str:
+    stats = []
+    for name in sorted(files):
+        local = name[len("file:"):] if name.startswith("file:") else name
+        local = local.replace("///", "/") if local.startswith("///") else local
+        try:
+            info = os.stat(local)
+            stats.append(f"{name}:{info.st_size}:{info.st_mtime_ns}")
+        except OSError:
+            stats.append(name)
+    return hashlib.sha256("\n".join(stats).encode()).hexdigest()
+
+
 def _record_key(id_col: str, hash_col: str, detail_col: str) -> list:
     """A record's identity across runs: id, content hash, and for malformed lines the line itself."""
     return [F.coalesce(F.col(id_col), F.lit("")).alias("_dsel_k_id"), F.col(hash_col).alias("_dsel_k_hash"),
@@ -106,13 +125,20 @@ def featurize(spark: SparkSession, cfg: DselConfig, summary: Summary, raw: Optio
     (deleted or changed), or the settings changed, the whole input is featurized again.
     """
     paths = OutputPaths(cfg.out)
-    raw = raw if raw is not None else (_stored_raw(spark, cfg, paths.features, summary)
-                                       or read_raw(spark, cfg, summary=summary))
+    if raw is None:
+        plan = fast_plan(spark, cfg)
+        if plan is not None:
+            feats = _fast_featurize(spark, cfg, summary, plan)
+            if feats is not None:
+                return feats
+        raw = _stored_raw(spark, cfg, paths.features, summary) or read_raw(spark, cfg, summary=summary)
+    _COUNTED.pop(paths.features, None)
     settings = _features_settings(cfg)
     meta = (commit_metadata(spark, paths.features) or {}) if DeltaTable.isDeltaTable(spark, paths.features) else {}
     started = time.time()
+    _RAW_SCHEMAS[paths.features] = _raw_schema(raw)
     metadata = _metadata(cfg, summary, features_of=settings, raw_input=summary.inputs.get("raw"),
-                         raw_schema=_raw_schema(raw))
+                         raw_schema=_RAW_SCHEMAS[paths.features])
     if meta.get("features_of") == settings:
         before = _count(spark, paths.features)
         if meta.get("raw_input") == summary.inputs.get("raw"):
@@ -136,6 +162,55 @@ def featurize(spark: SparkSession, cfg: DselConfig, summary: Summary, raw: Optio
     summary.tables[paths.features] = written.version
     summary.stage("featurize", started)
     return spark.read.format("delta").load(paths.features)
+
+
+#: The raw schema (JSON) of each features table this process wrote or checked, by path.
+_RAW_SCHEMAS: dict[str, Optional[str]] = {}
+#: Raw bucket counts and features per fit bin that the pyarrow reader counted while featurizing, by path.
+_COUNTED: dict[str, Optional[tuple]] = {}
+
+
+def fast_plan(spark: SparkSession, cfg: DselConfig) -> Optional[jsonread.Plan]:
+    """The pyarrow reader's plan for the raw input, or None (with one log line saying why)."""
+    plan, why = jsonread.plan(spark, cfg)
+    if plan is None:
+        print(f"[dsel] reading the raw input with Spark's reader: {why}", flush=True)
+    return plan
+
+
+def _fast_featurize(spark: SparkSession, cfg: DselConfig, summary: Summary,
+                    plan: jsonread.Plan) -> Optional[DataFrame]:
+    """``OUT/features`` by the pyarrow reader (see :mod:`dsel.jsonread`); None when Spark's reader must
+    read this input instead (the reason is logged)."""
+    paths = OutputPaths(cfg.out)
+    key = _features_key(cfg, plan.files, "pyarrow")
+    metadata = _metadata(cfg, summary, features_of=key)
+    started = time.time()
+    fresh = not (DeltaTable.isDeltaTable(spark, paths.features)
+                 and (commit_metadata(spark, paths.features) or {}).get("features_of") == key)
+    if fresh:
+        written = write_table(jsonread.features(spark, cfg, plan), paths.features, metadata)
+        summary.tables[paths.features] = written.version
+    feats = spark.read.format("delta").load(paths.features)
+    checked, why = jsonread.check(spark, cfg, feats, paths.features, json.dumps(metadata, sort_keys=True, default=str))
+    if checked is None:
+        print(f"[dsel] reading the raw input with Spark's reader: {why}", flush=True)
+        return None
+    _RAW_SCHEMAS[paths.features] = checked.schema
+    _COUNTED[paths.features] = checked.counted
+    summary.read = written.rows if fresh else feats.count()
+    summary.featurized = summary.read if fresh else 0
+    summary.inputs["raw"] = {"sources": list(cfg.raw), "format": "json", "files": len(plan.files),
+                             "digest": key["input_files"]}
+    if fresh:
+        summary.stage("featurize", started)
+    return spark.read.format("delta").load(paths.features)
+
+
+def _features_schema(spark: SparkSession, paths: OutputPaths) -> Optional[str]:
+    if paths.features not in _RAW_SCHEMAS:
+        _RAW_SCHEMAS[paths.features] = (commit_metadata(spark, paths.features) or {}).get("raw_schema")
+    return _RAW_SCHEMAS[paths.features]
 
 
 def _fit_of(cfg: DselConfig, summary: Summary) -> dict:
@@ -177,9 +252,9 @@ def fit(spark: SparkSession, cfg: DselConfig, summary: Summary, feats: Optional[
     targets = read_targets(spark, cfg, summary)
     feats = feats if feats is not None else featurize(spark, cfg, summary)
     started = time.time()
-    result = fit_histograms(feats, targets, cfg)
+    result = fit_histograms(feats, targets, cfg, _COUNTED.get(paths.features))
     summary.warnings.extend(result.warnings)
-    schema = (commit_metadata(spark, paths.features) or {}).get("raw_schema")
+    schema = _features_schema(spark, paths)
     written = write_table(result.to_frame(spark), paths.log_ratios,
                           _metadata(cfg, summary, dsel_fit=result.params, targets=result.target_names,
                                     raw_schema=schema, fit_of=_fit_of(cfg, summary), raw_rows=summary.read))
@@ -249,9 +324,9 @@ def score(spark: SparkSession, cfg: DselConfig, summary: Summary, fitted: Option
     feats = feats if feats is not None else featurize(spark, cfg, summary)
     started = time.time()
     features_version = last_commit(spark, paths.features).version
-    schema = (commit_metadata(spark, paths.features) or {}).get("raw_schema")
-    metadata = _metadata(cfg, summary, dsel_fit=fitted.params, targets=fitted.target_names, raw_schema=schema,
-                         fit_version=summary.fit_version, features_version=features_version)
+    metadata = _metadata(cfg, summary, dsel_fit=fitted.params, targets=fitted.target_names,
+                         raw_schema=_features_schema(spark, paths), fit_version=summary.fit_version,
+                         features_version=features_version)
     previous = (commit_metadata(spark, paths.weights) or {}) if DeltaTable.isDeltaTable(spark, paths.weights) else {}
     same_fit = previous.get("fit_version") == summary.fit_version and previous.get("dsel_fit") == fitted.params
     scored_through = previous.get("features_version")
@@ -276,16 +351,18 @@ def score(spark: SparkSession, cfg: DselConfig, summary: Summary, fitted: Option
 
 def _score_all(spark: SparkSession, paths: OutputPaths, fitted: Fit, feats: DataFrame, metadata: dict,
                summary: Summary) -> None:
-    # Decode the stored features once (no text is read) into a narrow staging table; the weights,
-    # the skipped records and their counts all come from it.
-    write_table(score_records(feats, fitted), paths.staging, metadata)
-    scored = spark.read.format("delta").load(paths.staging)
-    written = write_table(skipped_records(scored), paths.skipped, metadata)
+    # The weights decode the stored features of usable records (no text is read); the skipped
+    # records need no weights, only the narrow columns of the features table.  The weights are
+    # written last: their commit records what was scored, so a crash before it redoes both.
+    usable = None
+    if _COUNTED.get(paths.features) is not None:  # the pyarrow reader's table, unchanged: decode in Python
+        usable = jsonread.scored(spark, feats, fitted.log_ratios)
+    if usable is None:
+        usable = score_records(feats.where(F.col("skip_reason").isNull()), fitted)
+    written = write_table(skipped_records(feats), paths.skipped, metadata)
     summary.tables[paths.skipped] = written.version
-    written = write_table(weight_records(scored), paths.weights, metadata)
+    written = write_table(weight_records(usable), paths.weights, metadata)
     summary.tables[paths.weights], summary.scored_now = written.version, written.rows
-    if "://" not in paths.staging or paths.staging.startswith("file://"):
-        shutil.rmtree(paths.staging.removeprefix("file://"), ignore_errors=True)
 
 
 def _score_appended(spark: SparkSession, paths: OutputPaths, fitted: Fit, feats: DataFrame, appended: DataFrame,
@@ -342,9 +419,11 @@ def select(spark: SparkSession, cfg: DselConfig, summary: Summary, fitted: Optio
     summary.warnings.extend(selection.warnings)
     summary.filtered = selection.filtered
     if raw is None:
+        raw = _selected_raw(spark, cfg, paths, selection)
+    if raw is None:
         raw = _stored_raw(spark, cfg, paths.weights, summary) or read_raw(spark, cfg, summary=summary)
-    chosen = F.broadcast(selection.chosen) if (cfg.num_samples or 0) <= 1_000_000 else selection.chosen
-    rows = with_raw_columns(raw, chosen, summary.run_id).orderBy("target", "rank")
+    rows = with_raw_columns(raw, selection.chosen, summary.run_id,
+                            broadcast=(cfg.num_samples or 0) <= 1_000_000).orderBy("target", "rank")
     commit = write_table(rows, paths.selected, _metadata(cfg, summary, requested=selection.requested,
                                                          weights_version=weights_version,
                                                          fit_version=summary.fit_version))
@@ -358,6 +437,25 @@ def select(spark: SparkSession, cfg: DselConfig, summary: Summary, fitted: Optio
         summary.tables[cfg.export] = -1
     summary.stage("select", started)
     return written
+
+
+def _selected_raw(spark: SparkSession, cfg: DselConfig, paths: OutputPaths, selection) -> Optional[DataFrame]:
+    """The chosen raw records read back by their line (pyarrow reader), when OUT/features knows where
+    each line is and the raw files are unchanged since; else None.
+
+    The selection is materialized first (it is used twice: to find the lines and to join them)."""
+    if not DeltaTable.isDeltaTable(spark, paths.features):
+        return None
+    feats = spark.read.format("delta").load(paths.features)
+    if not jsonread.is_fast(feats):
+        return None
+    plan, _ = jsonread.plan(spark, cfg)
+    meta = commit_metadata(spark, paths.features) or {}
+    schema = (commit_metadata(spark, paths.weights) or {}).get("raw_schema")
+    if plan is None or schema is None or meta.get("features_of") != _features_key(cfg, plan.files, "pyarrow"):
+        return None
+    selection.chosen = selection.chosen.localCheckpoint()
+    return jsonread.raw_rows(feats, selection.chosen, schema)
 
 
 def _record(spark: SparkSession, cfg: DselConfig, summary: Summary, status: str, error: Optional[str] = None) -> None:
@@ -384,7 +482,8 @@ def _run(spark: SparkSession, cfg: DselConfig, summary: Summary) -> None:
     cfg.require("raw", "target", "out")
     if cfg.num_samples is None and cfg.num_tokens is None:
         raise DselError("give --num-samples K or --num-tokens N")
-    raw = read_raw(spark, cfg, summary=summary)  # one schema inference for the whole run
+    # Spark's reader: one schema inference for the whole run; the pyarrow reader needs none
+    raw = None if jsonread.plan(spark, cfg)[0] is not None else read_raw(spark, cfg, summary=summary)
     feats = featurize(spark, cfg, summary, raw)
     read_targets(spark, cfg, summary)
     reason = refit_reason(spark, cfg, summary)
@@ -421,14 +520,13 @@ def reproduce(spark: SparkSession, cfg: DselConfig, summary: Summary, source_out
     params.update(out=cfg.out, run_id=summary.run_id, pin_versions=pins or None, export=cfg.export,
                   export_format=cfg.export_format, break_lock=False)
     again = DselConfig.from_mapping(params)
-    raw = read_raw(spark, again, summary=summary)
-    for role, recorded, now in [("raw", inputs.get("raw"), summary.inputs.get("raw"))]:
-        if recorded and "digest" in recorded and recorded != now:
-            raise DselError(f"the {role} files {', '.join(recorded['sources'])} changed since run '{source_run}' "
-                            "read them, and only Delta inputs can be read as they were; restore the files, or "
-                            "keep raw data in Delta tables to make runs reproducible")
     fitted = load_fit(spark, again, None, source.log_ratios, int(row["fit_version"]))
-    feats = featurize(spark, again, summary, raw)
+    feats = featurize(spark, again, summary)
+    recorded = inputs.get("raw") or {}
+    if "digest" in recorded and recorded.get("digest") != summary.inputs.get("raw", {}).get("digest"):
+        raise DselError(f"the raw files {', '.join(recorded['sources'])} changed since run '{source_run}' "
+                        "read them, and only Delta inputs can be read as they were; restore the files, or "
+                        "keep raw data in Delta tables to make runs reproducible")
     paths = OutputPaths(cfg.out)
     written = write_table(fitted.to_frame(spark), paths.log_ratios,
                           _metadata(again, summary, dsel_fit=fitted.params, targets=fitted.target_names,
@@ -437,7 +535,7 @@ def reproduce(spark: SparkSession, cfg: DselConfig, summary: Summary, source_out
     summary.tables[paths.log_ratios], summary.fit_version = written.version, written.version
     summary.refit = f"copied from {source.log_ratios} version {int(row['fit_version'])}"
     score(spark, again, summary, fitted, feats)
-    select(spark, again, summary, fitted, raw)
+    select(spark, again, summary, fitted)
 
 
 def execute(spark: SparkSession, cfg: DselConfig, command: str, **options: str) -> Summary:

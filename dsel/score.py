@@ -51,11 +51,14 @@ def weights(scored: DataFrame) -> DataFrame:
 
 
 def skipped(scored: DataFrame) -> DataFrame:
-    """Every record left out of the weights table: id, reason, source_file, detail."""
+    """Every record left out of the weights table: id, reason, source_file, detail.
+
+    ``scored`` needs only the columns ``_dsel_id``, ``_dsel_hash``, ``skip_reason``, ``source_file``
+    and ``detail``: the features table itself will do, with no decoding."""
     unusable = scored.where(F.col("skip_reason").isNotNull()).select(
         F.col(ID).alias("id"), F.col("skip_reason").alias("reason"), "source_file", "detail")
-    shared = _winners(scored).where(F.col("_dsel_n") > 1).select(ID)
     usable = scored.where(F.col("skip_reason").isNull())
+    shared = usable.groupBy(ID).count().where(F.col("count") > 1).select(ID)
     # Only ids that occur more than once (usually few) are ordered; all but the kept record are skipped.
     first = Window.partitionBy(ID).orderBy(HASH, "source_file")
     duplicates = (usable.join(shared, ID).withColumn("_dsel_dup", F.row_number().over(first))

@@ -154,21 +154,26 @@ class Selection:
 
 
 def with_raw_columns(raw: DataFrame, chosen: DataFrame, run_id: str, extra: Sequence[str] = (),
-                     per: Sequence[str] = ()) -> DataFrame:
+                     per: Sequence[str] = (), broadcast: bool = False) -> DataFrame:
     """The chosen rows joined back to their raw records: every raw column, then ``num_words``,
     ``log_weight``, ``rank``, ``target``, ``run_id`` and the ``extra`` chosen columns.
 
-    ``raw`` comes from :func:`dsel.read.prepare`; ``chosen`` has ``id`` and ``doc_hash``.  When several
-    raw records share one id and text, one is kept per id (and per ``per`` columns), the same one
-    on every run.
+    ``raw`` comes from :func:`dsel.read.prepare` (or is built from ``chosen`` itself, see
+    :func:`dsel.jsonread.raw_rows`, hence the renamed columns); ``chosen`` has ``id`` and
+    ``doc_hash``.  When several raw records share one id and text, one is kept per id (and per
+    ``per`` columns), the same one on every run.  ``broadcast`` ships ``chosen`` to every task.
     """
     columns = user_columns(raw)
-    joined = raw.join(chosen, (raw[ID] == chosen["id"]) & (raw[HASH] == chosen["doc_hash"]))
-    once = Window.partitionBy(*[chosen[c] for c in per], chosen["id"]).orderBy(
+    names = list(dict.fromkeys([*SELECTED_COLUMNS, *extra, *per]))
+    picked = chosen.select(*[F.col(f"`{n}`").alias(f"_dsel_c_{n}") for n in names])
+    picked = F.broadcast(picked) if broadcast else picked
+    joined = raw.join(picked, (raw[ID] == F.col("_dsel_c_id")) & (raw[HASH] == F.col("_dsel_c_doc_hash")))
+    once = Window.partitionBy(*[F.col(f"_dsel_c_{c}") for c in per], F.col("_dsel_c_id")).orderBy(
         F.to_json(F.struct(*[raw[f"`{c}`"] for c in columns])))
     return (joined.withColumn("_dsel_once", F.row_number().over(once)).where(F.col("_dsel_once") == 1)
-            .select(*[raw[f"`{c}`"] for c in columns], chosen["num_words"], chosen["log_weight"], chosen["rank"],
-                    chosen["target"], F.lit(run_id).alias("run_id"), *[chosen[c] for c in extra]))
+            .select(*[raw[f"`{c}`"] for c in columns],
+                    *[F.col(f"_dsel_c_{c}").alias(c) for c in ("num_words", "log_weight", "rank", "target")],
+                    F.lit(run_id).alias("run_id"), *[F.col(f"_dsel_c_{c}").alias(c) for c in extra]))
 
 
 def _keyed(pool: DataFrame, target: int, seed: int, method: str) -> DataFrame:

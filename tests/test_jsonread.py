@@ -1,0 +1,185 @@
+"""The pyarrow reader gives exactly what Spark's JSON reader gives: same features, weights, skipped
+records, selection and schema, on real documents and bad lines, plain and gzip, split files."""
+from __future__ import annotations
+
+import gzip
+import json
+import random
+
+import pyarrow as pa
+import pytest
+from delta.tables import DeltaTable
+from pyspark.sql import functions as F
+
+from dsel import jsonread
+from dsel.config import DselConfig
+from dsel.featurize import FEATURES_SCHEMA
+from dsel.pipeline import execute
+from tests.conftest import sample_docs, write_jsonl
+
+FEATURE_COLUMNS = [c.strip().split(" ")[0] for c in FEATURES_SCHEMA.split(",")]
+
+
+def _bad_lines(docs: list[dict]) -> list[str]:
+    """Every kind of record the skip accounting and the schema inference must agree on."""
+    big = {"id": "big", "text": (docs[0]["text"] + "\n") * (300_000 // len(docs[0]["text"]) + 1)}
+    return [
+        '{"id": "broken", "text": "unterminated',
+        json.dumps({"id": "nulltext", "text": None}),
+        json.dumps({"id": "notext", "domain": "x"}),
+        json.dumps({"id": "empty", "text": ""}),
+        json.dumps({"id": "blank", "text": "   \n\t "}),
+        json.dumps({"text": "a document without an id " * 30}),
+        json.dumps({"id": docs[1]["id"], "text": "another text under an existing id " * 20}),
+        json.dumps(docs[2]),  # the same record twice
+        json.dumps(big),
+        '{"id": "num", "text": 12345.50, "score": 1}',  # non-string text: its JSON text
+        '{"id": "obj", "text": {"k": [1, 2,  3], "z": "é"}, "score": 2.5}',
+        json.dumps({"id": 77, "text": "an integer id " * 40, "meta": {"a": 1, "b": [1, 2]}}),
+        json.dumps({"id": "nested", "text": "nested values " * 40, "meta": {"c": "x", "a": None}, "tags": []}),
+        json.dumps({"id": "mixed", "text": "mixed types " * 40, "score": "high", "": 3, "e": {}}),
+        "5",
+        '"just a string"',
+        '{"id": "tab", "text": "raw\ttab"}',
+        '{"id": "lead", "text": "zero", "n": 01}',
+        "   ",
+        "",
+        json.dumps({"id": "surrogate", "text": "\ud83d\ude00 emoji and lone \ud800 surrogate " * 10}),
+        json.dumps({"id": "nonascii", "text": "Ünïcödé tëxt, 日本語のテキスト, ελληνικά " * 20}, ensure_ascii=False),
+    ]
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("jsonread")
+    docs = sample_docs("sci_abstracts", 60, seed=5) + sample_docs("movie_reviews", 60, seed=5)
+    random.Random(1).shuffle(docs)
+    target = write_jsonl(root / "target.jsonl", sample_docs("sci_abstracts", 100, seed=5)[60:])
+    lines = [json.dumps(d, ensure_ascii=False) for d in docs]
+    bad = _bad_lines(docs)
+    raw = root / "raw"
+    raw.mkdir()
+    # plain, with the bad lines spread through it
+    plain = lines[:50]
+    for i, line in enumerate(bad):
+        plain.insert(2 * i + 1, line)
+    (raw / "a.jsonl").write_text("\n".join(plain) + "\n", encoding="utf-8")
+    # gzip
+    with gzip.open(raw / "b.jsonl.gz", "wt", encoding="utf-8") as fh:
+        fh.write("\n".join(lines[50:90] + bad[:4]) + "\n")
+    # a byte-order mark, Windows line ends, a lone carriage return, no final newline
+    tail = lines[90:]
+    body = "\r\n".join(tail[:-2]) + "\r\n" + tail[-2] + "\r" + tail[-1]
+    (raw / "c.jsonl").write_bytes(b"\xef\xbb\xbf" + body.encode("utf-8"))
+    return {"root": root, "raw": str(raw), "target": target}
+
+
+def _run(spark, inputs, name, **extra):
+    out = inputs["root"] / name
+    cfg = DselConfig.from_mapping({"raw": [inputs["raw"]], "target": [inputs["target"]], "out": str(out),
+                                   "num_samples": 30, "seed": 4, "min_length": 20, "run_id": "same", **extra})
+    summary = execute(spark, cfg, "run")
+    return out, summary
+
+
+def _table(spark, out, name, columns=None, order=None):
+    df = spark.read.format("delta").load(str(out / name))
+    rows = df.select(*(columns or df.columns)).collect()
+    rows = [tuple(r) for r in rows]
+    return rows if order else sorted(rows, key=repr)
+
+
+def _meta(spark, out, name):
+    return json.loads(DeltaTable.forPath(spark, str(out / name)).history(1).first()["userMetadata"])
+
+
+def _same_outputs(spark, fast, slow):
+    for name, columns in (("features", FEATURE_COLUMNS), ("weights", None), ("skipped", None),
+                          ("log_ratios", None)):
+        assert _table(spark, fast, name, columns) == _table(spark, slow, name, columns), name
+    order = ["target", "rank"]
+    fast_sel = spark.read.format("delta").load(str(fast / "selected"))
+    slow_sel = spark.read.format("delta").load(str(slow / "selected"))
+    assert fast_sel.columns == slow_sel.columns
+    assert fast_sel.schema == slow_sel.schema
+    assert [tuple(r) for r in fast_sel.orderBy(*order).collect()] == [tuple(r) for r in slow_sel.orderBy(*order).collect()]
+    assert _meta(spark, fast, "weights")["raw_schema"] == _meta(spark, slow, "weights")["raw_schema"]
+
+
+def test_fast_reader_matches_spark_reader(spark, inputs):
+    previous = spark.conf.get("spark.sql.files.maxPartitionBytes")
+    spark.conf.set("spark.sql.files.maxPartitionBytes", str(40_000))  # many splits inside a.jsonl
+    try:
+        fast, fast_summary = _run(spark, inputs, "fast")
+    finally:
+        spark.conf.set("spark.sql.files.maxPartitionBytes", previous)
+    slow, slow_summary = _run(spark, inputs, "slow", json_reader="spark")
+    assert "line_start" in spark.read.format("delta").load(str(fast / "features")).columns  # the fast path ran
+    assert "line_start" not in spark.read.format("delta").load(str(slow / "features")).columns
+    assert fast_summary.counts() == slow_summary.counts()
+    assert fast_summary.skipped == {"malformed_json": 6, "null_text": 4, "empty_text": 3, "null_id": 1,
+                                    "duplicate_id": 2}
+    _same_outputs(spark, fast, slow)
+    schema = json.loads(_meta(spark, fast, "weights")["raw_schema"])
+    types = {f["name"]: f["type"] for f in schema["fields"]}
+    assert types["score"] == "string" and types["id"] == "string" and "" not in types and "e" not in types
+    assert types["meta"]["fields"][0]["name"] == "a"  # nested fields sorted, as Spark infers them
+    skipped = spark.read.format("delta").load(str(fast / "skipped"))
+    broken = skipped.where("reason = 'malformed_json' and detail like '%unterminated%'").collect()
+    assert sorted(r["source_file"].rsplit("/", 1)[1] for r in broken) == ["a.jsonl", "b.jsonl.gz"]
+
+
+def test_reselect_reads_back_only_the_chosen_lines(spark, inputs):
+    fast, _ = _run(spark, inputs, "fast-reselect")
+    slow, _ = _run(spark, inputs, "slow-reselect", json_reader="spark")
+    for out, reader in ((fast, "auto"), (slow, "spark")):
+        cfg = DselConfig.from_mapping({"raw": [inputs["raw"]], "target": [inputs["target"]], "out": str(out),
+                                       "num_samples": 45, "seed": 8, "min_length": 20, "json_reader": reader,
+                                       "run_id": "same"})
+        execute(spark, cfg, "select")
+    order = ["target", "rank"]
+    got = spark.read.format("delta").load(str(fast / "selected")).orderBy(*order).collect()
+    want = spark.read.format("delta").load(str(slow / "selected")).orderBy(*order).collect()
+    assert got == want and len(got) == 45
+    assert {r["id"] for r in got} & {"77", "nonascii", "surrogate"} <= {r["id"] for r in want}
+
+
+def test_lenient_json_falls_back_to_spark_reader(spark, inputs, tmp_path, capsys):
+    docs = sample_docs("sci_abstracts", 20, seed=6)
+    lines = [json.dumps(d) for d in docs] + ["{'id': 'single', 'text': '" + "single quotes " * 3 + "'}",
+                                             '{"id": "tail", "text": "trailing text"} after']
+    raw = tmp_path / "lenient.jsonl"
+    raw.write_text("\n".join(lines) + "\n")
+    cfg = {"raw": [str(raw)], "target": [inputs["target"]], "num_samples": 5, "min_length": 5, "run_id": "same"}
+    fast = execute(spark, DselConfig.from_mapping({**cfg, "out": str(tmp_path / "fast")}), "run")
+    assert "Spark's JSON parser accepts lines" in capsys.readouterr().out
+    slow = execute(spark, DselConfig.from_mapping({**cfg, "out": str(tmp_path / "slow"), "json_reader": "spark"}), "run")
+    assert fast.counts() == slow.counts() and fast.skipped == {}
+    _same_outputs(spark, tmp_path / "fast", tmp_path / "slow")
+
+
+def test_xxhash64_matches_spark(spark):
+    rng = random.Random(3)
+    alphabet = "ab é日\n\t😀"
+    values = ["", "a", None] + ["".join(rng.choice(alphabet) for _ in range(n)) for n in range(1, 90)]
+    expected = [r[0] for r in spark.createDataFrame([(v,) for v in values], "s string")
+                .select(F.xxhash64("s")).collect()]
+    assert jsonread.xxhash64(pa.array(values, pa.string())).tolist() == expected
+
+
+def test_other_inputs_use_spark_reader(spark, tmp_path):
+    docs = sample_docs("sci_abstracts", 5, seed=6)
+    plain = write_jsonl(tmp_path / "a.jsonl", docs)
+    parquet = str(tmp_path / "p")
+    spark.createDataFrame(docs).write.parquet(parquet)
+    (tmp_path / "p2").mkdir()
+    (tmp_path / "p2" / "a.jsonl.bz2").write_bytes(b"")
+    plan, why = jsonread.plan(spark, DselConfig.from_mapping({"raw": [plain]}))
+    assert plan is not None and plan.files == [f"file://{plain}"] and why == ""
+    write_jsonl(tmp_path / "parts" / "lang=en" / "a.jsonl", docs)
+    for values, reason in (({"raw": [parquet]}, "parquet"), ({"raw": [plain], "json_reader": "spark"}, "spark"),
+                           ({"raw": [plain], "json_sampling_ratio": 0.5}, "sample"),
+                           ({"raw": [str(tmp_path / "parts")]}, "partition"),
+                           ({"raw": [str(tmp_path / "p2" / "a.jsonl.bz2")], "raw_format": "json"}, "codec")):
+        plan, why = jsonread.plan(spark, DselConfig.from_mapping(values))
+        assert plan is None and reason in why
