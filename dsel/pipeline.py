@@ -8,7 +8,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import hashlib
 import shutil
 import socket
 import time
@@ -24,7 +23,7 @@ from dsel import __version__, jsonread
 from dsel.config import DselConfig
 from dsel.errors import DselError
 from dsel.fit import Fit, fit as fit_histograms
-from dsel.read import DETAIL, HASH, ID, INTERNAL, fingerprint, prepare, read_input
+from dsel.read import DETAIL, HASH, ID, INTERNAL, files_digest, fingerprint, prepare, read_input
 from dsel.report import Summary
 from dsel.score import score as score_records, skipped as skipped_records, weights as weight_records
 from dsel.select import Filters, filter_counts, select as select_documents, with_raw_columns
@@ -87,20 +86,7 @@ def _features_settings(cfg: DselConfig) -> dict:
 
 def _features_key(cfg: DselConfig, files: list[str], reader: str = "spark") -> dict:
     """What the pyarrow reader's features table depends on: the settings, and the input files with their sizes and times."""
-    return {**_features_settings(cfg), "input_files": _files_digest(files), "reader": reader}
-
-
-def _files_digest(files: list[str]) -> str:
-    stats = []
-    for name in sorted(files):
-        local = name[len("file:"):] if name.startswith("file:") else name
-        local = local.replace("///", "/") if local.startswith("///") else local
-        try:
-            info = os.stat(local)
-            stats.append(f"{name}:{info.st_size}:{info.st_mtime_ns}")
-        except OSError:
-            stats.append(name)
-    return hashlib.sha256("\n".join(stats).encode()).hexdigest()
+    return {**_features_settings(cfg), "input_files": files_digest(files), "reader": reader}
 
 
 def _record_key(id_col: str, hash_col: str, detail_col: str) -> list:

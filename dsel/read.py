@@ -174,9 +174,14 @@ def input_state(df: DataFrame, sources: list[str], kind: str, version: Optional[
     """What an input was when it was read: a Delta version, or a digest of its files' names, sizes and times."""
     if version is not None:
         return {"sources": list(sources), "format": kind, "version": version}
-    files = sorted(df.inputFiles())
+    files = df.inputFiles()
+    return {"sources": list(sources), "format": kind, "files": len(files), "digest": files_digest(files)}
+
+
+def files_digest(files: list[str]) -> str:
+    """SHA-256 of the files' names, sizes and modification times (names only where they cannot be stat'ed)."""
     stats = []
-    for name in files:
+    for name in sorted(files):
         local = _local(name)
         local = local.replace("///", "/") if local.startswith("///") else local
         try:
@@ -184,8 +189,7 @@ def input_state(df: DataFrame, sources: list[str], kind: str, version: Optional[
             stats.append(f"{name}:{info.st_size}:{info.st_mtime_ns}")
         except OSError:
             stats.append(name)
-    return {"sources": list(sources), "format": kind, "files": len(files),
-            "digest": hashlib.sha256("\n".join(stats).encode()).hexdigest()}
+    return hashlib.sha256("\n".join(stats).encode()).hexdigest()
 
 
 def _check_columns(df: DataFrame, cfg: DselConfig, role: str) -> DataFrame:
