@@ -83,7 +83,7 @@ def kernel(texts: list[str], target_texts: list[str], hash_kind: str) -> dict:
     warm = pa.array(texts[:10])
     K.score_batch(warm, table, hash_kind=hash_kind)  # compile / load numba's cache for every entry point
     K.count_batch(warm, np.zeros(10, np.int64), np.zeros((1, 10_000), np.int64), hash_kind=hash_kind)
-    K.score_features(K.features_batch(warm, 10_000, hash_kind=hash_kind, stats=True)[0], table)
+    K.score_features(K.features_batch(warm, 10_000, hash_kind=hash_kind)[0], table)
     counts = np.zeros((1, 10_000), dtype=np.int64)
     start = time.process_time()
     for batch in batches:
@@ -95,7 +95,8 @@ def kernel(texts: list[str], target_texts: list[str], hash_kind: str) -> dict:
         K.score_batch(batch, table, hash_kind=hash_kind)
     score = time.process_time() - start
     start = time.process_time()
-    encoded = [K.features_batch(batch, 10_000, hash_kind=hash_kind, stats=True)[0] for batch in batches]  # as the pipeline
+    # as the pipeline with its defaults (no ratio quality filter, so no quality statistics)
+    encoded = [K.features_batch(batch, 10_000, hash_kind=hash_kind)[0] for batch in batches]
     K.count_batch(target, np.zeros(len(target), dtype=np.int64), counts, hash_kind=hash_kind)
     for feats in encoded:
         K.count_features(feats, np.zeros(len(feats), dtype=np.int64), counts)

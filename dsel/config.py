@@ -115,6 +115,11 @@ class DselConfig:
             return AUTO_FIT_FEATURES_PER_BUCKET * self.num_buckets
         return int(self.num_tokens_to_fit)
 
+    @property
+    def quality_stats(self) -> bool:
+        """Whether a ratio quality filter is on, so featurizing must count the per-document word statistics."""
+        return any(getattr(self, name) is not None for name in QUALITY_FILTERS if name != "max_length")
+
     def fit_params(self) -> dict[str, Any]:
         """The parameters a log-ratio table depends on; scoring must use the same ones."""
         return {

@@ -13,7 +13,7 @@ Batch size is Spark's: ``spark.sql.execution.arrow.maxRecordsPerBatch`` and
 from __future__ import annotations
 
 import os
-from typing import Iterator
+from typing import Iterator, Optional
 
 import numpy as np
 import pyarrow as pa
@@ -102,17 +102,18 @@ def target_histogram(df: DataFrame, cfg: DselConfig, per_bucket: int) -> DataFra
             .where(F.col("ngram").isNull() | (F.col("_dsel_r") <= per_bucket)).drop("_dsel_r"))
 
 
-def features(df: DataFrame, cfg: DselConfig) -> DataFrame:
+def features(df: DataFrame, cfg: DselConfig, stats: Optional[bool] = None) -> DataFrame:
     """The one pass over the raw text: each record's encoded sparse n-gram counts.
 
     One row per input record: ``_dsel_id``, ``_dsel_hash``, ``num_words``, ``num_features``,
     ``features`` (binary, see :func:`dsel.kernel.features_batch`; empty for unusable records),
     ``skip_reason``, ``source_file``, ``detail``, ``fit_bin`` (the id-hash bin the raw fit
-    cap counts by, see :mod:`dsel.fit`) and the quality statistics :data:`STAT_COLUMNS`.  Fitting
-    and scoring then read these bytes, never the text again.  Records that :func:`dsel.read.prepare` marked unusable keep their reason; a usable
-    text with no tokens gets ``empty_text``.
+    cap counts by, see :mod:`dsel.fit`) and the quality statistics :data:`STAT_COLUMNS` (null unless
+    ``stats``, by default ``cfg.quality_stats``: counting them costs ~20% of the pass).  Fitting and
+    scoring then read these bytes, never the text again.  Records that :func:`dsel.read.prepare`
+    marked unusable keep their reason; a usable text with no tokens gets ``empty_text``.
     """
-    cfg_params = kernel_params(cfg)
+    cfg_params = kernel_params(cfg, stats)
 
     def featurize_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         _inject_fault("featurize")
@@ -123,29 +124,32 @@ def features(df: DataFrame, cfg: DselConfig) -> DataFrame:
     return df.select(ID, HASH, TEXT, REASON, SOURCE, DETAIL, fit_bin).mapInArrow(featurize_partition, FEATURES_SCHEMA)
 
 
-def kernel_params(cfg: DselConfig) -> tuple[int, int, int, str]:
-    """(num_buckets, ngrams, hash_seed, hash_kind): what :func:`featurize_batch` needs, small enough for a closure."""
-    return cfg.num_buckets, cfg.ngrams, cfg.hash_seed, cfg.hash_kind
+def kernel_params(cfg: DselConfig, stats: Optional[bool] = None) -> tuple[int, int, int, str, bool]:
+    """(num_buckets, ngrams, hash_seed, hash_kind, stats): what :func:`featurize_batch` needs, small enough
+    for a closure; ``stats`` (whether to count the quality statistics) defaults to ``cfg.quality_stats``."""
+    return cfg.num_buckets, cfg.ngrams, cfg.hash_seed, cfg.hash_kind, cfg.quality_stats if stats is None else stats
 
 
 def featurize_batch(ids: pa.Array, hashes: pa.Array, texts: pa.Array, reasons: pa.Array, sources: pa.Array,
-                    details: pa.Array, fit_bins: pa.Array, params: tuple[int, int, int, str]) -> pa.RecordBatch:
-    """One batch of :func:`features` rows (FEATURES_SCHEMA, with the quality statistics) from the
-    prepared columns of its records.
+                    details: pa.Array, fit_bins: pa.Array, params: tuple[int, int, int, str, bool]) -> pa.RecordBatch:
+    """One batch of :func:`features` rows (FEATURES_SCHEMA; the quality statistics null unless
+    ``params`` asks for them) from the prepared columns of its records.
 
     ``texts`` is null for unusable records (``reasons`` says why); shared by Spark's reader path
     (:func:`features`) and the pyarrow reader (:mod:`dsel.jsonread`).
     """
     from dsel import kernel
 
-    buckets, n, seed, kind = params
-    encoded, num_features, words, stats = kernel.features_batch(texts, buckets, n=n, seed=seed, hash_kind=kind,
-                                                                stats=True)
+    buckets, n, seed, kind, want_stats = params
+    encoded, num_features, words, *counted = kernel.features_batch(texts, buckets, n=n, seed=seed, hash_kind=kind,
+                                                                   stats=want_stats)
+    stats = ([pa.array(counted[0][:, i]) for i in range(len(STAT_COLUMNS))] if want_stats
+             else [pa.nulls(len(words), pa.int64())] * len(STAT_COLUMNS))
     empty = pa.array((words == 0) & ~np.asarray(texts.is_null(), dtype=bool))
     reasons = pc.if_else(pc.and_(reasons.is_null(), empty), pa.scalar("empty_text"), reasons)
     return pa.RecordBatch.from_arrays(
         [ids, hashes, pa.array(words), pa.array(num_features), encoded, reasons, sources, details, fit_bins,
-         *[pa.array(stats[:, i]) for i in range(len(STAT_COLUMNS))]],
+         *stats],
         names=[ID, HASH, "num_words", "num_features", "features", "skip_reason", "source_file", "detail", "fit_bin",
                *STAT_COLUMNS])
 

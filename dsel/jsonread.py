@@ -768,11 +768,12 @@ def _conf_bytes(spark: SparkSession, key: str, default: int) -> int:
     return int(m.group(1)) * {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}[m.group(2)] if m else default
 
 
-def features(spark: SparkSession, cfg: DselConfig, raw_plan: Plan) -> DataFrame:
-    """The features rows of every raw record, read by pyarrow in the workers (one pass)."""
+def features(spark: SparkSession, cfg: DselConfig, raw_plan: Plan, stats: Optional[bool] = None) -> DataFrame:
+    """The features rows of every raw record, read by pyarrow in the workers (one pass); ``stats`` as
+    in :func:`dsel.featurize.features`."""
     from dsel.featurize import FEATURES_SCHEMA, kernel_params
 
-    run = _task_function(raw_plan.tasks, cfg.text_column, cfg.id_column, cfg.max_doc_bytes, kernel_params(cfg),
+    run = _task_function(raw_plan.tasks, cfg.text_column, cfg.id_column, cfg.max_doc_bytes, kernel_params(cfg, stats),
                          BLOCK_BYTES)
     num = len(raw_plan.tasks)
     return spark.range(0, num, 1, num).mapInArrow(run, FEATURES_SCHEMA + ", " + EXTRA_SCHEMA)

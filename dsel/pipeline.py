@@ -81,7 +81,16 @@ def _metadata(cfg: DselConfig, summary: Summary, **extra: object) -> dict:
 def _features_settings(cfg: DselConfig) -> dict:
     """What the features of one record depend on (besides the record)."""
     return {"raw": cfg.raw, "raw_format": cfg.raw_format, "text_column": cfg.text_column, "id_column": cfg.id_column,
-            "max_doc_bytes": cfg.max_doc_bytes, "quality_stats": 1, **cfg.fit_params()}
+            "max_doc_bytes": cfg.max_doc_bytes, "quality_stats": int(cfg.quality_stats), **cfg.fit_params()}
+
+
+def _reusable(stored: Optional[dict], wanted: dict) -> Optional[dict]:
+    """The key of a features table built as ``stored`` if it serves a run that wants ``wanted``, else None:
+    the same key, or the same but with the quality statistics counted when this run does not need them."""
+    if stored == wanted or (stored and stored.get("quality_stats") == 1
+                            and {**stored, "quality_stats": wanted.get("quality_stats")} == wanted):
+        return stored
+    return None
 
 
 def _features_key(cfg: DselConfig, files: list[str], reader: str = "spark") -> dict:
@@ -119,8 +128,9 @@ def featurize(spark: SparkSession, cfg: DselConfig, summary: Summary, raw: Optio
                 return feats
         raw = _stored_raw(spark, cfg, paths.features, summary) or read_raw(spark, cfg, summary=summary)
     _COUNTED.pop(paths.features, None)
-    settings = _features_settings(cfg)
     meta = (commit_metadata(spark, paths.features) or {}) if DeltaTable.isDeltaTable(spark, paths.features) else {}
+    settings = _reusable(meta.get("features_of"), _features_settings(cfg)) or _features_settings(cfg)
+    stats = bool(settings["quality_stats"])  # appended records get statistics when the table has them
     started = time.time()
     _RAW_SCHEMAS[paths.features] = _raw_schema(raw)
     metadata = _metadata(cfg, summary, features_of=settings, raw_input=summary.inputs.get("raw"),
@@ -134,7 +144,7 @@ def featurize(spark: SparkSession, cfg: DselConfig, summary: Summary, raw: Optio
         observed = Observation(f"dsel_raw_{uuid.uuid4().hex}")
         counted = raw.observe(observed, F.count(F.lit(1)).alias("rows"))
         new = (counted.select("*", *_record_key(ID, HASH, DETAIL)).join(seen, _KEY, "left_anti").drop(*_KEY))
-        written = write_table(raw_features(new, cfg), paths.features, metadata, mode="append")
+        written = write_table(raw_features(new, cfg, stats), paths.features, metadata, mode="append")
         rows = int(observed.get["rows"])
         if rows - written.rows == before:
             summary.read, summary.featurized = rows, written.rows
@@ -143,7 +153,7 @@ def featurize(spark: SparkSession, cfg: DselConfig, summary: Summary, raw: Optio
             return spark.read.format("delta").load(paths.features)
         print(f"[dsel] {before + written.rows - rows:,} records of {paths.features} are no longer in the raw input "
               "(deleted or changed); featurizing the whole input again", flush=True)
-    written = write_table(raw_features(raw, cfg), paths.features, metadata, change_feed=True)
+    written = write_table(raw_features(raw, cfg, stats), paths.features, metadata, change_feed=True)
     summary.read, summary.featurized = written.rows, written.rows
     summary.tables[paths.features] = written.version
     summary.stage("featurize", started)
@@ -170,10 +180,12 @@ def _fast_featurize(spark: SparkSession, cfg: DselConfig, summary: Summary,
     read this input instead (the reason is logged)."""
     paths = OutputPaths(cfg.out)
     key = _features_key(cfg, plan.files, "pyarrow")
+    stored = _reusable((commit_metadata(spark, paths.features) or {}).get("features_of"), key) \
+        if DeltaTable.isDeltaTable(spark, paths.features) else None
+    key = stored or key
     metadata = _metadata(cfg, summary, features_of=key)
     started = time.time()
-    fresh = not (DeltaTable.isDeltaTable(spark, paths.features)
-                 and (commit_metadata(spark, paths.features) or {}).get("features_of") == key)
+    fresh = stored is None
     if fresh:
         written = write_table(jsonread.features(spark, cfg, plan), paths.features, metadata)
         summary.tables[paths.features] = written.version
@@ -438,7 +450,8 @@ def _selected_raw(spark: SparkSession, cfg: DselConfig, paths: OutputPaths, sele
     plan, _ = jsonread.plan(spark, cfg)
     meta = commit_metadata(spark, paths.features) or {}
     schema = (commit_metadata(spark, paths.weights) or {}).get("raw_schema")
-    if plan is None or schema is None or meta.get("features_of") != _features_key(cfg, plan.files, "pyarrow"):
+    wanted = _features_key(cfg, plan.files, "pyarrow") if plan is not None else None
+    if plan is None or schema is None or _reusable(meta.get("features_of"), wanted) is None:
         return None
     selection.chosen = selection.chosen.localCheckpoint()
     return jsonread.raw_rows(feats, selection.chosen, schema)

@@ -95,12 +95,17 @@ class Filters:
         return ", ".join(parts)
 
     def check(self, weights: DataFrame) -> None:
-        """Fail clearly when a ratio filter is on but the weights table predates the quality statistics."""
-        needed = [c for c in STAT_COLUMNS if c not in weights.columns]
+        """Fail clearly when a ratio filter is on but the weights have no quality statistics: the table
+        predates them, or its documents were featurized with no ratio filter set (they are counted only then)."""
         quality = [name for name, _ in self.failing() if name not in ("min_length", "max_length")]
-        if quality and needed:
-            raise DselError(f"the weights table has no quality statistics ({', '.join(needed)}), which "
-                            f"{', '.join(quality)} needs; run 'dsel score' (or 'dsel run') again with this dsel")
+        if not quality:
+            return
+        missing = [c for c in STAT_COLUMNS if c not in weights.columns]
+        if missing or weights.where(F.col(STAT_COLUMNS[0]).isNull()).limit(1).count():
+            raise DselError(f"the weights table has no quality statistics ({', '.join(missing or STAT_COLUMNS)}), "
+                            f"which {', '.join(quality)} needs: they are counted only when a ratio filter is set. "
+                            f"Run 'dsel run' (or 'dsel score') with the same --out and this filter: it featurizes "
+                            "the raw input again with them, and later runs keep them")
 
 
 def eligible(weights: DataFrame, min_length: Union[int, Filters]) -> DataFrame:

@@ -57,10 +57,6 @@ class OutputPaths:
     def lock(self) -> str:
         return self.table("lock")
 
-    @property
-    def staging(self) -> str:
-        return self.table("_staging_scored")
-
     def check_owned(self) -> None:
         """Refuse to write into a local directory that holds data dsel did not write."""
         if "://" in self.out and not self.out.startswith("file://"):
@@ -69,6 +65,7 @@ class OutputPaths:
         if os.path.isfile(local):
             raise DselError(f"--out {self.out} is a file; give a directory for dsel's tables")
         if os.path.isdir(local) and os.listdir(local):
+            # _staging_scored: a table earlier dsel versions left behind while scoring
             foreign = [n for n in os.listdir(local) if n not in TABLES + ("_staging_scored",)]
             if foreign:
                 raise DselError(f"--out {self.out} already holds {', '.join(sorted(foreign)[:3])}, which dsel did "

@@ -15,6 +15,7 @@ from pyspark.sql import functions as F
 
 from dsel import kernel as K
 from dsel.config import QUALITY_FILTERS, DselConfig
+from dsel.errors import DselError
 from dsel.pipeline import execute
 from tests.conftest import write_jsonl
 
@@ -74,8 +75,18 @@ def crafted(spark, tmp_path_factory):
     target = [{"id": f"t{i}", "text": _doc(120, 6, 3, shift=3 + 11 * i)} for i in range(5)]
     base = {"raw": [write_jsonl(root / "raw.jsonl", docs)], "target": [write_jsonl(root / "target.jsonl", target)],
             "out": str(root / "out"), "num_samples": 1000, "seed": 0}
+    out = root / "out"
+    # 1. No ratio filter: the statistics are not counted (null), and asking for a ratio filter then
+    #    fails with a message that names the fix.
+    plain = execute(spark, DselConfig.from_mapping(base), "run")
+    nulls = spark.read.format("delta").load(str(out / "weights")).where(F.col("top_word_count").isNull()).count()
+    with pytest.raises(DselError) as refused:
+        execute(spark, DselConfig.from_mapping({**base, "max_numeric_ratio": 0.2}), "select")
+    # 2. A run with a ratio filter featurizes again, with them; 3. a later run without one keeps them.
+    with_filter = execute(spark, DselConfig.from_mapping({**base, "min_informative_ratio": 0.0}), "run")
     summary = execute(spark, DselConfig.from_mapping(base), "run")
-    return {"docs": docs, "base": base, "out": root / "out", "run": summary}
+    return {"docs": docs, "base": base, "out": out, "run": summary, "plain": plain, "nulls": nulls,
+            "refused": str(refused.value), "with_filter": with_filter}
 
 
 def _select(spark, crafted, **filters):
@@ -91,6 +102,26 @@ def test_crafted_documents_have_the_designed_ratios():
                     "stopwords": {"min_informative_ratio"}, "numeric": {"max_numeric_ratio"},
                     "short": {"min_length"}}[doc["kind"]]
         assert _fails(doc["text"]) == expected, doc["id"]
+
+
+def test_statistics_are_counted_only_when_a_ratio_filter_needs_them(crafted):
+    docs = len(crafted["docs"])
+    assert crafted["plain"].featurized == docs and crafted["nulls"] == docs  # every weight row, no statistics
+    assert "no quality statistics" in crafted["refused"] and "max_numeric_ratio" in crafted["refused"]
+    assert "'dsel run'" in crafted["refused"] and "this filter" in crafted["refused"]
+    assert crafted["with_filter"].featurized == docs  # featurized again, counting them
+    assert crafted["run"].featurized == 0  # kept by a run that does not need them
+
+
+def test_features_with_statistics_serve_runs_without_filters():
+    from dsel.pipeline import _reusable
+
+    plain = {"raw": ["r"], "ngrams": 2, "quality_stats": 0}
+    counted = {**plain, "quality_stats": 1}
+    assert _reusable(plain, plain) == plain and _reusable(counted, counted) == counted
+    assert _reusable(counted, plain) == counted  # the statistics are extra: reused, and kept for appends
+    assert _reusable(plain, counted) is None  # missing statistics: featurize again
+    assert _reusable({**counted, "ngrams": 3}, plain) is None and _reusable(None, plain) is None
 
 
 def test_weights_carry_the_statistics_of_the_featurize_pass(spark, crafted):
