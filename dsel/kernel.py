@@ -11,8 +11,8 @@ superscript digits and \\x1c-\\x1f), and data-selection 1.0.3 calls that tokeniz
 One numba kernel walks the UTF-8 bytes of a whole batch. It decodes code points, classifies them
 with a code-point class table, finds tokens and hashes n-grams on the fly, keeping only the last
 ``n - 1`` token spans and a growable scratch buffer (memory O(batch bytes + longest n-gram)).
-ASCII documents are lowercased inside the kernel; non-ASCII documents are lowered in Python
-(one ``str.lower()`` call per such document) before the kernel sees them.
+ASCII documents are lowercased inside the kernel; non-ASCII documents are lowered before the kernel
+sees them, with ``pc.utf8_lower`` except the few whose code points it lowers unlike ``str.lower()``.
 """
 
 from __future__ import annotations
@@ -677,6 +677,74 @@ def _data(buf: pa.Buffer | None) -> np.ndarray:
     return np.frombuffer(buf, dtype=np.uint8)
 
 
+_LOWER_SPECIAL: np.ndarray | None = None
+_LOWER_LOCK = threading.Lock()
+
+
+def _lower_special() -> np.ndarray:
+    """Build (once per process, ~0.05 s) the bool table of the code points whose ``pc.utf8_lower``
+    (utf8proc's simple case mapping, its Unicode version) differs from ``str.lower()`` (full case
+    mapping, e.g. U+0130 -> 'i\\u0307', Python's Unicode version), and U+03A3 (final sigma)."""
+    global _LOWER_SPECIAL
+    if _LOWER_SPECIAL is None:
+        with _LOWER_LOCK:
+            if _LOWER_SPECIAL is None:
+                cps = np.r_[1:0xD800, 0xE000:0x110000].astype(np.uint32)  # NUL terminates each one
+                text = np.stack([cps, np.zeros_like(cps)], 1).tobytes().decode("utf-32-le")
+                arrow = pc.utf8_lower(pa.scalar(text, pa.large_string())).as_buffer()
+                diff = pc.not_equal(_nul_split(arrow), _nul_split(text.lower().encode("utf-8")))
+                table = np.zeros(1 << 21, np.bool_)
+                table[cps[diff.to_numpy(zero_copy_only=False)]] = True
+                table[0x3A3] = True
+                _LOWER_SPECIAL = table
+    return _LOWER_SPECIAL
+
+
+def _nul_split(data: bytes | pa.Buffer) -> pa.Array:
+    """The NUL-terminated pieces of UTF-8 ``data`` (bytes or a buffer) as a large_string array."""
+    buf = np.frombuffer(data, np.uint8)
+    offsets = np.r_[0, np.flatnonzero(buf == 0) + 1].astype(np.int64)
+    return pa.LargeStringArray.from_buffers(len(offsets) - 1, pa.py_buffer(offsets), pa.py_buffer(buf))
+
+
+@njit(cache=True, nogil=True)
+def _has_special(data, starts, ends, special):
+    """Whether each document data[starts[i]:ends[i]] holds a code point flagged in ``special``."""
+    out = np.zeros(len(starts), np.bool_)
+    for i in range(len(starts)):
+        p = starts[i]
+        e = ends[i]
+        while p < e:
+            b = np.int64(data[p])
+            if b < 0xC0:  # ASCII or a continuation byte
+                p += 1
+                continue
+            ln = 2 if b < 0xE0 else 3 if b < 0xF0 else 4
+            if p + ln > e:
+                break
+            cp = b & (0x7F >> ln)
+            for k in range(1, ln):
+                cp = (cp << 6) | (np.int64(data[p + k]) & 0x3F)
+            if special[cp]:
+                out[i] = True
+                break
+            p += ln
+    return out
+
+
+def _lower(arr: pa.Array) -> pa.Array:
+    """``[s.lower() for s in arr]`` of non-null strings, as large_string: ``pc.utf8_lower``, except
+    the documents holding a code point of :func:`_lower_special`, which ``str.lower()`` lowers."""
+    arr = arr.cast(pa.large_string())
+    off = _offsets(arr)
+    odd = _has_special(_data(arr.buffers()[2]), off[:-1], off[1:], _lower_special())
+    lowered = pc.utf8_lower(arr)
+    if odd.any():
+        fix = pa.array([s.lower() for s in arr.filter(odd).to_pylist()], pa.large_string())
+        lowered = pc.replace_with_mask(lowered, pa.array(odd), fix)
+    return lowered
+
+
 def _prepare(arr: pa.Array):
     """(data0, data1, starts, ends, which) for one chunk; non-ASCII docs lowered into data1."""
     num = len(arr)
@@ -695,7 +763,7 @@ def _prepare(arr: pa.Array):
     data1 = data0
     if not pc.all(ascii_).as_py():
         mask = pc.invert(ascii_)
-        lowered = pa.array([s.lower() for s in arr.filter(mask).to_pylist()], pa.large_string())
+        lowered = _lower(arr.filter(mask))
         idx = np.flatnonzero(mask.to_numpy(zero_copy_only=False))
         off1 = _offsets(lowered)
         starts[idx] = off1[:-1]

@@ -279,6 +279,35 @@ def test_large_single_document(corpus_docs):
     np.testing.assert_allclose(w[0], expect, rtol=1e-9)
 
 
+MIXED_CASE = [
+    "Σ", "ΣΑΣ", "ΟΔΟΣ.", "ΟΔΟΣ ΣΑΣ Σίσυφος", "ΑΣ\u0301 ΑΣ'Α ΑΣ\u00adΑ 1Σ ΑΣ1 Σ\u0301 aΣb aΣ ΣΣΣ",  # final sigma
+    "İ", "İstanbul KIRIKKALE i\u0307 ǅ ǈ ẞ ﬁ",  # U+0130 lowers to 'i' + U+0307
+    "Straße İzmir ΟΔΥΣΣΕΥΣ Москва ԱՐԱՐԱՏ 東京 Ⅻ Ⓐ 𐐀𐐁 𞤀 Ꞌ ꭰ ǰ",
+]
+
+
+def test_fast_lowering_is_str_lower(corpus_docs, monkeypatch):
+    """``_lower`` (``pc.utf8_lower`` but for the documents with a special code point) is ``str.lower()``."""
+    def check(texts):
+        got = K._lower(pa.array(texts, pa.large_string())).to_pylist()
+        bad = [t for t, g in zip(texts, got) if g != t.lower()]
+        assert not bad, [f"U+{ord(t):04X}" if len(t) == 1 else t[:40] for t in bad[:10]]
+    singles = [chr(c) for c in range(0x110000) if not 0xD800 <= c < 0xE000]
+    for i in range(0, len(singles), 1 << 16):
+        check(singles[i:i + (1 << 16)])
+    check(MIXED_CASE + TRICKY)
+    check([d for d in corpus_docs if not d.isascii()])
+    # _prepare places the lowered non-ASCII documents (Python-lowered ones included) in data1
+    texts = [None, "ΟΔΟΣ Ab", "AbC", "Éa", "İ", ""]
+    data0, data1, starts, ends, which = K._prepare(pa.array(texts))
+    got = [bytes((data1 if w else data0)[s:e]) for s, e, w in zip(starts, ends, which)]
+    assert got == [b""] + [(t if t.isascii() else t.lower()).encode() for t in texts[1:]]
+    # the test has teeth: without the special code points, utf8_lower alone gets these wrong
+    assert K._lower_special()[[0x130, 0x3A3]].all()
+    monkeypatch.setattr(K, "_LOWER_SPECIAL", np.zeros_like(K._lower_special()))
+    assert K._lower(pa.array(["ΟΔΟΣ", "İ"])).to_pylist() != ["ΟΔΟΣ".lower(), "İ".lower()]
+
+
 def test_validation():
     arr = pa.array(["a b"])
     lr = np.zeros((1, 10))
