@@ -271,7 +271,7 @@ def _featurize(data0, data1, starts, ends, which, table, n, seed, use_sha, num_b
     document d can go on, what being 1 (scratch: an n-gram does not fit), 2 (out may not hold the
     next document), 3 (the token table is half full) or 4 (the sample arena); the caller grows it and
     resumes. Returns (-1, 0, 0, 0) when done. (No array is reallocated in here: a reassigned array in
-    the hot loop costs ~5x in numba.)  work (int64 [3n + 73]) holds the token window and the SHA-256
+    the hot loop costs ~5x in numba.)  work (int64 [n + 72]) holds the token window and the SHA-256
     work arrays: the kernel is compiled without numba's reference counting (``_nrt=False``, see
     :func:`_kernel`), so it allocates nothing, and passing an array to an inlined helper (the hashes)
     costs no atomic incref/decref pair.
@@ -279,10 +279,8 @@ def _featurize(data0, data1, starts, ends, which, table, n, seed, use_sha, num_b
     num_t = lr_t.shape[1]
     cap = scratch.shape[0]
     tok_s = work[0:n]
-    tok_e = work[n:2 * n]
-    gram_a = work[2 * n:3 * n + 1]  # scratch offset where the k-gram suffix starts
-    w = work[3 * n + 1:3 * n + 65]
-    h = work[3 * n + 65:3 * n + 73]
+    w = work[n:n + 64]
+    h = work[n + 64:n + 72]
     kk = _SHA_K
     h0 = _SHA_H0
     for d in range(first_doc, starts.shape[0]):
@@ -305,6 +303,7 @@ def _featurize(data0, data1, starts, ends, which, table, n, seed, use_sha, num_b
             if out_offsets[d] + bound > out.shape[0]:
                 return d, 0, out_offsets[d] + bound, 2
         ntok = 0
+        L = 0
         cur = 0
         ts = s
         tdig = 0
@@ -338,26 +337,44 @@ def _featurize(data0, data1, starts, ends, which, table, n, seed, use_sha, num_b
                     dig = v & _DIGIT
             if cls != cur:
                 if cur != 0:
-                    # token data[ts:p] ends: slide it into the window of the last n token spans
+                    # token data[ts:p] ends: append it, lowercased, to the document's tokens joined by
+                    # spaces in scratch[:L]; tok_s holds the scratch offsets of the last n tokens, so
+                    # the 1..n-grams ending here are suffixes scratch[tok_s[j]:L] (each token copied once)
+                    tl = p - ts
                     if ntok < n:
                         k_max = ntok + 1
                     else:
                         k_max = n
                         for j in range(n - 1):
                             tok_s[j] = tok_s[j + 1]
-                            tok_e[j] = tok_e[j + 1]
-                    tok_s[k_max - 1] = ts
-                    tok_e[k_max - 1] = p
+                    if k_max == 1:
+                        L = 0
+                    elif L + tl + 73 > cap:  # scratch is full: move the window's tokens to its front
+                        base = tok_s[0]
+                        for i in range(base, L):
+                            scratch[i - base] = scratch[i]
+                        for j in range(k_max - 1):
+                            tok_s[j] -= base
+                        L -= base
+                    if L + tl + 73 > cap:  # (the SHA-256 padding needs 72 bytes past the n-gram)
+                        num_feats[d] = nfeat
+                        state[0] = ntouched
+                        return d, max(ntok, skip), L + tl + 73, 1
+                    if k_max > 1:
+                        scratch[L] = 32
+                        L += 1
+                    tok_s[k_max - 1] = L
+                    for q in range(ts, p):
+                        c = np.int64(data[q])
+                        if 65 <= c <= 90:
+                            c += 32
+                        scratch[L] = c
+                        L += 1
                     ntok += 1
                     if ntok > skip:
-                        # the 1..k_max-grams ending here are suffixes of one joined buffer
-                        need = k_max + 72
-                        for j in range(k_max):
-                            need += tok_e[j] - tok_s[j]
+                        need = L - tok_s[0] + 73
                         grow = 0
-                        if need > cap:
-                            grow = 1
-                        elif _F_STATS and 2 * (state[1] + 1) > state[5] + 1:
+                        if _F_STATS and 2 * (state[1] + 1) > state[5] + 1:
                             if 2 * (state[5] + 1) <= tt.shape[0]:
                                 _rehash_tokens(tt, tt_slots, state, 2 * state[5] + 1, tt_rows)
                             else:
@@ -368,22 +385,10 @@ def _featurize(data0, data1, starts, ends, which, table, n, seed, use_sha, num_b
                             num_feats[d] = nfeat
                             state[0] = ntouched
                             return d, ntok - 1, need, grow
-                        L = 0
-                        for j in range(k_max):
-                            if j > 0:
-                                scratch[L] = 32
-                                L += 1
-                            gram_a[k_max - j] = L
-                            for q in range(tok_s[j], tok_e[j]):
-                                c = np.int64(data[q])
-                                if 65 <= c <= 90:
-                                    c += 32
-                                scratch[L] = c
-                                L += 1
                         key_seed = (doc_seeds[d] + (ntok - 1) * _KEY_STEP) & _M32 if _F_SAMPLE else 0
                         token_hash = 0
                         for k in range(1, k_max + 1):
-                            a = gram_a[k]
+                            a = tok_s[k_max - k]
                             if _F_SHA:
                                 bucket = _sha_cached(scratch, a, L, num_buckets, w, h, kk, h0, memo_key,
                                                      memo_val, memo_off, memo_arena, memo_used)
@@ -416,8 +421,8 @@ def _featurize(data0, data1, starts, ends, which, table, n, seed, use_sha, num_b
                             # function, inlined or not, numba's reference counting of its array
                             # arguments made featurize ~2x slower.)
                             if _F_SHA:
-                                token_hash = _murmur3_32(scratch, gram_a[1], L, seed)
-                            ta = gram_a[1]
+                                token_hash = _murmur3_32(scratch, tok_s[k_max - 1], L, seed)
+                            ta = tok_s[k_max - 1]
                             m = L - ta
                             tkey = token_hash | (m << 32)
                             tmask = state[5]
@@ -859,7 +864,7 @@ def _run(texts, n, seed, hash_kind, num_buckets, mode, lr_t, weights, groups, co
     num_feats = np.zeros(total, np.int64)
     stats = np.zeros((total if want_stats else 1, 3), np.int64)
     table = _class_table()
-    scratch = np.empty(4096, np.uint8)  # holds one n-gram (+ SHA-256 padding); grown on demand
+    scratch = np.empty(4096, np.uint8)  # the last tokens of a document (+ SHA-256 padding); grown on demand
     work = num_buckets if mode == 2 else 1
     doc_counts, touched = np.zeros(work, np.int64), np.zeros(work + 1, np.int64)
     memo_key, memo_val, memo_off, memo_arena, memo_used = _sha_memo(num_buckets if hash_kind == "sha256" else 0)
@@ -875,7 +880,7 @@ def _run(texts, n, seed, hash_kind, num_buckets, mode, lr_t, weights, groups, co
         sample_k, seeds, smp, smp_used, smp_limit = sample.k, _doc_seed(doc_seeds), sample.slots, sample.used, \
             sample.limit
     kernel = _kernel(mode, hash_kind == "sha256", want_stats, sample is not None)
-    window = np.zeros(3 * int(n) + 73, np.int64)  # the kernel's token window and SHA-256 work arrays
+    window = np.zeros(int(n) + 72, np.int64)  # the kernel's token window and SHA-256 work arrays
     encoded = []
     row = 0
     for chunk in chunks:
