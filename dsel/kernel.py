@@ -20,6 +20,7 @@ from __future__ import annotations
 import collections
 import hashlib
 import threading
+import types
 
 import mmh3
 import numpy as np
@@ -187,7 +188,8 @@ def _sha256_mod(buf, a, end, num_buckets, w, h, kk, h0):
     bits = m * 8
     for i in range(8):
         buf[a + padded - 1 - i] = (bits >> (8 * i)) & 0xFF
-    h[:] = h0
+    for i in range(8):
+        h[i] = h0[i]
     for blk in range(a, a + padded, 64):
         for i in range(16):
             p = blk + 4 * i
@@ -233,22 +235,30 @@ def _sha256_mod(buf, a, end, num_buckets, w, h, kk, h0):
 # ---------------------------------------------------------------------------------------------
 # The batch kernel.
 
-@njit(cache=True, nogil=True)
+# The kernel's flags are compile-time constants: _featurize is compiled once per combination of
+# mode, hash, statistics and sample (see :func:`_kernel`), with these globals bound to it, so that
+# numba and LLVM drop the other modes' branches from the hot loop (~8% faster than one generic loop).
+_F_MODE, _F_SHA, _F_STATS, _F_SAMPLE = 2, False, False, False
+
+
 def _featurize(data0, data1, starts, ends, which, table, n, seed, use_sha, num_buckets, mode,
                lr_t, weights, groups, counts, num_words, num_feats, scratch, first_doc, skip_tok,
                doc_counts, touched, out, out_offsets, memo_key, memo_val, memo_off, memo_arena, memo_used,
-               want_stats, stats, state, tt, tt_slots, sw, sw_arena,
-               sample_k, doc_seeds, smp, smp_arena, smp_used, smp_limit):
+               want_stats, stats, state, tt, tt_slots, tt_rows, sw, sw_arena,
+               sample_k, doc_seeds, smp, smp_arena, smp_used, smp_limit, work):
     """Featurize documents data{which[d]}[starts[d]:ends[d]] for d >= first_doc.
 
+    Call it through :func:`_kernel`: the body reads mode, use_sha, want_stats and sample_k > 0 from
+    the variant's constants _F_MODE, _F_SHA, _F_STATS and _F_SAMPLE (the arguments must match them).
     mode 0: weights[d, t] += lr_t[bucket, t] for every n-gram occurrence.
     mode 1: counts[groups[d], bucket] += 1.
     mode 2: each document's sparse bucket counts, encoded (see :func:`features_batch`) into
             out[out_offsets[d]:out_offsets[d + 1]]; doc_counts (int64 [B], zero) and touched
-            (int64 [B]) are work arrays.
+            (int64 [B + 1]: one spare slot for the branch-free append) are work arrays.
     want_stats: stats[d] = (top_word_count, informative_words, numeric_words) (see :func:`oracle_stats`),
             from a per-document token table tt (int64 [2^j, 4], see the comment where it is filled;
-            tt_slots lists its used slots) and the stopword table sw / sw_arena (see :func:`_stopword_table`),
+            tt_slots lists its used slots, tt_rows is work space to rehash it) and the stopword table
+            sw / sw_arena (see :func:`_stopword_table`),
             both keyed by the token's MurmurHash3 with ``seed`` (in murmur3 mode, the unigram's own hash).
     sample_k > 0: every n-gram occurrence is offered to the bottom-k sample smp / smp_arena / smp_used
             (see :class:`NgramSample`), with the key seeded by doc_seeds[d] and the token position,
@@ -261,15 +271,16 @@ def _featurize(data0, data1, starts, ends, which, table, n, seed, use_sha, num_b
     document d can go on, what being 1 (scratch: an n-gram does not fit), 2 (out may not hold the
     next document), 3 (the token table is half full) or 4 (the sample arena); the caller grows it and
     resumes. Returns (-1, 0, 0, 0) when done. (No array is reallocated in here: a reassigned array in
-    the hot loop costs ~5x in numba.)
+    the hot loop costs ~5x in numba.)  work (int64 [n + 72]) holds the token window and the SHA-256
+    work arrays: the kernel is compiled without numba's reference counting (``_nrt=False``, see
+    :func:`_kernel`), so it allocates nothing, and passing an array to an inlined helper (the hashes)
+    costs no atomic incref/decref pair.
     """
     num_t = lr_t.shape[1]
     cap = scratch.shape[0]
-    tok_s = np.zeros(n, np.int64)
-    tok_e = np.zeros(n, np.int64)
-    gram_a = np.zeros(n + 1, np.int64)  # scratch offset where the k-gram suffix starts
-    w = np.empty(64, np.int64)
-    h = np.empty(8, np.int64)
+    tok_s = work[0:n]
+    w = work[n:n + 64]
+    h = work[n + 64:n + 72]
     kk = _SHA_K
     h0 = _SHA_H0
     for d in range(first_doc, starts.shape[0]):
@@ -280,18 +291,19 @@ def _featurize(data0, data1, starts, ends, which, table, n, seed, use_sha, num_b
         nfeat = num_feats[d] if d == first_doc else 0
         if skip == 0:
             ntouched = 0
-            if want_stats:
+            if _F_STATS:
                 for i in range(state[1]):
                     tt[tt_slots[i], 2] = 0
                 state[1:] = 0
                 state[5] = min(tt.shape[0], _TOKEN_SLOTS) - 1  # a small table per document stays in cache
         else:
             ntouched = state[0]
-        if mode == 2 and skip == 0:
+        if _F_MODE == 2 and skip == 0:
             bound = min(num_buckets, n * (e - s + 1)) * 20 + 1
             if out_offsets[d] + bound > out.shape[0]:
                 return d, 0, out_offsets[d] + bound, 2
         ntok = 0
+        L = 0
         cur = 0
         ts = s
         tdig = 0
@@ -325,53 +337,59 @@ def _featurize(data0, data1, starts, ends, which, table, n, seed, use_sha, num_b
                     dig = v & _DIGIT
             if cls != cur:
                 if cur != 0:
-                    # token data[ts:p] ends: slide it into the window of the last n token spans
+                    # token data[ts:p] ends: append it, lowercased, to the document's tokens joined by
+                    # spaces in scratch[:L]; tok_s holds the scratch offsets of the last n tokens, so
+                    # the 1..n-grams ending here are suffixes scratch[tok_s[j]:L] (each token copied once)
+                    tl = p - ts
                     if ntok < n:
                         k_max = ntok + 1
                     else:
                         k_max = n
                         for j in range(n - 1):
                             tok_s[j] = tok_s[j + 1]
-                            tok_e[j] = tok_e[j + 1]
-                    tok_s[k_max - 1] = ts
-                    tok_e[k_max - 1] = p
+                    if k_max == 1:
+                        L = 0
+                    elif L + tl + 73 > cap:  # scratch is full: move the window's tokens to its front
+                        base = tok_s[0]
+                        for i in range(base, L):
+                            scratch[i - base] = scratch[i]
+                        for j in range(k_max - 1):
+                            tok_s[j] -= base
+                        L -= base
+                    if L + tl + 73 > cap:  # (the SHA-256 padding needs 72 bytes past the n-gram)
+                        num_feats[d] = nfeat
+                        state[0] = ntouched
+                        return d, max(ntok, skip), L + tl + 73, 1
+                    if k_max > 1:
+                        scratch[L] = 32
+                        L += 1
+                    tok_s[k_max - 1] = L
+                    for q in range(ts, p):
+                        c = np.int64(data[q])
+                        if 65 <= c <= 90:
+                            c += 32
+                        scratch[L] = c
+                        L += 1
                     ntok += 1
                     if ntok > skip:
-                        # the 1..k_max-grams ending here are suffixes of one joined buffer
-                        need = k_max + 72
-                        for j in range(k_max):
-                            need += tok_e[j] - tok_s[j]
+                        need = L - tok_s[0] + 73
                         grow = 0
-                        if need > cap:
-                            grow = 1
-                        elif want_stats and 2 * (state[1] + 1) > state[5] + 1:
+                        if _F_STATS and 2 * (state[1] + 1) > state[5] + 1:
                             if 2 * (state[5] + 1) <= tt.shape[0]:
-                                _rehash_tokens(tt, tt_slots, state, 2 * state[5] + 1)
+                                _rehash_tokens(tt, tt_slots, state, 2 * state[5] + 1, tt_rows)
                             else:
                                 grow, need = 3, 2 * tt.shape[0]
-                        elif sample_k > 0 and smp_used[0] + k_max * need > smp_arena.shape[0]:
+                        elif _F_SAMPLE and smp_used[0] + k_max * need > smp_arena.shape[0]:
                             grow, need = 4, k_max * need
                         if grow:
                             num_feats[d] = nfeat
                             state[0] = ntouched
                             return d, ntok - 1, need, grow
-                        L = 0
-                        for j in range(k_max):
-                            if j > 0:
-                                scratch[L] = 32
-                                L += 1
-                            gram_a[k_max - j] = L
-                            for q in range(tok_s[j], tok_e[j]):
-                                c = np.int64(data[q])
-                                if 65 <= c <= 90:
-                                    c += 32
-                                scratch[L] = c
-                                L += 1
-                        key_seed = (doc_seeds[d] + (ntok - 1) * _KEY_STEP) & _M32 if sample_k > 0 else 0
+                        key_seed = (doc_seeds[d] + (ntok - 1) * _KEY_STEP) & _M32 if _F_SAMPLE else 0
                         token_hash = 0
                         for k in range(1, k_max + 1):
-                            a = gram_a[k]
-                            if use_sha:
+                            a = tok_s[k_max - k]
+                            if _F_SHA:
                                 bucket = _sha_cached(scratch, a, L, num_buckets, w, h, kk, h0, memo_key,
                                                      memo_val, memo_off, memo_arena, memo_used)
                             else:
@@ -379,31 +397,32 @@ def _featurize(data0, data1, starts, ends, which, table, n, seed, use_sha, num_b
                                 if k == 1:
                                     token_hash = hv
                                 bucket = hv % num_buckets
-                            if mode == 0:
+                            if _F_MODE == 0:
                                 for t in range(num_t):
                                     weights[d, t] += lr_t[bucket, t]
-                            elif mode == 1:
+                            elif _F_MODE == 1:
                                 counts[groups[d], bucket] += 1
                             else:
-                                if doc_counts[bucket] == 0:
-                                    touched[ntouched] = bucket
-                                    ntouched += 1
-                                doc_counts[bucket] += 1
-                            if sample_k > 0:
+                                # branch-free: a new bucket (count 0) is appended to touched
+                                c = doc_counts[bucket]
+                                touched[ntouched] = bucket
+                                ntouched += c == 0
+                                doc_counts[bucket] = c + 1
+                            if _F_SAMPLE:
                                 key = _murmur3_32(scratch, a, L, key_seed)
                                 if key <= smp_limit[bucket]:
                                     _sample_offer(smp, smp_arena, smp_used, smp_limit, sample_k, bucket, key,
                                                   scratch, a, L)
                             nfeat += 1
-                        if want_stats:
+                        if _F_STATS:
                             # Count the token scratch[ta:L] in the document's token table tt: open
                             # addressing, rows (hash | length << 32, start in data, count, informative),
                             # compared byte for byte, so the counts are exact.  (Written out here: as a
                             # function, inlined or not, numba's reference counting of its array
                             # arguments made featurize ~2x slower.)
-                            if use_sha:
-                                token_hash = _murmur3_32(scratch, gram_a[1], L, seed)
-                            ta = gram_a[1]
+                            if _F_SHA:
+                                token_hash = _murmur3_32(scratch, tok_s[k_max - 1], L, seed)
+                            ta = tok_s[k_max - 1]
                             m = L - ta
                             tkey = token_hash | (m << 32)
                             tmask = state[5]
@@ -443,13 +462,34 @@ def _featurize(data0, data1, starts, ends, which, table, n, seed, use_sha, num_b
             p += ln
         num_words[d] = ntok
         num_feats[d] = nfeat
-        if want_stats:
+        if _F_STATS:
             stats[d, 0] = state[2]
             stats[d, 1] = state[3]
             stats[d, 2] = state[4]
-        if mode == 2:
+        if _F_MODE == 2:
             out_offsets[d + 1] = _encode(touched, ntouched, doc_counts, out, out_offsets[d])
     return -1, 0, 0, 0
+
+
+_KERNELS: dict = {}
+_KERNEL_LOCK = threading.Lock()
+
+
+def _kernel(mode: int, use_sha: bool, want_stats: bool, sample: bool):
+    """The compiled :func:`_featurize` for these flags (compiled, or loaded from numba's cache, once)."""
+    key = (int(mode), bool(use_sha), bool(want_stats), bool(sample))
+    kernel = _KERNELS.get(key)
+    if kernel is None:
+        with _KERNEL_LOCK:
+            kernel = _KERNELS.get(key)
+            if kernel is None:
+                bound = dict(globals(), _F_MODE=key[0], _F_SHA=key[1], _F_STATS=key[2], _F_SAMPLE=key[3])
+                func = types.FunctionType(_featurize.__code__, bound, "_featurize")
+                func.__qualname__ = "_featurize_m%d%s%s%s" % (key[0], "_sha" if key[1] else "", "_stats" if key[2]
+                                                               else "", "_sample" if key[3] else "")
+                func.__doc__ = _featurize.__doc__
+                kernel = _KERNELS[key] = njit(cache=True, nogil=True, _nrt=False)(func)
+    return kernel
 
 
 @njit(cache=True, nogil=True)
@@ -477,18 +517,20 @@ def _informative(scratch, a, m, hv, word, sw, sw_arena):
 
 
 @njit(cache=True, nogil=True)
-def _rehash_tokens(tt, tt_slots, state, mask):
-    """Re-place the document's tokens in the first mask + 1 slots of tt (mask + 1 <= len(tt))."""
+def _rehash_tokens(tt, tt_slots, state, mask, rows):
+    """Re-place the document's tokens in the first mask + 1 slots of tt (mask + 1 <= len(tt));
+    rows (int64 [len(tt_slots), 4]) is work space."""
     used = state[1]
-    rows = np.empty((used, 4), np.int64)
     for i in range(used):
-        rows[i] = tt[tt_slots[i]]
+        for j in range(4):
+            rows[i, j] = tt[tt_slots[i], j]
         tt[tt_slots[i], 2] = 0
     for i in range(used):
         slot = rows[i, 0] & _M32 & mask
         while tt[slot, 2] != 0:
             slot = (slot + 1) & mask
-        tt[slot] = rows[i]
+        for j in range(4):
+            tt[slot, j] = rows[i, j]
         tt_slots[i] = slot
     state[5] = mask
 
@@ -890,13 +932,14 @@ def _run(texts, n, seed, hash_kind, num_buckets, mode, lr_t, weights, groups, co
     num_feats = np.zeros(total, np.int64)
     stats = np.zeros((total if want_stats else 1, 3), np.int64)
     table = _class_table()
-    scratch = np.empty(4096, np.uint8)  # holds one n-gram (+ SHA-256 padding); grown on demand
+    scratch = np.empty(4096, np.uint8)  # the last tokens of a document (+ SHA-256 padding); grown on demand
     work = num_buckets if mode == 2 else 1
-    doc_counts, touched = np.zeros(work, np.int64), np.zeros(work, np.int64)
+    doc_counts, touched = np.zeros(work, np.int64), np.zeros(work + 1, np.int64)
     memo_key, memo_val, memo_off, memo_arena, memo_used = _sha_memo(num_buckets if hash_kind == "sha256" else 0)
     state = np.zeros(6, np.int64)
     tt = np.zeros((_TOKEN_SLOTS if want_stats else 1, 4), np.int64)
     tt_slots = np.zeros(tt.shape[0] // 2 + 1, np.int64)
+    tt_rows = np.zeros((tt_slots.shape[0], 4), np.int64)
     sw, sw_arena = _stopword_table(int(seed))
     if sample is None:
         sample_k, seeds, smp, smp_arena, smp_used, smp_limit = 0, np.zeros(1, np.int64), np.zeros((3, 1), np.int64), \
@@ -904,6 +947,8 @@ def _run(texts, n, seed, hash_kind, num_buckets, mode, lr_t, weights, groups, co
     else:
         sample_k, seeds, smp, smp_used, smp_limit = sample.k, _doc_seed(doc_seeds), sample.slots, sample.used, \
             sample.limit
+    kernel = _kernel(mode, hash_kind == "sha256", want_stats, sample is not None)
+    window = np.zeros(int(n) + 72, np.int64)  # the kernel's token window and SHA-256 work arrays
     encoded = []
     row = 0
     for chunk in chunks:
@@ -919,12 +964,12 @@ def _run(texts, n, seed, hash_kind, num_buckets, mode, lr_t, weights, groups, co
         while True:
             if sample is not None:
                 smp_arena = sample.arena
-            doc, skip, need, grow = _featurize(
+            doc, skip, need, grow = kernel(
                 data0, data1, starts, ends, which, table, int(n), int(seed), hash_kind == "sha256",
                 int(num_buckets), mode, lr_t, w_slice, g_slice, counts, num_words[row:r1],
                 num_feats[row:r1], scratch, doc, skip, doc_counts, touched, out, out_offsets, memo_key, memo_val,
-                memo_off, memo_arena, memo_used, want_stats, s_slice, state, tt, tt_slots, sw, sw_arena,
-                sample_k, seed_slice, smp, smp_arena, smp_used, smp_limit)
+                memo_off, memo_arena, memo_used, want_stats, s_slice, state, tt, tt_slots, tt_rows, sw, sw_arena,
+                sample_k, seed_slice, smp, smp_arena, smp_used, smp_limit, window)
             if grow == 0:
                 break
             if grow == 1:  # an n-gram does not fit in scratch
@@ -937,7 +982,8 @@ def _run(texts, n, seed, hash_kind, num_buckets, mode, lr_t, weights, groups, co
                 bigger = np.zeros((need, 4), np.int64)
                 bigger[:tt.shape[0]] = tt
                 tt, tt_slots = bigger, np.concatenate([tt_slots, np.zeros(need // 2, np.int64)])
-                _rehash_tokens(tt, tt_slots, state, need - 1)
+                tt_rows = np.zeros((tt_slots.shape[0], 4), np.int64)
+                _rehash_tokens(tt, tt_slots, state, need - 1, tt_rows)
             else:  # the sample's arena is full
                 sample._grow(need)
         if mode == 2:
