@@ -52,6 +52,7 @@ from pyspark.sql import types as T
 from dsel.config import DselConfig
 from dsel.errors import DselError
 from dsel.read import CORRUPT, ID, INTERNAL, _check_columns, detect_format
+from dsel.write import forget_commit
 
 #: Extra columns of a features table written by this reader (after FEATURES_SCHEMA's).
 EXTRA_SCHEMA = "line_start long, line_length long, id_from_text boolean, raw_types string"
@@ -858,6 +859,7 @@ def _null_missing_ids(spark: SparkSession, path: str, metadata: str) -> None:
         _update_missing_ids(spark, path)
     finally:
         spark.conf.unset(key)
+        forget_commit(path)
 
 
 def _update_missing_ids(spark: SparkSession, path: str) -> None:

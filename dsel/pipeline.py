@@ -26,11 +26,12 @@ from dsel.fit import Fit, fit as fit_histograms
 from dsel.read import DETAIL, HASH, ID, INTERNAL, files_digest, fingerprint, prepare, read_input
 from dsel.report import Summary
 from dsel.score import score as score_records, skipped as skipped_records, weights as weight_records
-from dsel.select import Filters, filter_counts, select as select_documents, with_raw_columns
+from dsel.select import SMALL_K, Filters, filter_counts, select as select_documents, with_raw_columns
 from dsel.evaluate import run_kl_reduction
 from dsel.featurize import features as raw_features
 from dsel.runs import claim, record_run, release
-from dsel.write import OutputPaths, check_outputs, commit_metadata, export, last_commit, merge_table, read_table, write_table
+from dsel.write import (OutputPaths, check_outputs, commit_metadata, export, last_commit, merge_table, read_table,
+                        remembering_commits, write_table)
 
 
 def read_raw(spark: SparkSession, cfg: DselConfig, schema: Optional[StructType] = None,
@@ -420,8 +421,10 @@ def select(spark: SparkSession, cfg: DselConfig, summary: Summary, fitted: Optio
         raw = _selected_raw(spark, cfg, paths, selection)
     if raw is None:
         raw = _stored_raw(spark, cfg, paths.weights, summary) or read_raw(spark, cfg, summary=summary)
-    rows = with_raw_columns(raw, selection.chosen, summary.run_id,
-                            broadcast=(cfg.num_samples or 0) <= 1_000_000).orderBy("target", "rank")
+    rows = with_raw_columns(raw, selection.chosen, summary.run_id, broadcast=(cfg.num_samples or 0) <= 1_000_000)
+    # In (target, rank) order: a small selection as one sorted file (no sampling job to range-partition).
+    small = cfg.num_samples is not None and cfg.num_samples <= SMALL_K
+    rows = rows.repartition(1).sortWithinPartitions("target", "rank") if small else rows.orderBy("target", "rank")
     commit = write_table(rows, paths.selected, _metadata(cfg, summary, requested=selection.requested,
                                                          weights_version=weights_version,
                                                          fit_version=summary.fit_version))
@@ -566,7 +569,8 @@ def execute(spark: SparkSession, cfg: DselConfig, command: str, **options: str) 
     claim(spark, paths.lock, summary.run_id, cfg.lock_timeout_hours, force=cfg.break_lock)
     try:
         _record(spark, cfg, summary, "running")
-        stages[command](summary)
+        with remembering_commits():  # the lock is held: only this run writes the tables
+            stages[command](summary)
     except BaseException as exc:
         try:
             if fresh and not summary.tables:

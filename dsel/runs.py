@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from pyspark.errors import AnalysisException
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
@@ -130,12 +130,22 @@ def claim(spark: SparkSession, path: str, run_id: str, timeout_hours: float, for
         except conflict + (AnalysisException,):
             pass  # created by a concurrent run a moment ago: compete through the MERGE below
     check_schema(spark, path, LOCK_SCHEMA, "lock")
+    free = "l.run_id IS NULL OR l.run_id = n.run_id"
+    _merge_lock(spark, path, me, free, conflict)
     held = holder(spark, path)
-    condition = "l.run_id IS NULL OR l.run_id = n.run_id"
     if held is not None and held.run_id != run_id and (force or held.gone(timeout_hours)):
         # Take over from exactly the holder seen here; if it changed meanwhile, the MERGE matches nothing.
-        condition += (f" OR (l.run_id = '{_quote(held.run_id)}' AND l.host = '{_quote(held.host)}'"
-                      f" AND l.pid = {int(held.pid)})")
+        _merge_lock(spark, path, me, free + (f" OR (l.run_id = '{_quote(held.run_id)}' AND l.host = "
+                                             f"'{_quote(held.host)}' AND l.pid = {int(held.pid)})"), conflict)
+        held = holder(spark, path)
+    if held is None or held.run_id != run_id or held.pid != os.getpid():
+        raise _busy(path, held) if held else DselError(f"another dsel run changed {path} at the same moment; rerun")
+
+
+def _merge_lock(spark: SparkSession, path: str, me: DataFrame, condition: str, conflict: tuple) -> None:
+    """One conditional MERGE of this run's lock row; a concurrent commit raises the holder's DselError."""
+    from delta.tables import DeltaTable
+
     try:
         (DeltaTable.forPath(spark, path).alias("l").merge(me.alias("n"), "l.lock = n.lock")
          .whenMatchedUpdate(condition=condition, set={c: f"n.{c}" for c in me.columns})
@@ -144,9 +154,6 @@ def claim(spark: SparkSession, path: str, run_id: str, timeout_hours: float, for
         now_held = holder(spark, path)
         raise _busy(path, now_held) if now_held else DselError(
             f"another dsel run changed {path} at the same moment; rerun") from None
-    now_held = holder(spark, path)
-    if now_held is None or now_held.run_id != run_id or now_held.pid != os.getpid():
-        raise _busy(path, now_held or held)
 
 
 #: Delta's optimistic-concurrency errors (in delta-spark's Python API they share no common base class).

@@ -7,10 +7,12 @@ is updated with a MERGE on ``run_id``: one row per run, however often it is reru
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import threading
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import types as T
@@ -100,7 +102,11 @@ def write_table(df: DataFrame, path: str, metadata: dict[str, Any], mode: str = 
         writer = writer.option("overwriteSchema", "true")
     if change_feed:
         writer = writer.option("delta.enableChangeDataFeed", "true")
-    writer.save(path)
+    forget_commit(path)
+    try:
+        writer.save(path)
+    finally:
+        forget_commit(path)
     return last_commit(df.sparkSession, path)
 
 
@@ -151,16 +157,51 @@ def merge_table(df: DataFrame, path: str, key: str, metadata: dict[str, Any]) ->
          .whenMatchedUpdateAll().whenNotMatchedInsertAll().execute())
     finally:
         spark.conf.unset(conf)
-    row = DeltaTable.forPath(spark, path).history(1).select("version", "operationMetrics").first()
+        forget_commit(path)
+    row = _latest(spark, path)
     metrics = row["operationMetrics"] or {}
     changed = int(metrics.get("numTargetRowsInserted", 0)) + int(metrics.get("numTargetRowsUpdated", 0))
     return Written(int(row["version"]), changed)
 
 
-def last_commit(spark: SparkSession, path: str) -> Written:
+_MEMO = threading.local()
+
+
+@contextlib.contextmanager
+def remembering_commits() -> Iterator[None]:
+    """Within this block, remember each table's latest commit once read: for one dsel command, which
+    holds ``OUT/lock``, so only it writes its tables (and every write here forgets the table's entry)."""
+    outer = getattr(_MEMO, "commits", None)
+    _MEMO.commits = {} if outer is None else outer
+    try:
+        yield
+    finally:
+        _MEMO.commits = outer
+
+
+def forget_commit(path: str) -> None:
+    """Drop ``path``'s remembered commit (call after writing to it)."""
+    commits = getattr(_MEMO, "commits", None)
+    if commits is not None:
+        commits.pop(path, None)
+
+
+def _latest(spark: SparkSession, path: str):
+    """The latest commit's version, operationMetrics and userMetadata (one read of the log per table in
+    a :func:`remembering_commits` block)."""
     from delta.tables import DeltaTable
 
-    row = DeltaTable.forPath(spark, path).history(1).select("version", "operationMetrics").first()
+    commits = getattr(_MEMO, "commits", None)
+    if commits is not None and path in commits:
+        return commits[path]
+    row = DeltaTable.forPath(spark, path).history(1).select("version", "operationMetrics", "userMetadata").first()
+    if commits is not None:
+        commits[path] = row
+    return row
+
+
+def last_commit(spark: SparkSession, path: str) -> Written:
+    row = _latest(spark, path)
     return Written(int(row["version"]), int((row["operationMetrics"] or {}).get("numOutputRows", -1)))
 
 
@@ -176,9 +217,7 @@ def read_table(spark: SparkSession, path: str, what: str) -> DataFrame:
 
 def commit_metadata(spark: SparkSession, path: str) -> Optional[dict[str, Any]]:
     """The userMetadata of the latest commit of a Delta table, parsed from JSON."""
-    from delta.tables import DeltaTable
-
-    raw = DeltaTable.forPath(spark, path).history(1).select("userMetadata").first()[0]
+    raw = _latest(spark, path)["userMetadata"]
     return json.loads(raw) if raw else None
 
 
