@@ -39,7 +39,7 @@ import io
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -931,10 +931,44 @@ def raw_rows(feats: DataFrame, keys: DataFrame, schema_json: str) -> DataFrame:
     return parsed.select(*[F.col("_dsel_record").getField(c).alias(c) for c in user], ID, HASH)
 
 
-def scored(spark: SparkSession, feats: DataFrame, log_ratios: np.ndarray) -> Optional[DataFrame]:
+#: At most this many usable records sharing an id are settled on the driver (see :func:`duplicates`).
+DUPLICATES_ON_DRIVER = 100_000
+
+
+def duplicates(feats: DataFrame) -> Optional[list[tuple[str, str, int]]]:
+    """(id, source_file, line_start) of each usable record of this reader's features table that the
+    weights table leaves out because another record has its id: of the records of one id, the one
+    with the smallest (content hash, source file) is kept (as :func:`dsel.score.weights` keeps it;
+    records equal in both are equal in text, and the first line is kept).
+
+    The ids are grouped by their 64-bit hash (one narrow aggregation, no shuffle of strings); the
+    records of repeated hashes are then compared by their ids on the driver.  None when they are
+    more than :data:`DUPLICATES_ON_DRIVER`, so that the driver's memory stays bounded."""
+    from dsel.read import HASH
+
+    usable = (feats.where(F.col("skip_reason").isNull()).select(ID, HASH, "source_file", "line_start")
+              .withColumn("_dsel_k", F.xxhash64(ID)))
+    shared = [r[0] for r in usable.groupBy("_dsel_k").count().where(F.col("count") > 1).select("_dsel_k")
+              .limit(DUPLICATES_ON_DRIVER + 1).collect()]
+    if len(shared) > DUPLICATES_ON_DRIVER:
+        return None
+    rows = usable.where(F.col("_dsel_k").isin(shared)).limit(DUPLICATES_ON_DRIVER + 1).collect() if shared else []
+    if len(rows) > DUPLICATES_ON_DRIVER:
+        return None
+    groups: dict[str, list] = {}
+    for r in rows:
+        groups.setdefault(r[ID], []).append(r)
+    order = lambda r: (r[HASH], r["source_file"] is not None, r["source_file"] or "", r["line_start"])  # noqa: E731
+    return [(r[ID], r["source_file"], int(r["line_start"])) for group in groups.values() if len(group) > 1
+            for r in sorted(group, key=order)[1:]]
+
+
+def scored(spark: SparkSession, feats: DataFrame, log_ratios: np.ndarray,
+           drop: Sequence[tuple[str, str, int]] = ()) -> Optional[DataFrame]:
     """The score rows (SCORE_SCHEMA) of the usable records of a features table this reader wrote and
     :func:`check` passed unchanged, decoded by the Python workers straight from its Parquet files: the
-    JVM neither reads nor ships the encoded features.  None when Delta table defaults (deletion
+    JVM neither reads nor ships the encoded features.  The records ``drop`` names (id, source_file,
+    line_start; see :func:`duplicates`) are left out.  None when Delta table defaults (deletion
     vectors, column mapping) could make the files differ from the table."""
     from dsel.featurize import SCORE_SCHEMA, STAT_COLUMNS
 
@@ -945,7 +979,8 @@ def scored(spark: SparkSession, feats: DataFrame, log_ratios: np.ndarray) -> Opt
     files = sorted(feats.inputFiles())
     table = np.ascontiguousarray(log_ratios, dtype=np.float64)
     columns = [ID, "_dsel_hash", "num_words", "num_features", "skip_reason", "source_file", "detail", "features",
-               *STAT_COLUMNS]
+               *STAT_COLUMNS, "line_start"]
+    dropped = pa.array([f"{source}\0{start}" for _, source, start in drop], pa.string())
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         import pyarrow.parquet as pq
@@ -959,7 +994,12 @@ def scored(spark: SparkSession, feats: DataFrame, log_ratios: np.ndarray) -> Opt
                 filesystem, path = fs.FileSystem.from_uri(files[index])
                 with filesystem.open_input_file(path) as handle:
                     for part in pq.ParquetFile(handle).iter_batches(batch_size=8192, columns=columns):
-                        part = part.filter(part.column(4).is_null())
+                        usable = part.column(4).is_null()
+                        if len(dropped):
+                            where = pc.binary_join_element_wise(part.column(5), pc.cast(part.column("line_start"),
+                                                                                        pa.string()), "\0")
+                            usable = pc.and_(usable, pc.invert(pc.fill_null(pc.is_in(where, dropped), False)))
+                        part = part.filter(usable)
                         if not part.num_rows:
                             continue
                         weights = kernel.score_features(part.column(7), table)

@@ -25,7 +25,8 @@ from dsel.errors import DselError
 from dsel.fit import Fit, fit as fit_histograms
 from dsel.read import DETAIL, HASH, ID, INTERNAL, files_digest, fingerprint, prepare, read_input
 from dsel.report import Summary
-from dsel.score import score as score_records, skipped as skipped_records, weights as weight_records
+from dsel.score import (score as score_records, skipped as skipped_records, unique_weights,
+                        weights as weight_records)
 from dsel.select import SMALL_K, Filters, filter_counts, select as select_documents, with_raw_columns
 from dsel.evaluate import run_kl_reduction
 from dsel.featurize import features as raw_features
@@ -353,15 +354,31 @@ def _score_all(spark: SparkSession, paths: OutputPaths, fitted: Fit, feats: Data
     # The weights decode the stored features of usable records (no text is read); the skipped
     # records need no weights, only the narrow columns of the features table.  The weights are
     # written last: their commit records what was scored, so a crash before it redoes both.
-    usable = None
-    if _COUNTED.get(paths.features) is not None:  # the pyarrow reader's table, unchanged: decode in Python
-        usable = jsonread.scored(spark, feats, fitted.log_ratios)
-    if usable is None:
-        usable = score_records(feats.where(F.col("skip_reason").isNull()), fitted)
-    written = write_table(skipped_records(feats), paths.skipped, metadata)
+    weights, duplicates = _fast_weights(spark, paths, fitted, feats)
+    if weights is None:
+        weights = weight_records(score_records(feats.where(F.col("skip_reason").isNull()), fitted))
+    written = write_table(skipped_records(feats, duplicates), paths.skipped, metadata)
     summary.tables[paths.skipped] = written.version
-    written = write_table(weight_records(usable), paths.weights, metadata)
+    written = write_table(weights, paths.weights, metadata)
     summary.tables[paths.weights], summary.scored_now = written.version, written.rows
+
+
+def _fast_weights(spark: SparkSession, paths: OutputPaths, fitted: Fit,
+                  feats: DataFrame) -> tuple[Optional[DataFrame], Optional[DataFrame]]:
+    """The weights of the pyarrow reader's features table, unchanged since it was checked, decoded in
+    Python, and the ``duplicate_id`` rows of ``OUT/skipped`` when they were settled on the driver
+    (then the weights need no shuffle); (None, None) for any other table."""
+    if _COUNTED.get(paths.features) is None:
+        return None, None
+    drop = jsonread.duplicates(feats)
+    usable = jsonread.scored(spark, feats, fitted.log_ratios, drop or ())
+    if usable is None:
+        return None, None
+    if drop is None:
+        return weight_records(usable), None
+    rows = spark.createDataFrame([(i, "duplicate_id", source, None) for i, source, _ in drop],
+                                 "id string, reason string, source_file string, detail string")
+    return unique_weights(usable), rows
 
 
 def _score_appended(spark: SparkSession, paths: OutputPaths, fitted: Fit, feats: DataFrame, appended: DataFrame,

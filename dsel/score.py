@@ -9,7 +9,9 @@ is kept and the others are skipped as ``duplicate_id``, the same choice on any p
 """
 from __future__ import annotations
 
-from pyspark.sql import DataFrame, Window
+from typing import Callable, Optional
+
+from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
 from dsel.featurize import STAT_COLUMNS, score_features
@@ -37,6 +39,12 @@ def _winners(scored: DataFrame) -> DataFrame:
     return usable.groupBy(ID).agg(F.count("*").alias("_dsel_n"), F.min_by(kept, order).alias("_dsel_keep"))
 
 
+def _weight_columns(field: Callable[[str], Column]) -> list[Column]:
+    return [F.col(ID).alias("id"), field(HASH).alias("doc_hash"), field("num_words").alias("num_words"),
+            F.array_max(field("log_weights")).alias("log_weight"), field("log_weights").alias("log_weights"),
+            *[field(c).alias(c) for c in STAT_COLUMNS]]
+
+
 def weights(scored: DataFrame) -> DataFrame:
     """One row per usable id: id, doc_hash, num_words, log_weight, log_weights and the quality statistics.
 
@@ -45,18 +53,24 @@ def weights(scored: DataFrame) -> DataFrame:
     ``numeric_words`` come from the featurize pass (see :func:`dsel.kernel.oracle_stats`).
     """
     keep = F.col("_dsel_keep")
-    return _winners(scored).select(F.col(ID).alias("id"), keep[HASH].alias("doc_hash"), keep["num_words"].alias("num_words"),
-                                   F.array_max(keep["log_weights"]).alias("log_weight"),
-                                   keep["log_weights"].alias("log_weights"), *[keep[c].alias(c) for c in STAT_COLUMNS])
+    return _winners(scored).select(*_weight_columns(lambda c: keep[c]))
 
 
-def skipped(scored: DataFrame) -> DataFrame:
+def unique_weights(scored: DataFrame) -> DataFrame:
+    """:func:`weights` of score rows already one per id (the duplicates settled before): no shuffle."""
+    return scored.where(F.col("skip_reason").isNull()).select(*_weight_columns(F.col))
+
+
+def skipped(scored: DataFrame, duplicates: Optional[DataFrame] = None) -> DataFrame:
     """Every record left out of the weights table: id, reason, source_file, detail.
 
     ``scored`` needs only the columns ``_dsel_id``, ``_dsel_hash``, ``skip_reason``, ``source_file``
-    and ``detail``: the features table itself will do, with no decoding."""
+    and ``detail``: the features table itself will do, with no decoding.  ``duplicates``: the
+    ``duplicate_id`` rows when they are known already (else they are found here)."""
     unusable = scored.where(F.col("skip_reason").isNotNull()).select(
         F.col(ID).alias("id"), F.col("skip_reason").alias("reason"), "source_file", "detail")
+    if duplicates is not None:
+        return unusable.unionByName(duplicates)
     usable = scored.where(F.col("skip_reason").isNull())
     shared = usable.groupBy(ID).count().where(F.col("count") > 1).select(ID)
     # Only ids that occur more than once (usually few) are ordered; all but the kept record are skipped.

@@ -120,6 +120,9 @@ def test_fast_reader_matches_spark_reader(spark, inputs):
     assert fast_summary.skipped == {"malformed_json": 6, "null_text": 4, "empty_text": 3, "null_id": 1,
                                     "duplicate_id": 2}
     _same_outputs(spark, fast, slow)
+    # the fast path settled the two duplicate records on the driver (no shuffle of the weights)
+    settled = jsonread.duplicates(spark.read.format("delta").load(str(fast / "features")))
+    assert settled is not None and len(settled) == 2
     schema = json.loads(_meta(spark, fast, "weights")["raw_schema"])
     types = {f["name"]: f["type"] for f in schema["fields"]}
     assert types["score"] == "string" and types["id"] == "string" and "" not in types and "e" not in types
