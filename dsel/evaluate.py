@@ -41,13 +41,16 @@ histogram is recomputed from ``OUT/selected``, which holds the raw text column.
 """
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import numpy as np
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from dsel.config import DselConfig
+
+if TYPE_CHECKING:
+    from dsel.fit import Fit
 from dsel.errors import DselError
 from dsel.featurize import histograms
 
@@ -124,12 +127,12 @@ def kl_summary(target_hists: np.ndarray, raw_hist: np.ndarray, selected_hist: np
             "raw_features": int(np.sum(raw_hist)), "selected_features": int(np.sum(selected_hist))}
 
 
-def run_kl_reduction(spark: SparkSession, cfg: DselConfig) -> dict[str, Any]:
+def run_kl_reduction(spark: SparkSession, cfg: DselConfig, fitted: Optional[Fit] = None) -> dict[str, Any]:
     """KL reduction of the finished run under ``cfg.out`` (tables log_ratios and selected).
 
     ``cfg`` must carry the run's n-gram and hash settings and its text and id columns; raw and
-    target histograms come from ``OUT/log_ratios`` (the raw one is the run's fit sample), the
-    selection's is recomputed from the text in ``OUT/selected``.
+    target histograms come from ``fitted`` (by default ``OUT/log_ratios``; the raw one is the run's
+    fit sample), the selection's is recomputed from the text in ``OUT/selected``.
     """
     from dsel.fit import Fit
     from dsel.read import prepare
@@ -137,7 +140,7 @@ def run_kl_reduction(spark: SparkSession, cfg: DselConfig) -> dict[str, Any]:
 
     cfg.require("out")
     paths = OutputPaths(cfg.out)
-    fitted = Fit.from_frame(read_table(spark, paths.log_ratios, "log_ratios"), cfg.fit_params())
+    fitted = fitted or Fit.from_frame(read_table(spark, paths.log_ratios, "log_ratios"), cfg.fit_params())
     selected = read_table(spark, paths.selected, "selected")
     if cfg.text_column not in selected.columns:
         raise DselError(f"{paths.selected} has no text column '{cfg.text_column}'; pass the run's --text-column")

@@ -311,12 +311,13 @@ def _skipped_counts(spark: SparkSession, path: str) -> dict[str, int]:
 
 
 def score(spark: SparkSession, cfg: DselConfig, summary: Summary, fitted: Optional[Fit] = None,
-          feats: Optional[DataFrame] = None) -> None:
+          feats: Optional[DataFrame] = None, count_eligible: bool = True) -> None:
     """Score the raw documents from ``OUT/features`` into ``OUT/weights`` and ``OUT/skipped``.
 
     With the same fit as the weights table's, only the records appended to ``OUT/features`` since
     it was scored (and the other records of their ids, for the duplicate-id rule) are scored, and
     merged in; when nothing was appended, nothing is done (a rerun resumes after this stage).
+    ``count_eligible``: count the documents each selection filter removes (select counts them too).
     """
     cfg.require("raw", "out")
     paths = OutputPaths(cfg.out)
@@ -344,8 +345,9 @@ def score(spark: SparkSession, cfg: DselConfig, summary: Summary, fitted: Option
         reasons = ", ".join(f"{k}={v:,}" for k, v in sorted(summary.skipped.items()))
         raise DselError(f"strict mode: {sum(summary.skipped.values()):,} records were skipped ({reasons}); "
                         f"they are listed in {paths.skipped}. Fix the input, or run without --strict to skip them")
-    summary.eligible, summary.filtered, _ = filter_counts(spark.read.format("delta").load(paths.weights),
-                                                          Filters.of(cfg))
+    if count_eligible:
+        summary.eligible, summary.filtered, _ = filter_counts(spark.read.format("delta").load(paths.weights),
+                                                              Filters.of(cfg))
     summary.stage("score", started)
 
 
@@ -449,7 +451,7 @@ def select(spark: SparkSession, cfg: DselConfig, summary: Summary, fitted: Optio
     summary.eligible = selection.eligible
     written = spark.read.format("delta").load(paths.selected)
     summary.selected_words = int(written.agg(F.sum("num_words")).first()[0] or 0)
-    summary.kl_reduction = run_kl_reduction(spark, cfg)["kl_reduction"]
+    summary.kl_reduction = run_kl_reduction(spark, cfg, fitted)["kl_reduction"]
     if cfg.export:
         export(written.drop("run_id"), cfg.export, cfg.export_format)
         summary.tables[cfg.export] = -1
@@ -509,7 +511,7 @@ def _run(spark: SparkSession, cfg: DselConfig, summary: Summary) -> None:
     fitted = fit(spark, cfg, summary, feats, reason) if reason else load_fit(spark, cfg, summary)
     if not reason:
         print(f"[dsel] reusing the fit in {OutputPaths(cfg.out).log_ratios} (version {summary.fit_version})", flush=True)
-    score(spark, cfg, summary, fitted, feats)
+    score(spark, cfg, summary, fitted, feats, count_eligible=False)
     select(spark, cfg, summary, fitted, raw)
 
 
@@ -553,7 +555,7 @@ def reproduce(spark: SparkSession, cfg: DselConfig, summary: Summary, source_out
                                                 "fit_version": int(row["fit_version"])}))
     summary.tables[paths.log_ratios], summary.fit_version = written.version, written.version
     summary.refit = f"copied from {source.log_ratios} version {int(row['fit_version'])}"
-    score(spark, again, summary, fitted, feats)
+    score(spark, again, summary, fitted, feats, count_eligible=False)
     select(spark, again, summary, fitted)
 
 
