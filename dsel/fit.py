@@ -16,7 +16,7 @@ can be shown as text; they are the ``ngrams`` column of the log-ratio table.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import pyarrow as pa
@@ -103,19 +103,25 @@ def _dense(df: DataFrame, num_groups: int, num_buckets: int) -> np.ndarray:
 
 
 def fit_raw(raw_features: DataFrame, cfg: DselConfig,
-            counted: Optional[tuple[np.ndarray, np.ndarray]] = None) -> tuple[np.ndarray, int]:
+            counted: Optional[tuple[np.ndarray, np.ndarray]] = None,
+            first_bins: Optional[Callable[[int], Optional[np.ndarray]]] = None) -> tuple[np.ndarray, int]:
     """Raw bucket counts under the cap, and the total usable raw features (all bins).
 
     ``raw_features`` comes from :func:`dsel.featurize.features`; its ``fit_bin`` column is
     ``pmod(xxhash64(id), 64)``.  ``counted``, when given, is (bucket counts of all usable records,
     features per fit bin), counted while featurizing: when the cap takes every bin, they are
-    the answer and the features are not read again.
+    the answer and the features are not read again; when it takes fewer, ``first_bins(n)`` (if
+    given) counts the records of bins ``[0, n)`` more cheaply than decoding through Spark.
     """
     cap = cfg.fit_cap
     if counted is not None and counted[1].sum() > 0:
         every, per_bin_total = counted
-        if cap is None or int(np.searchsorted(np.cumsum(per_bin_total), cap)) + 1 >= FIT_BINS:
+        used = FIT_BINS if cap is None else int(np.searchsorted(np.cumsum(per_bin_total), cap)) + 1
+        if used >= FIT_BINS:
             return every, int(per_bin_total.sum())
+        fewer = first_bins(used) if first_bins is not None else None
+        if fewer is not None:
+            return fewer, int(per_bin_total.sum())
     num_bins = 1 if cap is None else FIT_BINS
     group = F.lit(0) if cap is None else F.col("fit_bin")
     per_bin = _dense(feature_histograms(raw_features, group, num_bins, cfg.num_buckets), num_bins, cfg.num_buckets)
@@ -155,7 +161,8 @@ def fit_targets(targets: list[tuple[str, DataFrame]], cfg: DselConfig,
 
 
 def fit(raw_features: DataFrame, targets: list[tuple[str, DataFrame]], cfg: DselConfig,
-        counted: Optional[tuple[np.ndarray, np.ndarray]] = None) -> Fit:
+        counted: Optional[tuple[np.ndarray, np.ndarray]] = None,
+        first_bins: Optional[Callable[[int], Optional[np.ndarray]]] = None) -> Fit:
     """Fit raw and target histograms.
 
     ``raw_features`` comes from :func:`dsel.featurize.features` (the raw text featurized once);
@@ -163,7 +170,7 @@ def fit(raw_features: DataFrame, targets: list[tuple[str, DataFrame]], cfg: Dsel
     """
     samples: list[dict[int, list[str]]] = []
     target_counts = fit_targets(targets, cfg, samples)  # first: an empty target fails before the long raw pass
-    raw_counts, raw_total = fit_raw(raw_features, cfg, counted)
+    raw_counts, raw_total = fit_raw(raw_features, cfg, counted, first_bins)
     result = Fit([name for name, _ in targets], raw_counts, target_counts, cfg.fit_params(), raw_total,
                  target_ngrams=samples)
     for name, row in zip(result.target_names, result.target_counts):

@@ -972,42 +972,82 @@ def scored(spark: SparkSession, feats: DataFrame, log_ratios: np.ndarray,
     vectors, column mapping) could make the files differ from the table."""
     from dsel.featurize import SCORE_SCHEMA, STAT_COLUMNS
 
-    defaults = "spark.databricks.delta.properties.defaults."
-    if any(spark.conf.get(defaults + key, None) not in (None, "", "false", "none")
-           for key in ("enableDeletionVectors", "columnMapping.mode")):
+    files = _parquet_files(spark, feats)
+    if files is None:
         return None
-    files = sorted(feats.inputFiles())
     table = np.ascontiguousarray(log_ratios, dtype=np.float64)
     columns = [ID, "_dsel_hash", "num_words", "num_features", "skip_reason", "source_file", "detail", "features",
                *STAT_COLUMNS, "line_start"]
     dropped = pa.array([f"{source}\0{start}" for _, source, start in drop], pa.string())
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        import pyarrow.parquet as pq
-        from pyarrow import fs
-
         from dsel import kernel
         from dsel.featurize import _lists
 
-        for batch in batches:
-            for index in batch.column(0).to_pylist():
-                filesystem, path = fs.FileSystem.from_uri(files[index])
-                with filesystem.open_input_file(path) as handle:
-                    for part in pq.ParquetFile(handle).iter_batches(batch_size=8192, columns=columns):
-                        usable = part.column(4).is_null()
-                        if len(dropped):
-                            where = pc.binary_join_element_wise(part.column(5), pc.cast(part.column("line_start"),
-                                                                                        pa.string()), "\0")
-                            usable = pc.and_(usable, pc.invert(pc.fill_null(pc.is_in(where, dropped), False)))
-                        part = part.filter(usable)
-                        if not part.num_rows:
-                            continue
-                        weights = kernel.score_features(part.column(7), table)
-                        yield pa.RecordBatch.from_arrays(
-                            [part.column(0), part.column(1), part.column(2), _lists(weights, table.shape[0]),
-                             part.column(3), part.column(4), part.column(5), part.column(6),
-                             *[part.column(c) for c in STAT_COLUMNS]],
-                            names=[ID, "_dsel_hash", "num_words", "log_weights", "num_features", "skip_reason",
-                                   "source_file", "detail", *STAT_COLUMNS])
+        for part in _parquet_parts(files, batches, columns):
+            usable = part.column(4).is_null()
+            if len(dropped):
+                where = pc.binary_join_element_wise(part.column(5), pc.cast(part.column("line_start"), pa.string()),
+                                                    "\0")
+                usable = pc.and_(usable, pc.invert(pc.fill_null(pc.is_in(where, dropped), False)))
+            part = part.filter(usable)
+            if not part.num_rows:
+                continue
+            weights = kernel.score_features(part.column(7), table)
+            yield pa.RecordBatch.from_arrays(
+                [part.column(0), part.column(1), part.column(2), _lists(weights, table.shape[0]),
+                 part.column(3), part.column(4), part.column(5), part.column(6),
+                 *[part.column(c) for c in STAT_COLUMNS]],
+                names=[ID, "_dsel_hash", "num_words", "log_weights", "num_features", "skip_reason",
+                       "source_file", "detail", *STAT_COLUMNS])
 
     return spark.range(0, len(files), 1, max(1, len(files))).mapInArrow(run, SCORE_SCHEMA)
+
+
+def bin_counts(spark: SparkSession, feats: DataFrame, num_buckets: int, bins: int) -> Optional[np.ndarray]:
+    """Bucket counts (int64 [B]) of the usable records in fit bins ``[0, bins)`` of a features table
+    this reader wrote, decoded by the workers from its Parquet files (see :func:`scored`); None when
+    the files may differ from the table."""
+    from dsel.featurize import HISTOGRAM_SCHEMA, _nonzero
+
+    files = _parquet_files(spark, feats)
+    if files is None:
+        return None
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        from dsel import kernel
+
+        counts = np.zeros((1, num_buckets), np.int64)
+        for part in _parquet_parts(files, batches, ["features", "fit_bin", "skip_reason"]):
+            part = part.filter(pc.and_(part.column(2).is_null(), pc.less(part.column(1), bins)))
+            if part.num_rows:
+                kernel.count_features(part.column(0), np.zeros(part.num_rows, np.int64), counts)
+        yield from _nonzero(counts)
+
+    rows = (spark.range(0, len(files), 1, max(1, len(files))).mapInArrow(run, HISTOGRAM_SCHEMA)
+            .groupBy("bucket").agg(F.sum("count").alias("count")).toArrow())
+    dense = np.zeros(num_buckets, np.int64)
+    dense[rows.column("bucket").to_numpy()] = rows.column("count").to_numpy()
+    return dense
+
+
+def _parquet_files(spark: SparkSession, feats: DataFrame) -> Optional[list[str]]:
+    """The Parquet files of a features table, or None when Delta table defaults (deletion vectors,
+    column mapping) could make them differ from the table."""
+    defaults = "spark.databricks.delta.properties.defaults."
+    if any(spark.conf.get(defaults + key, None) not in (None, "", "false", "none")
+           for key in ("enableDeletionVectors", "columnMapping.mode")):
+        return None
+    return sorted(feats.inputFiles())
+
+
+def _parquet_parts(files: list[str], batches: Iterator[pa.RecordBatch], columns: list[str]) -> Iterator[pa.RecordBatch]:
+    """In a task: the ``columns`` of each file whose index the input batches hold, in record batches."""
+    import pyarrow.parquet as pq
+    from pyarrow import fs
+
+    for batch in batches:
+        for index in batch.column(0).to_pylist():
+            filesystem, path = fs.FileSystem.from_uri(files[index])
+            with filesystem.open_input_file(path) as handle:
+                yield from pq.ParquetFile(handle).iter_batches(batch_size=8192, columns=columns)

@@ -252,7 +252,8 @@ def fit(spark: SparkSession, cfg: DselConfig, summary: Summary, feats: Optional[
     targets = read_targets(spark, cfg, summary)
     feats = feats if feats is not None else featurize(spark, cfg, summary)
     started = time.time()
-    result = fit_histograms(feats, targets, cfg, _COUNTED.get(paths.features))
+    result = fit_histograms(feats, targets, cfg, _COUNTED.get(paths.features),
+                            lambda bins: jsonread.bin_counts(spark, feats, cfg.num_buckets, bins))
     summary.warnings.extend(result.warnings)
     schema = _features_schema(spark, paths)
     written = write_table(result.to_frame(spark), paths.log_ratios,

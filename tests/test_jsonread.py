@@ -6,6 +6,7 @@ import gzip
 import json
 import random
 
+import numpy as np
 import pyarrow as pa
 import pytest
 from delta.tables import DeltaTable
@@ -130,6 +131,26 @@ def test_fast_reader_matches_spark_reader(spark, inputs):
     skipped = spark.read.format("delta").load(str(fast / "skipped"))
     broken = skipped.where("reason = 'malformed_json' and detail like '%unterminated%'").collect()
     assert sorted(r["source_file"].rsplit("/", 1)[1] for r in broken) == ["a.jsonl", "b.jsonl.gz"]
+
+
+def test_fit_bins_counted_from_the_parquet_files_equal_spark_decoding(spark, inputs):
+    # A capped fit takes the first fit bins; the pyarrow reader's table counts them straight from its files.
+    from dsel.featurize import FIT_BINS, feature_histograms
+    from dsel.fit import _dense, fit_raw
+
+    out = inputs["root"] / "fast"
+    if not (out / "features").exists():
+        _run(spark, inputs, "fast")
+    feats = spark.read.format("delta").load(str(out / "features"))
+    per_bin = _dense(feature_histograms(feats, F.col("fit_bin"), FIT_BINS, 10_000), FIT_BINS, 10_000)
+    for bins in (1, 7, 40, FIT_BINS):
+        assert np.array_equal(jsonread.bin_counts(spark, feats, 10_000, bins), per_bin[:bins].sum(axis=0)), bins
+    # and a fit capped at 7 bins gets the same raw counts both ways
+    totals = per_bin.sum(axis=1)
+    cfg = DselConfig.from_mapping({"raw": [inputs["raw"]], "out": str(out), "num_tokens_to_fit": int(np.cumsum(totals)[6])})
+    fast = fit_raw(feats, cfg, (per_bin.sum(axis=0), totals), lambda bins: jsonread.bin_counts(spark, feats, 10_000, bins))
+    assert np.array_equal(fast[0], fit_raw(feats, cfg)[0]) and np.array_equal(fast[0], per_bin[:7].sum(axis=0))
+    assert fast[1] == int(totals.sum()) and 0 < per_bin[:7].sum() < per_bin.sum()
 
 
 def test_reselect_reads_back_only_the_chosen_lines(spark, inputs):
