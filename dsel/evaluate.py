@@ -48,11 +48,11 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from dsel.config import DselConfig
+from dsel.errors import DselError
+from dsel.featurize import histograms
 
 if TYPE_CHECKING:
     from dsel.fit import Fit
-from dsel.errors import DselError
-from dsel.featurize import histograms
 
 #: ``smoothing="epsilon"``: added to every bucket probability before renormalising (the log-ratio table's 1e-8).
 EPSILON = 1e-8

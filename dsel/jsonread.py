@@ -1004,10 +1004,10 @@ def scored(spark: SparkSession, feats: DataFrame, log_ratios: np.ndarray,
     return spark.range(0, len(files), 1, max(1, len(files))).mapInArrow(run, SCORE_SCHEMA)
 
 
-def bin_counts(spark: SparkSession, feats: DataFrame, num_buckets: int, bins: int) -> Optional[np.ndarray]:
-    """Bucket counts (int64 [B]) of the usable records in fit bins ``[0, bins)`` of a features table
-    this reader wrote, decoded by the workers from its Parquet files (see :func:`scored`); None when
-    the files may differ from the table."""
+def bin_counts(spark: SparkSession, feats: DataFrame, num_buckets: int, bins: int) -> Optional[DataFrame]:
+    """Bucket counts (rows group 0, bucket, count, as :func:`dsel.featurize.feature_histograms`) of the
+    usable records in fit bins ``[0, bins)`` of a features table this reader wrote, decoded by the
+    workers from its Parquet files (see :func:`scored`); None when the files may differ from the table."""
     from dsel.featurize import HISTOGRAM_SCHEMA, _nonzero
 
     files = _parquet_files(spark, feats)
@@ -1024,11 +1024,8 @@ def bin_counts(spark: SparkSession, feats: DataFrame, num_buckets: int, bins: in
                 kernel.count_features(part.column(0), np.zeros(part.num_rows, np.int64), counts)
         yield from _nonzero(counts)
 
-    rows = (spark.range(0, len(files), 1, max(1, len(files))).mapInArrow(run, HISTOGRAM_SCHEMA)
-            .groupBy("bucket").agg(F.sum("count").alias("count")).toArrow())
-    dense = np.zeros(num_buckets, np.int64)
-    dense[rows.column("bucket").to_numpy()] = rows.column("count").to_numpy()
-    return dense
+    return (spark.range(0, len(files), 1, max(1, len(files))).mapInArrow(run, HISTOGRAM_SCHEMA)
+            .groupBy("group", "bucket").agg(F.sum("count").alias("count")))
 
 
 def _parquet_files(spark: SparkSession, feats: DataFrame) -> Optional[list[str]]:

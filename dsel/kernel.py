@@ -241,15 +241,15 @@ def _sha256_mod(buf, a, end, num_buckets, w, h, kk, h0):
 _F_MODE, _F_SHA, _F_STATS, _F_SAMPLE = 2, False, False, False
 
 
-def _featurize(data0, data1, starts, ends, which, table, n, seed, use_sha, num_buckets, mode,
+def _featurize(data0, data1, starts, ends, which, table, n, seed, num_buckets,
                lr_t, weights, groups, counts, num_words, num_feats, scratch, first_doc, skip_tok,
                doc_counts, touched, out, out_offsets, memo_key, memo_val, memo_off, memo_arena, memo_used,
-               want_stats, stats, state, tt, tt_slots, tt_rows, sw, sw_arena,
+               stats, state, tt, tt_slots, tt_rows, sw, sw_arena,
                sample_k, doc_seeds, smp, smp_arena, smp_used, smp_limit, work):
     """Featurize documents data{which[d]}[starts[d]:ends[d]] for d >= first_doc.
 
-    Call it through :func:`_kernel`: the body reads mode, use_sha, want_stats and sample_k > 0 from
-    the variant's constants _F_MODE, _F_SHA, _F_STATS and _F_SAMPLE (the arguments must match them).
+    Call it through :func:`_kernel`: the mode, the hash (use_sha), want_stats and whether to sample
+    (sample_k > 0) are the variant's constants _F_MODE, _F_SHA, _F_STATS and _F_SAMPLE.
     mode 0: weights[d, t] += lr_t[bucket, t] for every n-gram occurrence.
     mode 1: counts[groups[d], bucket] += 1.
     mode 2: each document's sparse bucket counts, encoded (see :func:`features_batch`) into
@@ -965,10 +965,10 @@ def _run(texts, n, seed, hash_kind, num_buckets, mode, lr_t, weights, groups, co
             if sample is not None:
                 smp_arena = sample.arena
             doc, skip, need, grow = kernel(
-                data0, data1, starts, ends, which, table, int(n), int(seed), hash_kind == "sha256",
-                int(num_buckets), mode, lr_t, w_slice, g_slice, counts, num_words[row:r1],
+                data0, data1, starts, ends, which, table, int(n), int(seed),
+                int(num_buckets), lr_t, w_slice, g_slice, counts, num_words[row:r1],
                 num_feats[row:r1], scratch, doc, skip, doc_counts, touched, out, out_offsets, memo_key, memo_val,
-                memo_off, memo_arena, memo_used, want_stats, s_slice, state, tt, tt_slots, tt_rows, sw, sw_arena,
+                memo_off, memo_arena, memo_used, s_slice, state, tt, tt_slots, tt_rows, sw, sw_arena,
                 sample_k, seed_slice, smp, smp_arena, smp_used, smp_limit, window)
             if grow == 0:
                 break

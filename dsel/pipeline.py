@@ -131,7 +131,8 @@ def featurize(spark: SparkSession, cfg: DselConfig, summary: Summary, raw: Optio
         raw = _stored_raw(spark, cfg, paths.features, summary) or read_raw(spark, cfg, summary=summary)
     _COUNTED.pop(paths.features, None)
     meta = (commit_metadata(spark, paths.features) or {}) if DeltaTable.isDeltaTable(spark, paths.features) else {}
-    settings = _reusable(meta.get("features_of"), _features_settings(cfg)) or _features_settings(cfg)
+    wanted = _features_settings(cfg)
+    settings = _reusable(meta.get("features_of"), wanted) or wanted
     stats = bool(settings["quality_stats"])  # appended records get statistics when the table has them
     started = time.time()
     _RAW_SCHEMAS[paths.features] = _raw_schema(raw)

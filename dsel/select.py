@@ -94,25 +94,33 @@ class Filters:
         parts += [f"{name} {getattr(self, name)}" for name, _ in self.failing()[1:]]
         return ", ".join(parts)
 
-    def check(self, weights: DataFrame) -> None:
+    def _ratio_filters(self) -> list[str]:
+        return [name for name, _ in self.failing() if name not in ("min_length", "max_length")]
+
+    def check(self, weights: DataFrame, scan: bool = True) -> None:
         """Fail clearly when a ratio filter is on but the weights have no quality statistics: the table
-        predates them, or its documents were featurized with no ratio filter set (they are counted only then)."""
-        quality = [name for name, _ in self.failing() if name not in ("min_length", "max_length")]
+        predates them, or its documents were featurized with no ratio filter set (they are counted only then).
+        ``scan=False`` checks only the columns (:func:`filter_counts` counts the null statistics in its own pass)."""
+        quality = self._ratio_filters()
         if not quality:
             return
         missing = [c for c in STAT_COLUMNS if c not in weights.columns]
-        if missing or weights.where(F.col(STAT_COLUMNS[0]).isNull()).limit(1).count():
-            raise DselError(f"the weights table has no quality statistics ({', '.join(missing or STAT_COLUMNS)}), "
-                            f"which {', '.join(quality)} needs: they are counted only when a ratio filter is set. "
-                            f"Run 'dsel run' (or 'dsel score') with the same --out and this filter: it featurizes "
-                            "the raw input again with them, and later runs keep them")
+        if missing or (scan and weights.where(F.col(STAT_COLUMNS[0]).isNull()).limit(1).count()):
+            raise self._no_statistics(missing)
+
+    def _no_statistics(self, missing: Sequence[str]) -> DselError:
+        return DselError(f"the weights table has no quality statistics ({', '.join(missing or STAT_COLUMNS)}), "
+                         f"which {', '.join(self._ratio_filters())} needs: they are counted only when a ratio filter "
+                         "is set. Run 'dsel run' (or 'dsel score') with the same --out and this filter: it featurizes "
+                         "the raw input again with them, and later runs keep them")
 
 
-def eligible(weights: DataFrame, min_length: Union[int, Filters]) -> DataFrame:
+def eligible(weights: DataFrame, min_length: Union[int, Filters], check: bool = True) -> DataFrame:
     """Documents that may be selected: ``num_words >= min_length`` (as the reference), and with a
-    :class:`Filters` also its quality filters."""
+    :class:`Filters` also its quality filters.  ``check=False``: the caller has checked the statistics."""
     rule = Filters.of(min_length)
-    rule.check(weights)
+    if check:
+        rule.check(weights)
     failed = [condition for _, condition in rule.failing()]
     return weights.where(~functools.reduce(lambda a, b: a | b, failed))
 
@@ -124,14 +132,18 @@ def filter_counts(weights: DataFrame, min_length: Union[int, Filters]) -> tuple[
     :meth:`Filters.failing` (min_length first), so the counts add up to the ineligible documents.
     """
     rule = Filters.of(min_length)
-    rule.check(weights)
+    rule.check(weights, scan=False)
     reason = F.lit(None).cast("string")
     for name, condition in reversed(rule.failing()):
         reason = F.when(condition, F.lit(name)).otherwise(reason)
     removed = {name: 0 for name, _ in rule.failing()}
     count, mean = 0, 0.0
-    for row in weights.groupBy(reason.alias("r")).agg(F.count("*").alias("n"),
-                                                      F.avg("num_words").alias("w")).collect():
+    nulls = F.count(F.when(F.col(STAT_COLUMNS[0]).isNull(), 1)) if rule._ratio_filters() else F.lit(0)
+    rows = weights.groupBy(reason.alias("r")).agg(F.count("*").alias("n"), F.avg("num_words").alias("w"),
+                                                  nulls.alias("nulls")).collect()
+    if any(row["nulls"] for row in rows):
+        raise rule._no_statistics([])
+    for row in rows:
         if row["r"] is None:
             count, mean = int(row["n"]), float(row["w"] or 0.0)
         else:
@@ -287,8 +299,8 @@ def select(weights: DataFrame, target_names: Sequence[str], proportions: Sequenc
         raise DselError(f"{len(proportions)} target proportions for {len(target_names)} targets; "
                         "give one proportion per target")
     rule = Filters.of(min_length)
-    pool = eligible(weights, rule).select("id", "doc_hash", "num_words", "log_weights")
-    available, removed, mean_words = filter_counts(weights, rule)
+    available, removed, mean_words = filter_counts(weights, rule)  # also checks the statistics
+    pool = eligible(weights, rule, check=False).select("id", "doc_hash", "num_words", "log_weights")
     result = Selection(chosen=None, requested=[], eligible=available, filtered=removed)  # type: ignore[arg-type]
     if num_samples is not None and num_samples > available:
         result.warnings.append(f"asked for {num_samples} documents but only {available} are eligible "

@@ -102,7 +102,6 @@ def write_table(df: DataFrame, path: str, metadata: dict[str, Any], mode: str = 
         writer = writer.option("overwriteSchema", "true")
     if change_feed:
         writer = writer.option("delta.enableChangeDataFeed", "true")
-    forget_commit(path)
     try:
         writer.save(path)
     finally:
