@@ -1,15 +1,19 @@
 """Runs: the run history table (``OUT/runs``) and the output lock (``OUT/lock``).
 
-**The run table** holds one row per run id (a MERGE on ``run_id``, so a rerun replaces its row):
-when it started and ended, its status, its parameters, the versions of the inputs it read, the
-``log_ratios`` version its selection used, its counts, and the version of every table it wrote.
+**The run table** holds one row per run id: when it started and ended, its status, its
+parameters, the versions of the inputs it read, the ``log_ratios`` version its selection used, its
+counts, and the version of every table it wrote.  It is partitioned by ``run_id``, and a run writes
+its row by overwriting its own partition (``replaceWhere``), so a rerun replaces its row in one
+commit that touches no other run's files (a MERGE would scan the whole history on every write, and
+cost about three times as much on a small table).  Run tables written before partitioning get the
+same ``replaceWhere`` on the column.
 
 **The lock** keeps two runs from writing one output at once.  It is a one-row Delta table; a
-run claims it with a single MERGE that succeeds only when the lock is free, already held by the
-same run id (a rerun after a crash), or held by a run that is known to be gone (its process is
-dead on this host, or it claimed the lock more than ``lock_timeout_hours`` ago).  Two runs that
-claim at the same instant both MERGE the same row, and Delta's optimistic concurrency lets
-exactly one of them commit; the other gets a clear error and writes nothing.
+run claims it with a single conditional UPDATE that changes the row only when the lock is free,
+already held by the same run id (a rerun after a crash), or held by a run that is known to be gone
+(its process is dead on this host, or it claimed the lock more than ``lock_timeout_hours`` ago).
+Two runs that claim at the same instant both rewrite the same file, and Delta's optimistic
+concurrency lets exactly one of them commit; the other gets a clear error and writes nothing.
 """
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from pyspark.errors import AnalysisException
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
@@ -59,20 +63,19 @@ LOCK_SCHEMA = T.StructType([
 
 
 def record_run(spark: SparkSession, path: str, row: dict[str, Any]) -> None:
-    """Insert or replace the run's row (MERGE on run_id) in the run table."""
+    """Insert or replace the run's row in the run table: one commit overwriting its ``run_id`` partition."""
     from delta.tables import DeltaTable
 
     frame = spark.createDataFrame([tuple(row.get(f.name) for f in RUNS_SCHEMA.fields)], RUNS_SCHEMA)
     if not DeltaTable.isDeltaTable(spark, path):
         try:
-            frame.write.format("delta").mode("errorifexists").save(path)
+            frame.write.format("delta").mode("errorifexists").partitionBy("run_id").save(path)
             return
-        except Exception:  # another writer created it first; fall through to the merge
+        except Exception:  # another writer created it first; fall through to the overwrite
             pass
     check_schema(spark, path, RUNS_SCHEMA, "runs")
-    (DeltaTable.forPath(spark, path).alias("r")
-     .merge(frame.alias("n"), "r.run_id = n.run_id")
-     .whenMatchedUpdateAll().whenNotMatchedInsertAll().execute())
+    (frame.write.format("delta").mode("overwrite")
+     .option("replaceWhere", f"run_id = '{_quote(row['run_id'])}'").save(path))
 
 
 @dataclass(frozen=True)
@@ -121,35 +124,46 @@ def claim(spark: SparkSession, path: str, run_id: str, timeout_hours: float, for
     from delta.tables import DeltaTable
 
     now = dt.datetime.now().replace(microsecond=0)
-    me = spark.createDataFrame([("lock", run_id, socket.gethostname(), os.getpid(), now)], LOCK_SCHEMA)
+    mine = {"run_id": F.lit(run_id), "host": F.lit(socket.gethostname()), "pid": F.lit(os.getpid()).cast("long"),
+            "claimed_at": F.lit(now)}
     conflict = tuple(getattr(conflicts, n) for n in _CONFLICTS)
     if not DeltaTable.isDeltaTable(spark, path):
         try:
-            me.write.format("delta").mode("errorifexists").save(path)
+            spark.createDataFrame([("lock", run_id, socket.gethostname(), os.getpid(), now)], LOCK_SCHEMA) \
+                .write.format("delta").mode("errorifexists").save(path)
             return
         except conflict + (AnalysisException,):
-            pass  # created by a concurrent run a moment ago: compete through the MERGE below
+            pass  # created by a concurrent run a moment ago: compete through the UPDATE below
     check_schema(spark, path, LOCK_SCHEMA, "lock")
-    free = "l.run_id IS NULL OR l.run_id = n.run_id"
-    _merge_lock(spark, path, me, free, conflict)
+    free = f"run_id IS NULL OR run_id = '{_quote(run_id)}'"
+    _take(spark, path, mine, free, conflict)
     held = holder(spark, path)
+    if held is None:  # no row to update (an emptied lock table): insert this run's row
+        _take(spark, path, mine, free, conflict, insert=True)
+        held = holder(spark, path)
     if held is not None and held.run_id != run_id and (force or held.gone(timeout_hours)):
-        # Take over from exactly the holder seen here; if it changed meanwhile, the MERGE matches nothing.
-        _merge_lock(spark, path, me, free + (f" OR (l.run_id = '{_quote(held.run_id)}' AND l.host = "
-                                             f"'{_quote(held.host)}' AND l.pid = {int(held.pid)})"), conflict)
+        # Take over from exactly the holder seen here; if it changed meanwhile, the UPDATE matches nothing.
+        _take(spark, path, mine, free + (f" OR (run_id = '{_quote(held.run_id)}' AND host = "
+                                         f"'{_quote(held.host)}' AND pid = {int(held.pid)})"), conflict)
         held = holder(spark, path)
     if held is None or held.run_id != run_id or held.pid != os.getpid():
         raise _busy(path, held) if held else DselError(f"another dsel run changed {path} at the same moment; rerun")
 
 
-def _merge_lock(spark: SparkSession, path: str, me: DataFrame, condition: str, conflict: tuple) -> None:
-    """One conditional MERGE of this run's lock row; a concurrent commit raises the holder's DselError."""
+def _take(spark: SparkSession, path: str, mine: dict, condition: str, conflict: tuple, insert: bool = False) -> None:
+    """One conditional UPDATE of the lock row to this run (or, with ``insert``, a MERGE that inserts
+    the row when the table has none, or takes it when free); a concurrent commit raises the holder's DselError."""
     from delta.tables import DeltaTable
 
+    table = DeltaTable.forPath(spark, path)
     try:
-        (DeltaTable.forPath(spark, path).alias("l").merge(me.alias("n"), "l.lock = n.lock")
-         .whenMatchedUpdate(condition=condition, set={c: f"n.{c}" for c in me.columns})
-         .whenNotMatchedInsertAll().execute())
+        if insert:
+            me = spark.range(1).select(F.lit("lock").alias("lock"), *(c.alias(n) for n, c in mine.items()))
+            (table.alias("l").merge(me.alias("n"), "l.lock = n.lock")
+             .whenMatchedUpdate(condition="l.run_id IS NULL OR l.run_id = n.run_id", set={n: f"n.{n}" for n in mine})
+             .whenNotMatchedInsertAll().execute())
+        else:
+            table.update(condition=F.expr(condition), set=mine)
     except conflict:
         now_held = holder(spark, path)
         raise _busy(path, now_held) if now_held else DselError(

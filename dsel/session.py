@@ -5,11 +5,16 @@ Library functions never call this: they take the session they are given.  Entry 
 defaults to embedded ``local[*]`` when no master is given and the process was not started by
 spark-submit.  The Delta jars come from Maven Central through Spark's Ivy resolver
 (``delta.configure_spark_with_delta_pip``) unless spark-submit already put them on the classpath.
+Ivy resolves them again at every JVM start (about 1 s and 1 CPU s even when they are downloaded), so
+the first session records the jar files Ivy resolved in a small cache file, and later sessions put
+exactly those files on the classpath with ``spark.jars`` while they all still exist.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
+from pathlib import Path
 from typing import Iterable, Optional
 
 from pyspark.sql import SparkSession
@@ -77,8 +82,52 @@ def build_session(master: Optional[str] = None, conf: Optional[dict[str, str]] =
     settings = {**default_conf(), **(local_conf(master) if not under_submit else {}), **(conf or {})}
     for key, value in settings.items():
         builder = builder.config(key, value)
-    if not under_submit and "spark.jars.packages" not in settings and "spark.jars" not in settings:
-        from delta import configure_spark_with_delta_pip
+    if under_submit or "spark.jars.packages" in settings or "spark.jars" in settings:
+        return builder.getOrCreate()
+    from delta import configure_spark_with_delta_pip
 
-        builder = configure_spark_with_delta_pip(builder)
-    return builder.getOrCreate()
+    packages = configure_spark_with_delta_pip(SparkSession.Builder())._options["spark.jars.packages"]
+    cache = jar_cache(packages, settings.get("spark.jars.repositories", ""))
+    jars = _cached_jars(cache)
+    if jars:
+        return builder.config("spark.jars", jars).getOrCreate()
+    spark = configure_spark_with_delta_pip(builder).getOrCreate()
+    conf = spark.sparkContext.getConf()
+    if conf.get("spark.jars.packages", "") == packages:
+        _remember_jars(cache, conf.get("spark.jars", ""))
+    return spark
+
+
+def jar_cache(packages: str, repositories: str = "") -> Path:
+    """The file that remembers which jar files Ivy resolved for ``packages`` (from ``repositories``)."""
+    key = hashlib.sha256(f"{packages}|{repositories}".encode()).hexdigest()[:16]
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return root / "dsel" / f"delta-jars-{key}.txt"
+
+
+def _local(uri: str) -> str:
+    return uri[len("file://"):] if uri.startswith("file://") else uri
+
+
+def _cached_jars(cache: Path) -> Optional[str]:
+    """The remembered jar list, when it names only files that still exist; else None (resolve again)."""
+    try:
+        jars = cache.read_text(encoding="utf-8").strip()
+    except OSError:
+        return None
+    files = [_local(j) for j in jars.split(",") if j]
+    return jars if files and all(os.path.isfile(f) for f in files) else None
+
+
+def _remember_jars(cache: Path, jars: str) -> None:
+    """Record the jars Ivy resolved (local files only); an unwritable cache only costs the next start 1 s."""
+    files = [_local(j) for j in jars.split(",") if j]
+    if not files or not all(os.path.isfile(f) for f in files):
+        return
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(jars, encoding="utf-8")
+        tmp.replace(cache)
+    except OSError:
+        pass

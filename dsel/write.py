@@ -1,9 +1,9 @@
-"""Write: Delta tables under the output directory, the run table, and exports.
+"""Write: Delta tables under the output directory, and exports.
 
-Every table is written whole with ``mode("overwrite")`` in one Delta commit, so rerunning a
-run replaces its rows instead of adding to them, and a crash leaves the previous version
-intact.  Each commit carries the run's parameters as JSON in ``userMetadata``.  The run table
-is updated with a MERGE on ``run_id``: one row per run, however often it is rerun.
+Every table is written whole with ``mode("overwrite")`` in one Delta commit (or, for incremental
+scoring, merged on the document id), so rerunning a run replaces its rows instead of adding to
+them, and a crash leaves the previous version intact.  Each commit carries the run's parameters as
+JSON in ``userMetadata``.  The run table and the lock are written by :mod:`dsel.runs`.
 """
 from __future__ import annotations
 

@@ -96,3 +96,23 @@ def test_quality_filters_are_off_by_default_and_are_flags():
     assert plain.default_run_id("run", ["v1"]) == plain.replace(break_lock=True).default_run_id("run", ["v1"])
     assert plain.default_run_id("run", ["v1"]) != plain.replace(max_length=500).default_run_id("run", ["v1"])
     assert plain.default_run_id("run", ["v1"]) != plain.default_run_id("run", ["v2"])
+
+
+def test_the_delta_jar_cache_is_used_only_while_every_jar_still_exists(tmp_path, monkeypatch):
+    from dsel import session
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    cache = session.jar_cache("io.delta:delta-spark_4.2_2.13:4.4.0")
+    assert cache.parent == tmp_path / "cache" / "dsel"
+    assert cache != session.jar_cache("io.delta:delta-spark_4.2_2.13:4.4.0", "https://mirror.example/maven")
+    jars = [tmp_path / "a.jar", tmp_path / "b.jar"]
+    for jar in jars:
+        jar.write_bytes(b"PK")
+    listed = ",".join(f"file://{j}" for j in jars)
+    session._remember_jars(cache, listed)
+    assert session._cached_jars(cache) == listed
+    jars[1].unlink()  # a cleaned Ivy cache: resolve again rather than start without Delta
+    assert session._cached_jars(cache) is None
+    jars[1].write_bytes(b"PK")
+    session._remember_jars(cache, f"file://{tmp_path / 'missing.jar'}")  # never records a list it cannot use
+    assert session._cached_jars(cache) == listed

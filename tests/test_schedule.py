@@ -13,7 +13,7 @@ from pyspark.sql import types as T
 from dsel.config import DselConfig
 from dsel.errors import DselError
 from dsel.pipeline import execute
-from dsel.runs import claim, holder, release
+from dsel.runs import RUNS_SCHEMA, claim, holder, record_run, release
 from tests.conftest import sample_docs
 
 SCHEMA = T.StructType([T.StructField("id", T.StringType()), T.StructField("text", T.StringType()),
@@ -152,6 +152,42 @@ def test_two_runs_claiming_one_output_at_once_one_wins(spark, tmp_path):
     loser = next(v for v in results.values() if v != "won")
     assert "another dsel run" in loser and winners[0] in loser
     assert holder(spark, lock).run_id == winners[0]
+
+
+def test_an_emptied_lock_table_is_claimed_by_inserting_the_row(spark, tmp_path):
+    lock = str(tmp_path / "lock")
+    claim(spark, lock, "first", 24.0)
+    spark.sql(f"DELETE FROM delta.`{lock}`")  # no row left for the UPDATE to take
+    claim(spark, lock, "second", 24.0)
+    assert holder(spark, lock).run_id == "second" and spark.read.format("delta").load(lock).count() == 1
+    with pytest.raises(DselError, match="another dsel run, 'second'"):
+        claim(spark, lock, "third", 24.0)
+    release(spark, lock, "second")
+
+
+def test_run_rows_replace_their_partition_and_old_unpartitioned_tables_still_work(spark, tmp_path):
+    from delta.tables import DeltaTable
+
+    def row(run_id, status):
+        return {"run_id": run_id, "command": "run", "status": status, "pid": 1}
+
+    def statuses(path):
+        return sorted((r["run_id"], r["status"]) for r in spark.read.format("delta").load(path).collect())
+
+    new = str(tmp_path / "runs")
+    for run_id in ("a", "it's"):  # a quote in the run id, as the replaceWhere predicate quotes it
+        record_run(spark, new, row(run_id, "running"))
+        record_run(spark, new, row(run_id, "succeeded"))
+    assert statuses(new) == [("a", "succeeded"), ("it's", "succeeded")]
+    assert DeltaTable.forPath(spark, new).detail().first()["partitionColumns"] == ["run_id"]
+    assert spark.read.format("delta").load(new).columns == RUNS_SCHEMA.names
+    old = str(tmp_path / "old-runs")  # as dsel wrote it before the table was partitioned
+    spark.createDataFrame([tuple(row("a", "succeeded").get(f.name) for f in RUNS_SCHEMA.fields)], RUNS_SCHEMA) \
+        .write.format("delta").save(old)
+    record_run(spark, old, row("b", "running"))
+    record_run(spark, old, row("b", "failed"))
+    record_run(spark, old, row("a", "failed"))
+    assert statuses(old) == [("a", "failed"), ("b", "failed")]
 
 
 def test_a_held_lock_refuses_a_second_run_and_a_dead_holder_is_taken_over(spark, growing, tmp_path):
