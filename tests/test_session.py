@@ -1,0 +1,40 @@
+"""The embedded session's start-up caches: the Delta jar list (see test_config) and the JVM's
+class-data-sharing archive, written by a first JVM as it exits and mapped by the next one."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+SCRIPT = """
+import sys
+from dsel.session import build_session
+spark = build_session("local[1]", {"spark.ui.enabled": "false",
+                                   "spark.driver.extraJavaOptions": "-Xlog:class+load=info:file=" + sys.argv[1]})
+assert spark.range(5).count() == 5
+"""
+
+
+def _session(cache: Path, log: Path) -> None:
+    env = dict(os.environ, XDG_CACHE_HOME=str(cache), PYTHONPATH=str(REPO))
+    done = subprocess.run([sys.executable, "-c", SCRIPT, str(log)], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+
+
+def test_a_first_session_writes_the_class_archive_and_the_next_one_maps_it(tmp_path):
+    from dsel.session import _ARCHIVE_MAGIC
+
+    cache, log = tmp_path / "cache", tmp_path / "classes.log"
+    _session(cache, log)
+    archives = sorted((cache / "dsel").glob("jvm-*"))
+    assert len(archives) == 1 and archives[0].suffix == ".jsa", archives  # published whole, no partial left
+    assert archives[0].read_bytes()[:4] == _ARCHIVE_MAGIC
+    assert "shared objects file (top)" not in log.read_text()
+    _session(cache, log)
+    loaded = log.read_text()
+    assert "source: shared objects file (top)" in loaded  # classes came from the archive this time
+    assert "org.apache.spark.SparkContext source: shared objects file" in loaded
