@@ -156,7 +156,8 @@ def featurize(spark: SparkSession, cfg: DselConfig, summary: Summary, raw: Optio
             return spark.read.format("delta").load(paths.features)
         print(f"[dsel] {before + written.rows - rows:,} records of {paths.features} are no longer in the raw input "
               "(deleted or changed); featurizing the whole input again", flush=True)
-    written = write_table(raw_features(raw, cfg, stats), paths.features, metadata, change_feed=True)
+    written = write_table(raw_features(raw, cfg, stats), paths.features, metadata, change_feed=True,
+                          column_stats=False)
     summary.read, summary.featurized = written.rows, written.rows
     summary.tables[paths.features] = written.version
     summary.stage("featurize", started)
@@ -190,7 +191,7 @@ def _fast_featurize(spark: SparkSession, cfg: DselConfig, summary: Summary,
     started = time.time()
     fresh = stored is None
     if fresh:
-        written = write_table(jsonread.features(spark, cfg, plan), paths.features, metadata)
+        written = write_table(jsonread.features(spark, cfg, plan), paths.features, metadata, column_stats=False)
         summary.tables[paths.features] = written.version
     feats = spark.read.format("delta").load(paths.features)
     checked, why = jsonread.check(spark, cfg, feats, paths.features, json.dumps(metadata, sort_keys=True, default=str))

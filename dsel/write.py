@@ -88,12 +88,16 @@ FIXED_SCHEMA_TABLES = ("log_ratios", "weights", "skipped")
 
 
 def write_table(df: DataFrame, path: str, metadata: dict[str, Any], mode: str = "overwrite",
-                change_feed: bool = False) -> Written:
+                change_feed: bool = False, column_stats: bool = True) -> Written:
     """Write ``df`` to the Delta table at ``path`` in one commit (``overwrite`` or ``append``).
 
     An existing table must have been written by dsel and, for the tables with fixed columns,
     have the same columns; otherwise this fails instead of mixing data.  ``change_feed`` turns on
     Delta's change data feed when the table is created (``OUT/features``, for incremental scoring).
+    ``column_stats=False`` creates the table without per-file column statistics
+    (``delta.dataSkippingNumIndexedCols=0``; row counts are still kept): for ``OUT/features``, which
+    is only ever read whole or joined on ids, so the statistics would cost the writers about 10% of
+    their CPU for no file ever skipped.
     """
     check_table(df.sparkSession, path, df.schema, appending=mode != "overwrite")
     writer = (df.write.format("delta").mode(mode)
@@ -102,6 +106,8 @@ def write_table(df: DataFrame, path: str, metadata: dict[str, Any], mode: str = 
         writer = writer.option("overwriteSchema", "true")
     if change_feed:
         writer = writer.option("delta.enableChangeDataFeed", "true")
+    if not column_stats and mode == "overwrite":
+        writer = writer.option("delta.dataSkippingNumIndexedCols", "0")
     try:
         writer.save(path)
     finally:
