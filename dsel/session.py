@@ -145,8 +145,9 @@ def class_archive(java_options: str) -> Optional[Path]:
     java = os.path.realpath(java)
     jars = Path(pyspark.__file__).parent / "jars"
     listing = sorted(os.listdir(jars)) if jars.is_dir() else []
-    key = "|".join([java, str(os.stat(java).st_mtime_ns), pyspark.__version__, java_options, *listing,
-                    os.environ.get("SPARK_HOME", "")])
+    # The JVM refuses an archive made with another class path, so each pyspark install gets its own.
+    key = "|".join([java, str(os.stat(java).st_mtime_ns), pyspark.__version__, str(jars.resolve()), java_options,
+                    *listing, os.environ.get("SPARK_HOME", "")])
     return _cache_dir() / f"jvm-{hashlib.sha256(key.encode()).hexdigest()[:16]}.jsa"
 
 
