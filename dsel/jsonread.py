@@ -1001,7 +1001,7 @@ def scored(spark: SparkSession, feats: DataFrame, log_ratios: np.ndarray,
                 names=[ID, "_dsel_hash", "num_words", "log_weights", "num_features", "skip_reason",
                        "source_file", "detail", *STAT_COLUMNS])
 
-    return spark.range(0, len(files), 1, max(1, len(files))).mapInArrow(run, SCORE_SCHEMA)
+    return _per_file(spark, files, run, SCORE_SCHEMA)
 
 
 def bin_counts(spark: SparkSession, feats: DataFrame, num_buckets: int, bins: int) -> Optional[DataFrame]:
@@ -1024,8 +1024,7 @@ def bin_counts(spark: SparkSession, feats: DataFrame, num_buckets: int, bins: in
                 kernel.count_features(part.column(0), np.zeros(part.num_rows, np.int64), counts)
         yield from _nonzero(counts)
 
-    return (spark.range(0, len(files), 1, max(1, len(files))).mapInArrow(run, HISTOGRAM_SCHEMA)
-            .groupBy("group", "bucket").agg(F.sum("count").alias("count")))
+    return _per_file(spark, files, run, HISTOGRAM_SCHEMA).groupBy("group", "bucket").agg(F.sum("count").alias("count"))
 
 
 def _parquet_files(spark: SparkSession, feats: DataFrame) -> Optional[list[str]]:
@@ -1036,6 +1035,11 @@ def _parquet_files(spark: SparkSession, feats: DataFrame) -> Optional[list[str]]
            for key in ("enableDeletionVectors", "columnMapping.mode")):
         return None
     return sorted(feats.inputFiles())
+
+
+def _per_file(spark: SparkSession, files: list[str], run, schema: str) -> DataFrame:
+    """``run`` (reading its files with :func:`_parquet_parts`) in one task per Parquet file."""
+    return spark.range(0, len(files), 1, max(1, len(files))).mapInArrow(run, schema)
 
 
 def _parquet_parts(files: list[str], batches: Iterator[pa.RecordBatch], columns: list[str]) -> Iterator[pa.RecordBatch]:

@@ -17,11 +17,12 @@ concurrency lets exactly one of them commit; the other gets a clear error and wr
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import socket
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 from pyspark.errors import AnalysisException
 from pyspark.sql import SparkSession
@@ -123,47 +124,43 @@ def claim(spark: SparkSession, path: str, run_id: str, timeout_hours: float, for
     from delta import exceptions as conflicts
     from delta.tables import DeltaTable
 
-    now = dt.datetime.now().replace(microsecond=0)
-    mine = {"run_id": F.lit(run_id), "host": F.lit(socket.gethostname()), "pid": F.lit(os.getpid()).cast("long"),
-            "claimed_at": F.lit(now)}
+    row = ("lock", run_id, socket.gethostname(), os.getpid(), dt.datetime.now().replace(microsecond=0))
+    me = spark.createDataFrame([row], LOCK_SCHEMA)
     conflict = tuple(getattr(conflicts, n) for n in _CONFLICTS)
     if not DeltaTable.isDeltaTable(spark, path):
         try:
-            spark.createDataFrame([("lock", run_id, socket.gethostname(), os.getpid(), now)], LOCK_SCHEMA) \
-                .write.format("delta").mode("errorifexists").save(path)
+            me.write.format("delta").mode("errorifexists").save(path)
             return
         except conflict + (AnalysisException,):
             pass  # created by a concurrent run a moment ago: compete through the UPDATE below
     check_schema(spark, path, LOCK_SCHEMA, "lock")
+    mine = {f.name: F.lit(value).cast(f.dataType) for f, value in zip(LOCK_SCHEMA.fields[1:], row[1:])}
     free = f"run_id IS NULL OR run_id = '{_quote(run_id)}'"
-    _take(spark, path, mine, free, conflict)
+    with _racing(spark, path, conflict):
+        DeltaTable.forPath(spark, path).update(condition=F.expr(free), set=mine)
     held = holder(spark, path)
-    if held is None:  # no row to update (an emptied lock table): insert this run's row
-        _take(spark, path, mine, free, conflict, insert=True)
+    if held is None:  # no row to update (an emptied lock table): insert this run's row, or take it when free
+        with _racing(spark, path, conflict):
+            (DeltaTable.forPath(spark, path).alias("l").merge(me.alias("n"), "l.lock = n.lock")
+             .whenMatchedUpdate(condition="l.run_id IS NULL OR l.run_id = n.run_id", set={n: f"n.{n}" for n in mine})
+             .whenNotMatchedInsertAll().execute())
         held = holder(spark, path)
     if held is not None and held.run_id != run_id and (force or held.gone(timeout_hours)):
         # Take over from exactly the holder seen here; if it changed meanwhile, the UPDATE matches nothing.
-        _take(spark, path, mine, free + (f" OR (run_id = '{_quote(held.run_id)}' AND host = "
-                                         f"'{_quote(held.host)}' AND pid = {int(held.pid)})"), conflict)
+        taken = free + (f" OR (run_id = '{_quote(held.run_id)}' AND host = '{_quote(held.host)}' "
+                        f"AND pid = {int(held.pid)})")
+        with _racing(spark, path, conflict):
+            DeltaTable.forPath(spark, path).update(condition=F.expr(taken), set=mine)
         held = holder(spark, path)
     if held is None or held.run_id != run_id or held.pid != os.getpid():
         raise _busy(path, held) if held else DselError(f"another dsel run changed {path} at the same moment; rerun")
 
 
-def _take(spark: SparkSession, path: str, mine: dict, condition: str, conflict: tuple, insert: bool = False) -> None:
-    """One conditional UPDATE of the lock row to this run (or, with ``insert``, a MERGE that inserts
-    the row when the table has none, or takes it when free); a concurrent commit raises the holder's DselError."""
-    from delta.tables import DeltaTable
-
-    table = DeltaTable.forPath(spark, path)
+@contextlib.contextmanager
+def _racing(spark: SparkSession, path: str, conflict: tuple) -> Iterator[None]:
+    """Around one commit to the lock: a concurrent commit raises the DselError naming the holder."""
     try:
-        if insert:
-            me = spark.range(1).select(F.lit("lock").alias("lock"), *(c.alias(n) for n, c in mine.items()))
-            (table.alias("l").merge(me.alias("n"), "l.lock = n.lock")
-             .whenMatchedUpdate(condition="l.run_id IS NULL OR l.run_id = n.run_id", set={n: f"n.{n}" for n in mine})
-             .whenNotMatchedInsertAll().execute())
-        else:
-            table.update(condition=F.expr(condition), set=mine)
+        yield
     except conflict:
         now_held = holder(spark, path)
         raise _busy(path, now_held) if now_held else DselError(

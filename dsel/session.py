@@ -212,20 +212,24 @@ def _local(uri: str) -> str:
     return uri[len("file://"):] if uri.startswith("file://") else uri
 
 
+def _all_local(jars: str) -> bool:
+    """Whether a comma-separated jar list names at least one file and only files that exist here."""
+    files = [_local(j) for j in jars.split(",") if j]
+    return bool(files) and all(os.path.isfile(f) for f in files)
+
+
 def _cached_jars(cache: Path) -> Optional[str]:
     """The remembered jar list, when it names only files that still exist; else None (resolve again)."""
     try:
         jars = cache.read_text(encoding="utf-8").strip()
     except OSError:
         return None
-    files = [_local(j) for j in jars.split(",") if j]
-    return jars if files and all(os.path.isfile(f) for f in files) else None
+    return jars if _all_local(jars) else None
 
 
 def _remember_jars(cache: Path, jars: str) -> None:
     """Record the jars Ivy resolved (local files only); an unwritable cache only costs the next start 1 s."""
-    files = [_local(j) for j in jars.split(",") if j]
-    if not files or not all(os.path.isfile(f) for f in files):
+    if not _all_local(jars):
         return
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
