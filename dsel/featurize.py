@@ -33,8 +33,11 @@ STAT_COLUMNS = ("top_word_count", "informative_words", "numeric_words")
 _STATS_SCHEMA = ", ".join(f"{c} long" for c in STAT_COLUMNS)
 FEATURES_SCHEMA = (f"{ID} string, {HASH} long, num_words long, num_features long, features binary, "
                    f"skip_reason string, source_file string, detail string, fit_bin int, {_STATS_SCHEMA}")
+#: Where a record's line is in its raw file (the pyarrow reader's features; null for Spark's reader).
+LINE_COLUMNS = ("line_start", "line_length")
 SCORE_SCHEMA = (f"{ID} string, {HASH} long, num_words long, log_weights array<double>, "
-                f"num_features long, skip_reason string, source_file string, detail string, {_STATS_SCHEMA}")
+                f"num_features long, skip_reason string, source_file string, detail string, {_STATS_SCHEMA}, "
+                "line_start long, line_length long")
 #: Rows of :func:`target_histogram`: bucket counts (ngram null) and the kept n-gram samples (count null).
 NGRAM_SAMPLE_SCHEMA = "bucket int, count long, ngram string, key long"
 
@@ -214,10 +217,11 @@ def score_features(feats: DataFrame, log_ratios: np.ndarray) -> DataFrame:
                 [batch.column(0), batch.column(1), batch.column(3), _lists(weights, num_targets), batch.column(4),
                  batch.column(5), batch.column(6), batch.column(7), *batch.columns[8:]],
                 names=[ID, HASH, "num_words", "log_weights", "num_features", "skip_reason", "source_file", "detail",
-                       *STAT_COLUMNS])
+                       *STAT_COLUMNS, *LINE_COLUMNS])
 
+    lines = [F.col(c) if c in feats.columns else F.lit(None).cast("long").alias(c) for c in LINE_COLUMNS]
     return (feats.select(ID, HASH, "features", "num_words", "num_features", "skip_reason", "source_file", "detail",
-                         *STAT_COLUMNS)
+                         *STAT_COLUMNS, *lines)
             .mapInArrow(score_partition, SCORE_SCHEMA))
 
 

@@ -911,21 +911,26 @@ def lines_of(rows: DataFrame) -> DataFrame:
     return rows.repartition(_parallelism(rows.sparkSession), "source_file").mapInArrow(read, out_schema)
 
 
-def raw_rows(feats: DataFrame, keys: DataFrame, schema_json: str) -> DataFrame:
+def raw_rows(feats: DataFrame, keys: DataFrame, schema_json: str, located: bool = False) -> DataFrame:
     """The raw records (every user column, plus ``_dsel_id`` and ``_dsel_hash``) of the usable
     features rows whose (id, hash) is in ``keys`` (columns id, doc_hash): parsed by Spark's
     ``from_json`` from their lines, read back from the raw files.  Nothing else of the raw input
-    is read."""
+    is read.  ``located``: ``keys`` also has each line's source_file, line_start and line_length
+    (from a weights table scored from this features table), so the features are not looked up."""
     from dsel.read import HASH
 
     schema = T.StructType.fromJson(json.loads(schema_json))
     if CORRUPT not in schema.fieldNames():
         schema = T.StructType(schema.fields + [T.StructField(CORRUPT, T.StringType(), True)])
-    located = (feats.where(F.col("skip_reason").isNull())
-               .select(ID, HASH, "source_file", "line_start", "line_length")
-               .join(F.broadcast(keys.select(F.col("id").alias("_k_id"), F.col("doc_hash").alias("_k_hash"))),
-                     (F.col(ID) == F.col("_k_id")) & (F.col(HASH) == F.col("_k_hash")), "left_semi"))
-    parsed = lines_of(located).select(ID, HASH, F.from_json("_dsel_line", schema, {
+    if located:
+        lines = keys.select(F.col("id").alias(ID), F.col("doc_hash").alias(HASH), "source_file", "line_start",
+                            "line_length")
+    else:
+        lines = (feats.where(F.col("skip_reason").isNull())
+                 .select(ID, HASH, "source_file", "line_start", "line_length")
+                 .join(F.broadcast(keys.select(F.col("id").alias("_k_id"), F.col("doc_hash").alias("_k_hash"))),
+                       (F.col(ID) == F.col("_k_id")) & (F.col(HASH) == F.col("_k_hash")), "left_semi"))
+    parsed = lines_of(lines).select(ID, HASH, F.from_json("_dsel_line", schema, {
         "mode": "PERMISSIVE", "columnNameOfCorruptRecord": CORRUPT}).alias("_dsel_record"))
     user = [f.name for f in schema.fields if f.name != CORRUPT and f.name not in INTERNAL]
     return parsed.select(*[F.col("_dsel_record").getField(c).alias(c) for c in user], ID, HASH)
@@ -970,14 +975,14 @@ def scored(spark: SparkSession, feats: DataFrame, log_ratios: np.ndarray,
     JVM neither reads nor ships the encoded features.  The records ``drop`` names (id, source_file,
     line_start; see :func:`duplicates`) are left out.  None when Delta table defaults (deletion
     vectors, column mapping) could make the files differ from the table."""
-    from dsel.featurize import SCORE_SCHEMA, STAT_COLUMNS
+    from dsel.featurize import LINE_COLUMNS, SCORE_SCHEMA, STAT_COLUMNS
 
     files = _parquet_files(spark, feats)
     if files is None:
         return None
     table = np.ascontiguousarray(log_ratios, dtype=np.float64)
     columns = [ID, "_dsel_hash", "num_words", "num_features", "skip_reason", "source_file", "detail", "features",
-               *STAT_COLUMNS, "line_start"]
+               *STAT_COLUMNS, *LINE_COLUMNS]
     dropped = pa.array([f"{source}\0{start}" for _, source, start in drop], pa.string())
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
@@ -997,9 +1002,9 @@ def scored(spark: SparkSession, feats: DataFrame, log_ratios: np.ndarray,
             yield pa.RecordBatch.from_arrays(
                 [part.column(0), part.column(1), part.column(2), _lists(weights, table.shape[0]),
                  part.column(3), part.column(4), part.column(5), part.column(6),
-                 *[part.column(c) for c in STAT_COLUMNS]],
+                 *[part.column(c) for c in STAT_COLUMNS], *[part.column(c) for c in LINE_COLUMNS]],
                 names=[ID, "_dsel_hash", "num_words", "log_weights", "num_features", "skip_reason",
-                       "source_file", "detail", *STAT_COLUMNS])
+                       "source_file", "detail", *STAT_COLUMNS, *LINE_COLUMNS])
 
     return _per_file(spark, files, run, SCORE_SCHEMA)
 

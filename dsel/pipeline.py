@@ -27,7 +27,7 @@ from dsel.read import DETAIL, HASH, ID, INTERNAL, files_digest, fingerprint, pre
 from dsel.report import Summary
 from dsel.score import (score as score_records, skipped as skipped_records, unique_weights,
                         weights as weight_records)
-from dsel.select import SMALL_K, Filters, filter_counts, select as select_documents, with_raw_columns
+from dsel.select import LOCATION_COLUMNS, SMALL_K, Filters, filter_counts, select as select_documents, with_raw_columns
 from dsel.evaluate import run_kl_reduction
 from dsel.featurize import features as raw_features
 from dsel.runs import claim, record_run, release
@@ -336,6 +336,8 @@ def score(spark: SparkSession, cfg: DselConfig, summary: Summary, fitted: Option
     scored_through = previous.get("features_version")
     appended = (_appended_since(spark, paths.features, scored_through)
                 if same_fit and scored_through is not None and scored_through < features_version else None)
+    if appended is not None and "line_length" not in spark.read.format("delta").load(paths.weights).columns:
+        appended = None  # weights of an earlier layout: rescored whole, as merging needs the same columns
     if same_fit and scored_through == features_version and DeltaTable.isDeltaTable(spark, paths.skipped):
         summary.scored_now = 0
     elif appended is not None:
@@ -474,12 +476,15 @@ def _selected_raw(spark: SparkSession, cfg: DselConfig, paths: OutputPaths, sele
         return None
     plan, _ = jsonread.plan(spark, cfg)
     meta = commit_metadata(spark, paths.features) or {}
-    schema = (commit_metadata(spark, paths.weights) or {}).get("raw_schema")
+    scored = commit_metadata(spark, paths.weights) or {}
     wanted = _features_key(cfg, plan.files, "pyarrow") if plan is not None else None
-    if plan is None or schema is None or _reusable(meta.get("features_of"), wanted) is None:
+    if plan is None or scored.get("raw_schema") is None or _reusable(meta.get("features_of"), wanted) is None:
         return None
+    # The weights say where each line is when they were scored from this very features table.
+    located = (set(LOCATION_COLUMNS) <= set(selection.chosen.columns)
+               and scored.get("features_version") == last_commit(spark, paths.features).version)
     selection.chosen = selection.chosen.localCheckpoint()
-    return jsonread.raw_rows(feats, selection.chosen, schema)
+    return jsonread.raw_rows(feats, selection.chosen, scored["raw_schema"], located)
 
 
 def _record(spark: SparkSession, cfg: DselConfig, summary: Summary, status: str, error: Optional[str] = None) -> None:

@@ -14,7 +14,7 @@ from typing import Callable, Optional
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
-from dsel.featurize import STAT_COLUMNS, score_features
+from dsel.featurize import LINE_COLUMNS, STAT_COLUMNS, score_features
 from dsel.fit import Fit
 from dsel.read import HASH, ID
 
@@ -35,14 +35,14 @@ def _winners(scored: DataFrame) -> DataFrame:
     """
     usable = scored.where(F.col("skip_reason").isNull())
     order = F.struct(F.col(HASH), F.col("source_file"))
-    kept = F.struct(HASH, "num_words", "log_weights", "source_file", *STAT_COLUMNS)
+    kept = F.struct(HASH, "num_words", "log_weights", "source_file", *STAT_COLUMNS, *LINE_COLUMNS)
     return usable.groupBy(ID).agg(F.count("*").alias("_dsel_n"), F.min_by(kept, order).alias("_dsel_keep"))
 
 
 def _weight_columns(field: Callable[[str], Column]) -> list[Column]:
     return [F.col(ID).alias("id"), field(HASH).alias("doc_hash"), field("num_words").alias("num_words"),
             F.array_max(field("log_weights")).alias("log_weight"), field("log_weights").alias("log_weights"),
-            *[field(c).alias(c) for c in STAT_COLUMNS]]
+            *[field(c).alias(c) for c in (*STAT_COLUMNS, "source_file", *LINE_COLUMNS)]]
 
 
 def weights(scored: DataFrame) -> DataFrame:
@@ -51,6 +51,9 @@ def weights(scored: DataFrame) -> DataFrame:
     ``log_weights`` has one entry per target; ``log_weight`` is that entry when there is one
     target, and the largest entry otherwise.  ``top_word_count``, ``informative_words`` and
     ``numeric_words`` come from the featurize pass (see :func:`dsel.kernel.oracle_stats`).
+    ``source_file``, ``line_start`` and ``line_length`` say where the record's line is (the last two
+    are null unless the pyarrow JSON reader featurized it), so that ``select`` reads back only the
+    chosen lines without looking them up in the features table.
     """
     keep = F.col("_dsel_keep")
     return _winners(scored).select(*_weight_columns(lambda c: keep[c]))

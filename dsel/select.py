@@ -44,6 +44,8 @@ SMALL_K = 200_000
 #: Rows per key bin when ranking a large selection.
 RANK_BIN_ROWS = 200_000
 SELECTED_COLUMNS = ("id", "doc_hash", "num_words", "log_weight", "rank", "target")
+#: Where a document's line is, carried from the weights table into the selection when it has them.
+LOCATION_COLUMNS = ("source_file", "line_start", "line_length")
 
 
 def gumbel(seed: int, target: int) -> F.Column:
@@ -133,22 +135,16 @@ def filter_counts(weights: DataFrame, min_length: Union[int, Filters]) -> tuple[
     """
     rule = Filters.of(min_length)
     rule.check(weights, scan=False)
-    reason = F.lit(None).cast("string")
-    for name, condition in reversed(rule.failing()):
-        reason = F.when(condition, F.lit(name)).otherwise(reason)
-    removed = {name: 0 for name, _ in rule.failing()}
-    count, mean = 0, 0.0
+    failed, counts = F.lit(False), []
+    for name, condition in rule.failing():  # one aggregate row: no grouping, no shuffle of keys
+        counts.append(F.count(F.when(~failed & condition, 1)).alias(name))
+        failed = failed | condition
     nulls = F.count(F.when(F.col(STAT_COLUMNS[0]).isNull(), 1)) if rule._ratio_filters() else F.lit(0)
-    rows = weights.groupBy(reason.alias("r")).agg(F.count("*").alias("n"), F.avg("num_words").alias("w"),
-                                                  nulls.alias("nulls")).collect()
-    if any(row["nulls"] for row in rows):
+    row = weights.agg(*counts, F.count(F.when(~failed, 1)).alias("_n"),
+                      F.avg(F.when(~failed, F.col("num_words"))).alias("_w"), nulls.alias("_nulls")).first()
+    if row["_nulls"]:
         raise rule._no_statistics([])
-    for row in rows:
-        if row["r"] is None:
-            count, mean = int(row["n"]), float(row["w"] or 0.0)
-        else:
-            removed[row["r"]] = int(row["n"])
-    return count, removed, mean
+    return int(row["_n"]), {name: int(row[name]) for name, _ in rule.failing()}, float(row["_w"] or 0.0)
 
 
 def quotas(total: int, proportions: Sequence[float]) -> list[int]:
@@ -161,7 +157,8 @@ def quotas(total: int, proportions: Sequence[float]) -> list[int]:
 
 @dataclass
 class Selection:
-    """The chosen documents (id, doc_hash, num_words, log_weight, rank, target) and what happened."""
+    """The chosen documents (id, doc_hash, num_words, log_weight, rank, target, and where their lines
+    are when the weights table says: source_file, line_start, line_length) and what happened."""
 
     chosen: DataFrame
     requested: list[int]
@@ -300,7 +297,8 @@ def select(weights: DataFrame, target_names: Sequence[str], proportions: Sequenc
                         "give one proportion per target")
     rule = Filters.of(min_length)
     available, removed, mean_words = filter_counts(weights, rule)  # also checks the statistics
-    pool = eligible(weights, rule, check=False).select("id", "doc_hash", "num_words", "log_weights")
+    located = list(LOCATION_COLUMNS) if set(LOCATION_COLUMNS) <= set(weights.columns) else []
+    pool = eligible(weights, rule, check=False).select("id", "doc_hash", "num_words", "log_weights", *located)
     result = Selection(chosen=None, requested=[], eligible=available, filtered=removed)  # type: ignore[arg-type]
     if num_samples is not None and num_samples > available:
         result.warnings.append(f"asked for {num_samples} documents but only {available} are eligible "
@@ -319,7 +317,7 @@ def select(weights: DataFrame, target_names: Sequence[str], proportions: Sequenc
             part = _top(keyed, min(budget, remaining), remaining)
         else:
             part = _top_tokens(keyed, budget, remaining, mean_words)
-        part = part.select("id", "doc_hash", "num_words", "log_weight", "rank", F.lit(name).alias("target"))
+        part = part.select("id", "doc_hash", "num_words", "log_weight", "rank", F.lit(name).alias("target"), *located)
         parts.append(part)
         if t < len(budgets) - 1:
             part_ids = part.select("id")

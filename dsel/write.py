@@ -136,14 +136,15 @@ def check_table(spark: SparkSession, path: str, schema: Optional[T.StructType], 
     if "dsel_version" not in (commit_metadata(spark, path) or {}):
         raise DselError(f"{path} is a Delta table that dsel did not write; choose another --out")
     if schema is not None and (appending or name in FIXED_SCHEMA_TABLES):
-        check_schema(spark, path, schema, name)
+        check_schema(spark, path, schema, name, added=not appending)
 
 
-def check_schema(spark: SparkSession, path: str, schema: T.StructType, what: str) -> None:
-    """Fail when the Delta table at ``path`` has other columns than ``schema``."""
+def check_schema(spark: SparkSession, path: str, schema: T.StructType, what: str, added: bool = False) -> None:
+    """Fail when the Delta table at ``path`` has other columns than ``schema``.  ``added``: the table
+    is being replaced whole, and ``schema`` may add columns after the table's (a later dsel's layout)."""
     have = [(f.name, f.dataType.simpleString()) for f in spark.read.format("delta").load(path).schema.fields]
     want = [(f.name, f.dataType.simpleString()) for f in schema.fields]
-    if have != want:
+    if have != (want[:len(have)] if added else want):
         raise DselError(f"{path} holds a '{what}' table with other columns ({', '.join(n for n, _ in have)}) "
                         f"than this run writes ({', '.join(n for n, _ in want)}), perhaps from another dsel "
                         "version; write to a new --out, or move that table away")

@@ -14,7 +14,7 @@ from pyspark.sql import functions as F
 
 from dsel import jsonread
 from dsel.config import DselConfig
-from dsel.featurize import FEATURES_SCHEMA
+from dsel.featurize import FEATURES_SCHEMA, STAT_COLUMNS
 from dsel.pipeline import execute
 from tests.conftest import sample_docs, write_jsonl
 
@@ -94,8 +94,12 @@ def _meta(spark, out, name):
     return json.loads(DeltaTable.forPath(spark, str(out / name)).history(1).first()["userMetadata"])
 
 
+#: The weights' columns but the line positions, which only the pyarrow reader knows.
+WEIGHT_COLUMNS = ["id", "doc_hash", "num_words", "log_weight", "log_weights", *STAT_COLUMNS, "source_file"]
+
+
 def _same_outputs(spark, fast, slow):
-    for name, columns in (("features", FEATURE_COLUMNS), ("weights", None), ("skipped", None),
+    for name, columns in (("features", FEATURE_COLUMNS), ("weights", WEIGHT_COLUMNS), ("skipped", None),
                           ("log_ratios", None)):
         assert _table(spark, fast, name, columns) == _table(spark, slow, name, columns), name
     order = ["target", "rank"]
@@ -121,6 +125,19 @@ def test_fast_reader_matches_spark_reader(spark, inputs):
     assert fast_summary.skipped == {"malformed_json": 6, "null_text": 4, "empty_text": 3, "null_id": 1,
                                     "duplicate_id": 2}
     _same_outputs(spark, fast, slow)
+    # the fast path's weights say where each document's line is (select reads the chosen lines from
+    # there); the Spark reader's have no line positions
+    weights = spark.read.format("delta").load(str(fast / "weights")).collect()
+    assert all(r["line_start"] is not None for r in weights)
+    files = {}
+    for r in weights:
+        path = r["source_file"].removeprefix("file://")
+        if path not in files:
+            files[path] = (gzip.open if path.endswith(".gz") else open)(path, "rb").read()
+        line = json.loads(files[path][r["line_start"]:r["line_start"] + r["line_length"]])
+        assert str(line["id"]) == r["id"]
+    slow_lines = spark.read.format("delta").load(str(slow / "weights")).where("line_start is not null").count()
+    assert slow_lines == 0
     # the fast path settled the two duplicate records on the driver (no shuffle of the weights)
     settled = jsonread.duplicates(spark.read.format("delta").load(str(fast / "features")))
     assert settled is not None and len(settled) == 2
