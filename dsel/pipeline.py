@@ -5,6 +5,7 @@ to the Delta tables under ``cfg.out``.  The SparkSession is always passed in.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -31,8 +32,8 @@ from dsel.select import LOCATION_COLUMNS, SMALL_K, Filters, filter_counts, selec
 from dsel.evaluate import run_kl_reduction
 from dsel.featurize import features as raw_features
 from dsel.runs import claim, record_run, release
-from dsel.write import (OutputPaths, check_outputs, commit_metadata, export, last_commit, merge_table, read_table,
-                        remembering_commits, write_table)
+from dsel.write import (OutputPaths, check_outputs, commit_metadata, commit_stamp, export, last_commit, merge_table,
+                        read_table, remembering_commits, write_table)
 
 
 def read_raw(spark: SparkSession, cfg: DselConfig, schema: Optional[StructType] = None,
@@ -436,9 +437,12 @@ def select(spark: SparkSession, cfg: DselConfig, summary: Summary, fitted: Optio
     if len(proportions) != len(fitted.target_names):
         raise DselError(f"target_proportions has {len(proportions)} values but {paths.log_ratios} has "
                         f"{len(fitted.target_names)} targets")
+    rule = Filters.of(cfg)
+    eligibility = {"weights": commit_stamp(spark, paths.weights), "filters": dataclasses.asdict(rule)}
     selection = select_documents(weights, fitted.target_names, proportions, num_samples=cfg.num_samples,
-                                 num_tokens=cfg.num_tokens, seed=cfg.seed, method=cfg.method,
-                                 min_length=Filters.of(cfg))
+                                 num_tokens=cfg.num_tokens, seed=cfg.seed, method=cfg.method, min_length=rule,
+                                 counts=_known_counts(spark, paths, eligibility))
+    eligibility.update(eligible=selection.eligible, filtered=selection.filtered, mean_words=selection.mean_words)
     summary.warnings.extend(selection.warnings)
     summary.filtered = selection.filtered
     if raw is None:
@@ -451,7 +455,7 @@ def select(spark: SparkSession, cfg: DselConfig, summary: Summary, fitted: Optio
     rows = rows.repartition(1).sortWithinPartitions("target", "rank") if small else rows.orderBy("target", "rank")
     commit = write_table(rows, paths.selected, _metadata(cfg, summary, requested=selection.requested,
                                                          weights_version=weights_version,
-                                                         fit_version=summary.fit_version))
+                                                         fit_version=summary.fit_version, eligibility=eligibility))
     summary.tables[paths.selected], summary.selected = commit.version, commit.rows
     summary.eligible = selection.eligible
     written = spark.read.format("delta").load(paths.selected)
@@ -462,6 +466,17 @@ def select(spark: SparkSession, cfg: DselConfig, summary: Summary, fitted: Optio
         summary.tables[cfg.export] = -1
     summary.stage("select", started)
     return written
+
+
+def _known_counts(spark: SparkSession, paths: OutputPaths, eligibility: dict) -> Optional[tuple[int, dict, float]]:
+    """The eligibility counts the last selection recorded, when it was made from this same state of
+    the weights table with the same filters (a re-select then skips that pass over the weights)."""
+    if not DeltaTable.isDeltaTable(spark, paths.selected):
+        return None
+    known = (commit_metadata(spark, paths.selected) or {}).get("eligibility") or {}
+    if {k: known.get(k) for k in eligibility} != eligibility or "mean_words" not in known:
+        return None
+    return int(known["eligible"]), {k: int(v) for k, v in known["filtered"].items()}, float(known["mean_words"])
 
 
 def _selected_raw(spark: SparkSession, cfg: DselConfig, paths: OutputPaths, selection) -> Optional[DataFrame]:

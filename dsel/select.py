@@ -165,6 +165,7 @@ class Selection:
     eligible: int = 0
     warnings: list[str] = field(default_factory=list)
     filtered: dict[str, int] = field(default_factory=dict)  # documents each eligibility filter removed
+    mean_words: float = 0.0  # of the eligible documents
 
 
 def with_raw_columns(raw: DataFrame, chosen: DataFrame, run_id: str, extra: Sequence[str] = (),
@@ -283,12 +284,15 @@ def _top_tokens(keyed: DataFrame, budget: int, pool_size: int, mean_words: float
 
 def select(weights: DataFrame, target_names: Sequence[str], proportions: Sequence[float], *,
            num_samples: Optional[int] = None, num_tokens: Optional[int] = None, seed: int = 0,
-           method: str = "gumbel", min_length: Union[int, Filters] = 100) -> Selection:
+           method: str = "gumbel", min_length: Union[int, Filters] = 100,
+           counts: Optional[tuple[int, dict[str, int], float]] = None) -> Selection:
     """Choose documents from the weights table (columns id, doc_hash, num_words, log_weights).
 
     Give exactly one of ``num_samples`` (exactly that many documents, or all eligible ones with
     a warning when fewer are eligible) and ``num_tokens`` (a budget of words).  ``min_length`` is
-    the eligibility rule: a minimum number of words, or a :class:`Filters`.
+    the eligibility rule: a minimum number of words, or a :class:`Filters`.  ``counts``: what
+    :func:`filter_counts` returned for this same table and rule (a selection of the same weights
+    version recorded them), which saves its pass over the weights.
     """
     if (num_samples is None) == (num_tokens is None):
         raise DselError("give exactly one of --num-samples or --num-tokens")
@@ -296,10 +300,15 @@ def select(weights: DataFrame, target_names: Sequence[str], proportions: Sequenc
         raise DselError(f"{len(proportions)} target proportions for {len(target_names)} targets; "
                         "give one proportion per target")
     rule = Filters.of(min_length)
-    available, removed, mean_words = filter_counts(weights, rule)  # also checks the statistics
+    if counts is None:
+        counts = filter_counts(weights, rule)  # also checks the statistics
+    else:
+        rule.check(weights, scan=False)
+    available, removed, mean_words = counts
     located = list(LOCATION_COLUMNS) if set(LOCATION_COLUMNS) <= set(weights.columns) else []
     pool = eligible(weights, rule, check=False).select("id", "doc_hash", "num_words", "log_weights", *located)
-    result = Selection(chosen=None, requested=[], eligible=available, filtered=removed)  # type: ignore[arg-type]
+    result = Selection(chosen=None, requested=[], eligible=available, filtered=dict(removed),  # type: ignore[arg-type]
+                       mean_words=mean_words)
     if num_samples is not None and num_samples > available:
         result.warnings.append(f"asked for {num_samples} documents but only {available} are eligible "
                                f"({rule.describe()}); selecting all {available}")

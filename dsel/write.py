@@ -193,14 +193,15 @@ def forget_commit(path: str) -> None:
 
 
 def _latest(spark: SparkSession, path: str):
-    """The latest commit's version, operationMetrics and userMetadata (one read of the log per table in
+    """The latest commit's version, timestamp, operationMetrics and userMetadata (one read of the log per table in
     a :func:`remembering_commits` block)."""
     from delta.tables import DeltaTable
 
     commits = getattr(_MEMO, "commits", None)
     if commits is not None and path in commits:
         return commits[path]
-    row = DeltaTable.forPath(spark, path).history(1).select("version", "operationMetrics", "userMetadata").first()
+    row = (DeltaTable.forPath(spark, path).history(1)
+           .select("version", "timestamp", "operationMetrics", "userMetadata").first())
     if commits is not None:
         commits[path] = row
     return row
@@ -209,6 +210,13 @@ def _latest(spark: SparkSession, path: str):
 def last_commit(spark: SparkSession, path: str) -> Written:
     row = _latest(spark, path)
     return Written(int(row["version"]), int((row["operationMetrics"] or {}).get("numOutputRows", -1)))
+
+
+def commit_stamp(spark: SparkSession, path: str) -> str:
+    """The latest commit's version and time: names one state of a table even when the table was
+    deleted and written again from version 0."""
+    row = _latest(spark, path)
+    return f"{row['version']}@{row['timestamp'].isoformat()}"
 
 
 def read_table(spark: SparkSession, path: str, what: str) -> DataFrame:

@@ -8,6 +8,7 @@ from chispa import assert_df_equality
 from delta.tables import DeltaTable
 from pyspark.sql import functions as F
 
+import dsel.select
 from dsel.cli import main
 from dsel.config import DselConfig
 from dsel.pipeline import execute
@@ -113,13 +114,26 @@ def test_same_seed_same_selection_across_partitionings(spark, corpus, contract_r
                        ignore_row_order=True)
 
 
-def test_reselect_reuses_weights_and_changes_with_seed(spark, corpus, contract_run):
+def test_reselect_reuses_weights_and_changes_with_seed(spark, corpus, contract_run, monkeypatch):
     out, _ = contract_run
     weights_version = DeltaTable.forPath(spark, str(out / "weights")).history(1).first()["version"]
     first = _selected_ids(spark, out)
     cfg = DselConfig.from_mapping({"raw": [corpus["raw_dir"]], "target": [corpus["target"]], "out": str(out),
                                    "num_samples": 20, "seed": 11})
-    summary = execute(spark, cfg, "select")
+    weights = delta(spark, out / "weights")
+
+    def no_pass(*args):
+        raise AssertionError("counted the eligible documents again")
+
+    # The run's selection recorded the eligibility counts of these weights and filters: re-selecting
+    # with the same filters reuses them (no pass over the weights), and they are right.
+    with monkeypatch.context() as patch:
+        patch.setattr(dsel.select, "filter_counts", no_pass)
+        summary = execute(spark, cfg, "select")
+        with pytest.raises(AssertionError, match="again"):  # other filters: counted again
+            execute(spark, cfg.replace(min_length=50), "select")
+    assert summary.eligible == weights.where("num_words >= 100").count()
+    assert summary.filtered == {"min_length": weights.where("num_words < 100").count()}
     assert summary.selected == 20
     assert DeltaTable.forPath(spark, str(out / "weights")).history(1).first()["version"] == weights_version
     second = _selected_ids(spark, out)
@@ -129,7 +143,7 @@ def test_reselect_reuses_weights_and_changes_with_seed(spark, corpus, contract_r
     weights = delta(spark, out / "weights").where("num_words >= 100")
     expected = [r["id"] for r in weights.orderBy(F.desc("log_weight"), "id").limit(20).collect()]
     assert _selected_ids(spark, out) == expected
-    assert delta(spark, out / "runs").count() == 3
+    assert delta(spark, out / "runs").count() == 4  # the run, two selects and the failed one
 
 
 def test_token_budget(spark, corpus, contract_run):
