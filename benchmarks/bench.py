@@ -5,7 +5,9 @@
 Data: the shared corpus replicated with distinct ids (benchmarks/data.py), JSON lines; the
 target is 300 held-out sci_abstracts documents.  The reference (num_proc=1, one process) runs
 on the first ``--ref-mb`` MB of the same raw files; dsel's kernel runs on that same subset; dsel
-end to end runs on Spark local[1] and local[2] over 0.25x, 0.5x and 1x of ``--size-mb``.
+end to end runs on Spark local[1] and local[2] over 0.25x, 0.5x and 1x of ``--size-mb``; after
+each run, ``reselect.py`` selects twice from its stored weights in one new session (20,000 then
+30,000 documents): the first pays for a fresh JVM, the second is a warm re-select.
 
 Throughput per core is work divided by CPU seconds: for the reference and the kernel, this
 process's CPU time; for Spark, the CPU time of the whole process tree (driver, JVM, Python
