@@ -179,11 +179,26 @@ def test_reselect_reads_back_only_the_chosen_lines(spark, inputs):
                                        "num_samples": 45, "seed": 8, "min_length": 20, "json_reader": reader,
                                        "run_id": "same"})
         execute(spark, cfg, "select")
+        if reader == "auto":
+            cfg_fast = cfg
     order = ["target", "rank"]
     got = spark.read.format("delta").load(str(fast / "selected")).orderBy(*order).collect()
     want = spark.read.format("delta").load(str(slow / "selected")).orderBy(*order).collect()
     assert got == want and len(got) == 45
     assert {r["id"] for r in got} & {"77", "nonascii", "surrogate"} <= {r["id"] for r in want}
+
+    # A weights table of the earlier layout (no line positions) still serves select, which then finds
+    # the lines through the features table; the next scoring replaces it whole with the new columns.
+    weights = str(fast / "weights")
+    meta = DeltaTable.forPath(spark, weights).history(1).first()["userMetadata"]
+    old = spark.read.format("delta").load(weights).drop("source_file", "line_start", "line_length")
+    (old.localCheckpoint().write.format("delta").mode("overwrite").option("overwriteSchema", "true")
+     .option("userMetadata", meta).save(weights))
+    execute(spark, cfg_fast, "select")
+    assert spark.read.format("delta").load(str(fast / "selected")).orderBy(*order).collect() == want
+    execute(spark, cfg_fast.replace(refit="always"), "run")
+    assert {"source_file", "line_start", "line_length"} <= set(spark.read.format("delta").load(weights).columns)
+    assert spark.read.format("delta").load(str(fast / "selected")).orderBy(*order).collect() == want
 
 
 def test_lenient_json_falls_back_to_spark_reader(spark, inputs, tmp_path, capsys):
