@@ -35,6 +35,8 @@ FEATURES_SCHEMA = (f"{ID} string, {HASH} long, num_words long, num_features long
                    f"skip_reason string, source_file string, detail string, fit_bin int, {_STATS_SCHEMA}")
 #: Where a record's line is in its raw file (the pyarrow reader's features; null for Spark's reader).
 LINE_COLUMNS = ("line_start", "line_length")
+#: Where a document's line is: the weights carry these into the selection, which reads the line there.
+LOCATION_COLUMNS = ("source_file", *LINE_COLUMNS)
 SCORE_SCHEMA = (f"{ID} string, {HASH} long, num_words long, log_weights array<double>, "
                 f"num_features long, skip_reason string, source_file string, detail string, {_STATS_SCHEMA}, "
                 "line_start long, line_length long")

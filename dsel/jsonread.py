@@ -917,17 +917,17 @@ def raw_rows(feats: DataFrame, keys: DataFrame, schema_json: str, located: bool 
     ``from_json`` from their lines, read back from the raw files.  Nothing else of the raw input
     is read.  ``located``: ``keys`` also has each line's source_file, line_start and line_length
     (from a weights table scored from this features table), so the features are not looked up."""
+    from dsel.featurize import LOCATION_COLUMNS
     from dsel.read import HASH
 
     schema = T.StructType.fromJson(json.loads(schema_json))
     if CORRUPT not in schema.fieldNames():
         schema = T.StructType(schema.fields + [T.StructField(CORRUPT, T.StringType(), True)])
     if located:
-        lines = keys.select(F.col("id").alias(ID), F.col("doc_hash").alias(HASH), "source_file", "line_start",
-                            "line_length")
+        lines = keys.select(F.col("id").alias(ID), F.col("doc_hash").alias(HASH), *LOCATION_COLUMNS)
     else:
         lines = (feats.where(F.col("skip_reason").isNull())
-                 .select(ID, HASH, "source_file", "line_start", "line_length")
+                 .select(ID, HASH, *LOCATION_COLUMNS)
                  .join(F.broadcast(keys.select(F.col("id").alias("_k_id"), F.col("doc_hash").alias("_k_hash"))),
                        (F.col(ID) == F.col("_k_id")) & (F.col(HASH) == F.col("_k_hash")), "left_semi"))
     parsed = lines_of(lines).select(ID, HASH, F.from_json("_dsel_line", schema, {

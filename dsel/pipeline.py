@@ -28,9 +28,9 @@ from dsel.read import DETAIL, HASH, ID, INTERNAL, files_digest, fingerprint, pre
 from dsel.report import Summary
 from dsel.score import (score as score_records, skipped as skipped_records, unique_weights,
                         weights as weight_records)
-from dsel.select import LOCATION_COLUMNS, SMALL_K, Filters, filter_counts, select as select_documents, with_raw_columns
+from dsel.select import SMALL_K, Filters, filter_counts, select as select_documents, with_raw_columns
 from dsel.evaluate import run_kl_reduction
-from dsel.featurize import features as raw_features
+from dsel.featurize import LOCATION_COLUMNS, features as raw_features
 from dsel.runs import claim, record_run, release
 from dsel.write import (OutputPaths, check_outputs, commit_metadata, commit_stamp, export, last_commit, merge_table,
                         read_table, remembering_commits, write_table)
@@ -337,7 +337,8 @@ def score(spark: SparkSession, cfg: DselConfig, summary: Summary, fitted: Option
     scored_through = previous.get("features_version")
     appended = (_appended_since(spark, paths.features, scored_through)
                 if same_fit and scored_through is not None and scored_through < features_version else None)
-    if appended is not None and "line_length" not in spark.read.format("delta").load(paths.weights).columns:
+    weights_columns = spark.read.format("delta").load(paths.weights).columns if appended is not None else []
+    if appended is not None and not set(LOCATION_COLUMNS) <= set(weights_columns):
         appended = None  # weights of an earlier layout: rescored whole, as merging needs the same columns
     if same_fit and scored_through == features_version and DeltaTable.isDeltaTable(spark, paths.skipped):
         summary.scored_now = 0

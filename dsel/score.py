@@ -14,7 +14,7 @@ from typing import Callable, Optional
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
-from dsel.featurize import LINE_COLUMNS, STAT_COLUMNS, score_features
+from dsel.featurize import LOCATION_COLUMNS, STAT_COLUMNS, score_features
 from dsel.fit import Fit
 from dsel.read import HASH, ID
 
@@ -35,14 +35,14 @@ def _winners(scored: DataFrame) -> DataFrame:
     """
     usable = scored.where(F.col("skip_reason").isNull())
     order = F.struct(F.col(HASH), F.col("source_file"))
-    kept = F.struct(HASH, "num_words", "log_weights", "source_file", *STAT_COLUMNS, *LINE_COLUMNS)
+    kept = F.struct(HASH, "num_words", "log_weights", *STAT_COLUMNS, *LOCATION_COLUMNS)
     return usable.groupBy(ID).agg(F.count("*").alias("_dsel_n"), F.min_by(kept, order).alias("_dsel_keep"))
 
 
 def _weight_columns(field: Callable[[str], Column]) -> list[Column]:
     return [F.col(ID).alias("id"), field(HASH).alias("doc_hash"), field("num_words").alias("num_words"),
             F.array_max(field("log_weights")).alias("log_weight"), field("log_weights").alias("log_weights"),
-            *[field(c).alias(c) for c in (*STAT_COLUMNS, "source_file", *LINE_COLUMNS)]]
+            *[field(c).alias(c) for c in (*STAT_COLUMNS, *LOCATION_COLUMNS)]]
 
 
 def weights(scored: DataFrame) -> DataFrame:

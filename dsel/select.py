@@ -35,7 +35,7 @@ from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
 from dsel.errors import DselError
-from dsel.featurize import STAT_COLUMNS
+from dsel.featurize import LOCATION_COLUMNS, STAT_COLUMNS
 from dsel.read import HASH, ID, user_columns
 
 KEY = "_dsel_key"
@@ -44,8 +44,6 @@ SMALL_K = 200_000
 #: Rows per key bin when ranking a large selection.
 RANK_BIN_ROWS = 200_000
 SELECTED_COLUMNS = ("id", "doc_hash", "num_words", "log_weight", "rank", "target")
-#: Where a document's line is, carried from the weights table into the selection when it has them.
-LOCATION_COLUMNS = ("source_file", "line_start", "line_length")
 
 
 def gumbel(seed: int, target: int) -> F.Column:
