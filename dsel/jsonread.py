@@ -947,17 +947,18 @@ def duplicates(feats: DataFrame) -> Optional[list[tuple[str, str, int]]]:
     records equal in both are equal in text, and the first line is kept).
 
     The ids are grouped by their 64-bit hash (one narrow aggregation, no shuffle of strings); the
-    records of repeated hashes are then compared by their ids on the driver.  None when they are
-    more than :data:`DUPLICATES_ON_DRIVER`, so that the driver's memory stays bounded."""
+    records of repeated hashes, found by a broadcast semi-join in the same query, are then compared
+    by their ids on the driver.  None when they are more than :data:`DUPLICATES_ON_DRIVER`, so that
+    the driver's memory stays bounded (every repeated hash has at least two records, so capping the
+    broadcast hashes at that many loses nothing)."""
     from dsel.read import HASH
 
     usable = (feats.where(F.col("skip_reason").isNull()).select(ID, HASH, "source_file", "line_start")
               .withColumn("_dsel_k", F.xxhash64(ID)))
-    shared = [r[0] for r in usable.groupBy("_dsel_k").count().where(F.col("count") > 1).select("_dsel_k")
-              .limit(DUPLICATES_ON_DRIVER + 1).collect()]
-    if len(shared) > DUPLICATES_ON_DRIVER:
-        return None
-    rows = usable.where(F.col("_dsel_k").isin(shared)).limit(DUPLICATES_ON_DRIVER + 1).collect() if shared else []
+    shared = (usable.groupBy("_dsel_k").count().where(F.col("count") > 1).select("_dsel_k")
+              .limit(DUPLICATES_ON_DRIVER + 1))
+    rows = (usable.join(F.broadcast(shared), "_dsel_k", "left_semi").drop("_dsel_k")
+            .limit(DUPLICATES_ON_DRIVER + 1).collect())
     if len(rows) > DUPLICATES_ON_DRIVER:
         return None
     groups: dict[str, list] = {}

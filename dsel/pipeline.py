@@ -368,7 +368,7 @@ def _score_all(spark: SparkSession, paths: OutputPaths, fitted: Fit, feats: Data
         weights = weight_records(score_records(feats.where(F.col("skip_reason").isNull()), fitted))
     written = write_table(skipped_records(feats, duplicates), paths.skipped, metadata)
     summary.tables[paths.skipped] = written.version
-    written = write_table(weights, paths.weights, metadata)
+    written = write_table(weights, paths.weights, metadata, column_stats=False)
     summary.tables[paths.weights], summary.scored_now = written.version, written.rows
 
 
@@ -446,8 +446,11 @@ def select(spark: SparkSession, cfg: DselConfig, summary: Summary, fitted: Optio
     eligibility.update(eligible=selection.eligible, filtered=selection.filtered, mean_words=selection.mean_words)
     summary.warnings.extend(selection.warnings)
     summary.filtered = selection.filtered
+    chosen = None
     if raw is None:
         raw = _selected_raw(spark, cfg, paths, selection)
+        # The chosen rows are materialized then: their count and words cost nothing to read.
+        chosen = selection.chosen.agg(F.count("*"), F.sum("num_words")).first() if raw is not None else None
     if raw is None:
         raw = _stored_raw(spark, cfg, paths.weights, summary) or read_raw(spark, cfg, summary=summary)
     rows = with_raw_columns(raw, selection.chosen, summary.run_id, broadcast=(cfg.num_samples or 0) <= 1_000_000)
@@ -460,7 +463,9 @@ def select(spark: SparkSession, cfg: DselConfig, summary: Summary, fitted: Optio
     summary.tables[paths.selected], summary.selected = commit.version, commit.rows
     summary.eligible = selection.eligible
     written = spark.read.format("delta").load(paths.selected)
-    summary.selected_words = int(written.agg(F.sum("num_words")).first()[0] or 0)
+    # Every chosen row written (as when the lines were read back by position): no need to re-read them.
+    summary.selected_words = int((chosen[1] if chosen is not None and chosen[0] == commit.rows
+                                  else written.agg(F.sum("num_words")).first()[0]) or 0)
     summary.kl_reduction = run_kl_reduction(spark, cfg, fitted)["kl_reduction"]
     if cfg.export:
         export(written.drop("run_id"), cfg.export, cfg.export_format)
