@@ -148,7 +148,8 @@ def featurize(spark: SparkSession, cfg: DselConfig, summary: Summary, raw: Optio
         observed = Observation(f"dsel_raw_{uuid.uuid4().hex}")
         counted = raw.observe(observed, F.count(F.lit(1)).alias("rows"))
         new = (counted.select("*", *_record_key(ID, HASH, DETAIL)).join(seen, _KEY, "left_anti").drop(*_KEY))
-        written = write_table(raw_features(new, cfg, stats), paths.features, metadata, mode="append")
+        written = write_table(raw_features(new, cfg, stats), paths.features, metadata, mode="append",
+                              compressed=False)
         rows = int(observed.get["rows"])
         if rows - written.rows == before:
             summary.read, summary.featurized = rows, written.rows
@@ -158,7 +159,7 @@ def featurize(spark: SparkSession, cfg: DselConfig, summary: Summary, raw: Optio
         print(f"[dsel] {before + written.rows - rows:,} records of {paths.features} are no longer in the raw input "
               "(deleted or changed); featurizing the whole input again", flush=True)
     written = write_table(raw_features(raw, cfg, stats), paths.features, metadata, change_feed=True,
-                          column_stats=False)
+                          column_stats=False, compressed=False)
     summary.read, summary.featurized = written.rows, written.rows
     summary.tables[paths.features] = written.version
     summary.stage("featurize", started)
@@ -192,7 +193,8 @@ def _fast_featurize(spark: SparkSession, cfg: DselConfig, summary: Summary,
     started = time.time()
     fresh = stored is None
     if fresh:
-        written = write_table(jsonread.features(spark, cfg, plan), paths.features, metadata, column_stats=False)
+        written = write_table(jsonread.features(spark, cfg, plan), paths.features, metadata, column_stats=False,
+                              compressed=False)
         summary.tables[paths.features] = written.version
     feats = spark.read.format("delta").load(paths.features)
     checked, why = jsonread.check(spark, cfg, feats, paths.features, json.dumps(metadata, sort_keys=True, default=str))

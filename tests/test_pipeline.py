@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+import pyarrow.parquet as pq
 import pytest
 from chispa import assert_df_equality
 from delta.tables import DeltaTable
@@ -75,6 +76,13 @@ def test_contract_tables_and_columns(spark, corpus, contract_run, capsys):
     for name, indexed in (("features", "0"), ("weights", "0"), ("selected", None), ("skipped", None)):
         detail = DeltaTable.forPath(spark, str(out / name)).detail().first()
         assert detail["properties"].get("delta.dataSkippingNumIndexedCols") == indexed, name
+    # the encoded features (incompressible varints) are stored without a codec; the other tables keep Spark's
+    for name, codec in (("features", "UNCOMPRESSED"), ("weights", "SNAPPY")):
+        files = [f for f in (out / name).glob("*.parquet")]
+        assert files, name
+        for f in files:
+            chunk = pq.ParquetFile(f).metadata.row_group(0)
+            assert {chunk.column(i).compression for i in range(chunk.num_columns)} == {codec}, (name, f)
 
 
 def test_selection_prefers_the_target_domain(spark, contract_run):
