@@ -33,7 +33,7 @@ from dsel.evaluate import run_kl_reduction
 from dsel.featurize import LOCATION_COLUMNS, features as raw_features
 from dsel.runs import claim, record_run, release
 from dsel.write import (OutputPaths, check_outputs, commit_metadata, commit_stamp, export, last_commit, merge_table,
-                        read_table, remembering_commits, write_table)
+                        read_table, remembering_commits, write_table, Written)
 
 
 def read_raw(spark: SparkSession, cfg: DselConfig, schema: Optional[StructType] = None,
@@ -148,8 +148,7 @@ def featurize(spark: SparkSession, cfg: DselConfig, summary: Summary, raw: Optio
         observed = Observation(f"dsel_raw_{uuid.uuid4().hex}")
         counted = raw.observe(observed, F.count(F.lit(1)).alias("rows"))
         new = (counted.select("*", *_record_key(ID, HASH, DETAIL)).join(seen, _KEY, "left_anti").drop(*_KEY))
-        written = write_table(raw_features(new, cfg, stats), paths.features, metadata, mode="append",
-                              compressed=False)
+        written = _write_features(raw_features(new, cfg, stats), paths, metadata, mode="append")
         rows = int(observed.get["rows"])
         if rows - written.rows == before:
             summary.read, summary.featurized = rows, written.rows
@@ -158,12 +157,18 @@ def featurize(spark: SparkSession, cfg: DselConfig, summary: Summary, raw: Optio
             return spark.read.format("delta").load(paths.features)
         print(f"[dsel] {before + written.rows - rows:,} records of {paths.features} are no longer in the raw input "
               "(deleted or changed); featurizing the whole input again", flush=True)
-    written = write_table(raw_features(raw, cfg, stats), paths.features, metadata, change_feed=True,
-                          column_stats=False, compressed=False)
+    written = _write_features(raw_features(raw, cfg, stats), paths, metadata, change_feed=True)
     summary.read, summary.featurized = written.rows, written.rows
     summary.tables[paths.features] = written.version
     summary.stage("featurize", started)
     return spark.read.format("delta").load(paths.features)
+
+
+def _write_features(df: DataFrame, paths: OutputPaths, metadata: dict, **options) -> Written:
+    """Write ``OUT/features`` as :func:`write_table` does, stored as this cache of encoded counts is
+    meant to be: no per-file column statistics (it is read whole or joined on ids) and no compression
+    codec (its varints do not compress)."""
+    return write_table(df, paths.features, metadata, column_stats=False, compressed=False, **options)
 
 
 #: The raw schema (JSON) of each features table this process wrote or checked, by path.
@@ -193,8 +198,7 @@ def _fast_featurize(spark: SparkSession, cfg: DselConfig, summary: Summary,
     started = time.time()
     fresh = stored is None
     if fresh:
-        written = write_table(jsonread.features(spark, cfg, plan), paths.features, metadata, column_stats=False,
-                              compressed=False)
+        written = _write_features(jsonread.features(spark, cfg, plan), paths, metadata)
         summary.tables[paths.features] = written.version
     feats = spark.read.format("delta").load(paths.features)
     checked, why = jsonread.check(spark, cfg, feats, paths.features, json.dumps(metadata, sort_keys=True, default=str))
@@ -339,8 +343,8 @@ def score(spark: SparkSession, cfg: DselConfig, summary: Summary, fitted: Option
     scored_through = previous.get("features_version")
     appended = (_appended_since(spark, paths.features, scored_through)
                 if same_fit and scored_through is not None and scored_through < features_version else None)
-    weights_columns = spark.read.format("delta").load(paths.weights).columns if appended is not None else []
-    if appended is not None and not set(LOCATION_COLUMNS) <= set(weights_columns):
+    if appended is not None and not set(LOCATION_COLUMNS) <= set(
+            spark.read.format("delta").load(paths.weights).columns):
         appended = None  # weights of an earlier layout: rescored whole, as merging needs the same columns
     if same_fit and scored_through == features_version and DeltaTable.isDeltaTable(spark, paths.skipped):
         summary.scored_now = 0
@@ -448,11 +452,11 @@ def select(spark: SparkSession, cfg: DselConfig, summary: Summary, fitted: Optio
     eligibility.update(eligible=selection.eligible, filtered=selection.filtered, mean_words=selection.mean_words)
     summary.warnings.extend(selection.warnings)
     summary.filtered = selection.filtered
-    chosen = None
+    chosen_rows = chosen_words = None
     if raw is None:
         raw = _selected_raw(spark, cfg, paths, selection)
-        # The chosen rows are materialized then: their count and words cost nothing to read.
-        chosen = selection.chosen.agg(F.count("*"), F.sum("num_words")).first() if raw is not None else None
+        if raw is not None:  # the chosen rows are materialized then: counting them costs nothing
+            chosen_rows, chosen_words = selection.chosen.agg(F.count("*"), F.sum("num_words")).first()
     if raw is None:
         raw = _stored_raw(spark, cfg, paths.weights, summary) or read_raw(spark, cfg, summary=summary)
     rows = with_raw_columns(raw, selection.chosen, summary.run_id, broadcast=(cfg.num_samples or 0) <= 1_000_000)
@@ -466,8 +470,9 @@ def select(spark: SparkSession, cfg: DselConfig, summary: Summary, fitted: Optio
     summary.eligible = selection.eligible
     written = spark.read.format("delta").load(paths.selected)
     # Every chosen row written (as when the lines were read back by position): no need to re-read them.
-    summary.selected_words = int((chosen[1] if chosen is not None and chosen[0] == commit.rows
-                                  else written.agg(F.sum("num_words")).first()[0]) or 0)
+    if chosen_rows != commit.rows:
+        chosen_words = written.agg(F.sum("num_words")).first()[0]
+    summary.selected_words = int(chosen_words or 0)
     summary.kl_reduction = run_kl_reduction(spark, cfg, fitted)["kl_reduction"]
     if cfg.export:
         export(written.drop("run_id"), cfg.export, cfg.export_format)

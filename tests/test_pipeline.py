@@ -78,7 +78,7 @@ def test_contract_tables_and_columns(spark, corpus, contract_run, capsys):
         assert detail["properties"].get("delta.dataSkippingNumIndexedCols") == indexed, name
     # the encoded features (incompressible varints) are stored without a codec; the other tables keep Spark's
     for name, codec in (("features", "UNCOMPRESSED"), ("weights", "SNAPPY")):
-        files = [f for f in (out / name).glob("*.parquet")]
+        files = list((out / name).glob("*.parquet"))
         assert files, name
         for f in files:
             chunk = pq.ParquetFile(f).metadata.row_group(0)
