@@ -915,25 +915,31 @@ def raw_rows(feats: DataFrame, keys: DataFrame, schema_json: str, located: bool 
     """The raw records (every user column, plus ``_dsel_id`` and ``_dsel_hash``) of the usable
     features rows whose (id, hash) is in ``keys`` (columns id, doc_hash): parsed by Spark's
     ``from_json`` from their lines, read back from the raw files.  Nothing else of the raw input
-    is read.  ``located``: ``keys`` also has each line's source_file, line_start and line_length
-    (from a weights table scored from this features table), so the features are not looked up."""
+    is read.  ``located``: ``keys`` are the chosen rows (:data:`dsel.select.SELECTED_COLUMNS`) with each
+    line's source_file, line_start and line_length (from a weights table scored from this features
+    table), so the features are not looked up, and each record carries its chosen row's columns
+    (see :func:`dsel.select.carried_rows`)."""
     from dsel.featurize import LOCATION_COLUMNS
     from dsel.read import HASH
+    from dsel.select import CARRIED, SELECTED_COLUMNS
 
     schema = T.StructType.fromJson(json.loads(schema_json))
     if CORRUPT not in schema.fieldNames():
         schema = T.StructType(schema.fields + [T.StructField(CORRUPT, T.StringType(), True)])
+    carried: list = []
     if located:
-        lines = keys.select(F.col("id").alias(ID), F.col("doc_hash").alias(HASH), *LOCATION_COLUMNS)
+        carried = [F.col(f"`{CARRIED}{c}`") for c in SELECTED_COLUMNS]
+        lines = keys.select(F.col("id").alias(ID), F.col("doc_hash").alias(HASH), *LOCATION_COLUMNS,
+                            *[F.col(c).alias(f"{CARRIED}{c}") for c in SELECTED_COLUMNS])
     else:
         lines = (feats.where(F.col("skip_reason").isNull())
                  .select(ID, HASH, *LOCATION_COLUMNS)
                  .join(F.broadcast(keys.select(F.col("id").alias("_k_id"), F.col("doc_hash").alias("_k_hash"))),
                        (F.col(ID) == F.col("_k_id")) & (F.col(HASH) == F.col("_k_hash")), "left_semi"))
-    parsed = lines_of(lines).select(ID, HASH, F.from_json("_dsel_line", schema, {
+    parsed = lines_of(lines).select(ID, HASH, *carried, F.from_json("_dsel_line", schema, {
         "mode": "PERMISSIVE", "columnNameOfCorruptRecord": CORRUPT}).alias("_dsel_record"))
     user = [f.name for f in schema.fields if f.name != CORRUPT and f.name not in INTERNAL]
-    return parsed.select(*[F.col("_dsel_record").getField(c).alias(c) for c in user], ID, HASH)
+    return parsed.select(*[F.col("_dsel_record").getField(c).alias(c) for c in user], ID, HASH, *carried)
 
 
 #: At most this many usable records sharing an id are settled on the driver (see :func:`duplicates`).

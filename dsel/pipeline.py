@@ -28,7 +28,8 @@ from dsel.read import DETAIL, HASH, ID, INTERNAL, files_digest, fingerprint, pre
 from dsel.report import Summary
 from dsel.score import (score as score_records, skipped as skipped_records, unique_weights,
                         weights as weight_records)
-from dsel.select import SMALL_K, Filters, filter_counts, select as select_documents, with_raw_columns
+from dsel.select import (SMALL_K, Filters, carried_rows, filter_counts, select as select_documents,
+                         with_raw_columns)
 from dsel.evaluate import run_kl_reduction
 from dsel.featurize import LOCATION_COLUMNS, features as raw_features
 from dsel.runs import claim, record_run, release
@@ -452,14 +453,17 @@ def select(spark: SparkSession, cfg: DselConfig, summary: Summary, fitted: Optio
     eligibility.update(eligible=selection.eligible, filtered=selection.filtered, mean_words=selection.mean_words)
     summary.warnings.extend(selection.warnings)
     summary.filtered = selection.filtered
-    chosen_rows = chosen_words = None
+    chosen_rows = chosen_words = rows = None
     if raw is None:
-        raw = _selected_raw(spark, cfg, paths, selection)
+        raw, located = _selected_raw(spark, cfg, paths, selection)
         if raw is not None:  # the chosen rows are materialized then: counting them costs nothing
             chosen_rows, chosen_words = selection.chosen.agg(F.count("*"), F.sum("num_words")).first()
+            rows = carried_rows(raw, summary.run_id) if located else None
     if raw is None:
         raw = _stored_raw(spark, cfg, paths.weights, summary) or read_raw(spark, cfg, summary=summary)
-    rows = with_raw_columns(raw, selection.chosen, summary.run_id, broadcast=(cfg.num_samples or 0) <= 1_000_000)
+    if rows is None:
+        rows = with_raw_columns(raw, selection.chosen, summary.run_id,
+                                broadcast=(cfg.num_samples or 0) <= 1_000_000)
     # In (target, rank) order: a small selection as one sorted file (no sampling job to range-partition).
     small = cfg.num_samples is not None and cfg.num_samples <= SMALL_K
     rows = rows.repartition(1).sortWithinPartitions("target", "rank") if small else rows.orderBy("target", "rank")
@@ -492,27 +496,29 @@ def _known_counts(spark: SparkSession, paths: OutputPaths, eligibility: dict) ->
     return int(known["eligible"]), {k: int(v) for k, v in known["filtered"].items()}, float(known["mean_words"])
 
 
-def _selected_raw(spark: SparkSession, cfg: DselConfig, paths: OutputPaths, selection) -> Optional[DataFrame]:
+def _selected_raw(spark: SparkSession, cfg: DselConfig, paths: OutputPaths,
+                  selection) -> tuple[Optional[DataFrame], bool]:
     """The chosen raw records read back by their line (pyarrow reader), when OUT/features knows where
-    each line is and the raw files are unchanged since; else None.
+    each line is and the raw files are unchanged since, else None; and whether the weights located
+    the lines (the records then carry the chosen rows' columns, see :func:`dsel.select.carried_rows`).
 
     The selection is materialized first (it is used twice: to find the lines and to join them)."""
     if not DeltaTable.isDeltaTable(spark, paths.features):
-        return None
+        return None, False
     feats = spark.read.format("delta").load(paths.features)
     if not jsonread.is_fast(feats):
-        return None
+        return None, False
     plan, _ = jsonread.plan(spark, cfg)
     meta = commit_metadata(spark, paths.features) or {}
     scored = commit_metadata(spark, paths.weights) or {}
     wanted = _features_key(cfg, plan.files, "pyarrow") if plan is not None else None
     if plan is None or scored.get("raw_schema") is None or _reusable(meta.get("features_of"), wanted) is None:
-        return None
+        return None, False
     # The weights say where each line is when they were scored from this very features table.
     located = (set(LOCATION_COLUMNS) <= set(selection.chosen.columns)
                and scored.get("features_version") == last_commit(spark, paths.features).version)
     selection.chosen = selection.chosen.localCheckpoint()
-    return jsonread.raw_rows(feats, selection.chosen, scored["raw_schema"], located)
+    return jsonread.raw_rows(feats, selection.chosen, scored["raw_schema"], located), located
 
 
 def _record(spark: SparkSession, cfg: DselConfig, summary: Summary, status: str, error: Optional[str] = None) -> None:

@@ -44,6 +44,8 @@ SMALL_K = 200_000
 #: Rows per key bin when ranking a large selection.
 RANK_BIN_ROWS = 200_000
 SELECTED_COLUMNS = ("id", "doc_hash", "num_words", "log_weight", "rank", "target")
+#: Prefix of the chosen rows' columns while they travel with their raw records.
+CARRIED = "_dsel_c_"
 
 
 def gumbel(seed: int, target: int) -> F.Column:
@@ -178,15 +180,27 @@ def with_raw_columns(raw: DataFrame, chosen: DataFrame, run_id: str, extra: Sequ
     """
     columns = user_columns(raw)
     names = list(dict.fromkeys([*SELECTED_COLUMNS, *extra, *per]))
-    picked = chosen.select(*[F.col(f"`{n}`").alias(f"_dsel_c_{n}") for n in names])
+    picked = chosen.select(*[F.col(f"`{n}`").alias(f"{CARRIED}{n}") for n in names])
     picked = F.broadcast(picked) if broadcast else picked
-    joined = raw.join(picked, (raw[ID] == F.col("_dsel_c_id")) & (raw[HASH] == F.col("_dsel_c_doc_hash")))
-    once = Window.partitionBy(*[F.col(f"_dsel_c_{c}") for c in per], F.col("_dsel_c_id")).orderBy(
+    joined = raw.join(picked, (raw[ID] == F.col(f"{CARRIED}id")) & (raw[HASH] == F.col(f"{CARRIED}doc_hash")))
+    once = Window.partitionBy(*[F.col(f"{CARRIED}{c}") for c in per], F.col(f"{CARRIED}id")).orderBy(
         F.to_json(F.struct(*[raw[f"`{c}`"] for c in columns])))
-    return (joined.withColumn("_dsel_once", F.row_number().over(once)).where(F.col("_dsel_once") == 1)
-            .select(*[raw[f"`{c}`"] for c in columns],
-                    *[F.col(f"_dsel_c_{c}").alias(c) for c in ("num_words", "log_weight", "rank", "target")],
-                    F.lit(run_id).alias("run_id"), *[F.col(f"_dsel_c_{c}").alias(c) for c in extra]))
+    kept = joined.withColumn("_dsel_once", F.row_number().over(once)).where(F.col("_dsel_once") == 1)
+    return _selected_columns(kept, [raw[f"`{c}`"] for c in columns], run_id, extra)
+
+
+def carried_rows(raw: DataFrame, run_id: str) -> DataFrame:
+    """:func:`with_raw_columns` for raw records that are the chosen rows one for one and carry their
+    columns (named ``CARRIED + name``; :func:`dsel.jsonread.raw_rows` reads them so when the weights
+    say where each chosen line is): nothing to join, no duplicates to settle."""
+    columns = [c for c in user_columns(raw) if not c.startswith(CARRIED)]
+    return _selected_columns(raw, [raw[f"`{c}`"] for c in columns], run_id, ())
+
+
+def _selected_columns(rows: DataFrame, raw_columns: list, run_id: str, extra: Sequence[str]) -> DataFrame:
+    return rows.select(*raw_columns,
+                       *[F.col(f"{CARRIED}{c}").alias(c) for c in ("num_words", "log_weight", "rank", "target")],
+                       F.lit(run_id).alias("run_id"), *[F.col(f"{CARRIED}{c}").alias(c) for c in extra])
 
 
 def _keyed(pool: DataFrame, target: int, seed: int, method: str) -> DataFrame:
