@@ -28,7 +28,7 @@ from dsel.read import DETAIL, HASH, ID, INTERNAL, files_digest, fingerprint, pre
 from dsel.report import Summary
 from dsel.score import (score as score_records, skipped as skipped_records, unique_weights,
                         weights as weight_records)
-from dsel.select import (SMALL_K, Filters, carried_rows, filter_counts, select as select_documents,
+from dsel.select import (SMALL_K, Counts, Filters, carried_rows, filter_counts, select as select_documents,
                          with_raw_columns)
 from dsel.evaluate import run_kl_reduction
 from dsel.featurize import LOCATION_COLUMNS, features as raw_features
@@ -360,8 +360,8 @@ def score(spark: SparkSession, cfg: DselConfig, summary: Summary, fitted: Option
         raise DselError(f"strict mode: {sum(summary.skipped.values()):,} records were skipped ({reasons}); "
                         f"they are listed in {paths.skipped}. Fix the input, or run without --strict to skip them")
     if count_eligible:
-        summary.eligible, summary.filtered, _ = filter_counts(spark.read.format("delta").load(paths.weights),
-                                                              Filters.of(cfg))
+        counts = filter_counts(spark.read.format("delta").load(paths.weights), Filters.of(cfg))
+        summary.eligible, summary.filtered = counts.eligible, counts.removed
     summary.stage("score", started)
 
 
@@ -450,7 +450,8 @@ def select(spark: SparkSession, cfg: DselConfig, summary: Summary, fitted: Optio
     selection = select_documents(weights, fitted.target_names, proportions, num_samples=cfg.num_samples,
                                  num_tokens=cfg.num_tokens, seed=cfg.seed, method=cfg.method, min_length=rule,
                                  counts=_known_counts(spark, paths, eligibility))
-    eligibility.update(eligible=selection.eligible, filtered=selection.filtered, mean_words=selection.mean_words)
+    eligibility.update(eligible=selection.eligible, filtered=selection.filtered, mean_words=selection.mean_words,
+                       top_weights=selection.top_weights)
     summary.warnings.extend(selection.warnings)
     summary.filtered = selection.filtered
     chosen_rows = chosen_words = rows = None
@@ -485,15 +486,16 @@ def select(spark: SparkSession, cfg: DselConfig, summary: Summary, fitted: Optio
     return written
 
 
-def _known_counts(spark: SparkSession, paths: OutputPaths, eligibility: dict) -> Optional[tuple[int, dict, float]]:
+def _known_counts(spark: SparkSession, paths: OutputPaths, eligibility: dict) -> Optional[Counts]:
     """The eligibility counts the last selection recorded, when it was made from this same state of
     the weights table with the same filters (a re-select then skips that pass over the weights)."""
     if not DeltaTable.isDeltaTable(spark, paths.selected):
         return None
     known = (commit_metadata(spark, paths.selected) or {}).get("eligibility") or {}
-    if {k: known.get(k) for k in eligibility} != eligibility or "mean_words" not in known:
+    if {k: known.get(k) for k in eligibility} != eligibility or "top_weights" not in known:
         return None
-    return int(known["eligible"]), {k: int(v) for k, v in known["filtered"].items()}, float(known["mean_words"])
+    return Counts(int(known["eligible"]), {k: int(v) for k, v in known["filtered"].items()},
+                  float(known["mean_words"]), known["top_weights"])
 
 
 def _selected_raw(spark: SparkSession, cfg: DselConfig, paths: OutputPaths,

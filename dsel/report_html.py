@@ -139,7 +139,7 @@ def collect_report(spark: SparkSession, out: str, label_column: Optional[str] = 
     report["kl"] = run_kl_reduction(spark, cfg)
 
     rule = Filters.of(cfg)
-    eligible_count, removed, _ = filter_counts(weights, rule)
+    eligible_count, removed = filter_counts(weights, rule)[:2]
     report["counts"] = {"scored": sum(removed.values()) + eligible_count, "eligible": eligible_count,
                         "selected": selected.count()}
     report["filtered"] = removed

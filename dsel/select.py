@@ -29,7 +29,7 @@ import dataclasses
 import functools
 import math
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Callable, NamedTuple, Optional, Sequence, Union
 
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
@@ -44,6 +44,10 @@ SMALL_K = 200_000
 #: Rows per key bin when ranking a large selection.
 RANK_BIN_ROWS = 200_000
 SELECTED_COLUMNS = ("id", "doc_hash", "num_words", "log_weight", "rank", "target")
+#: The smallest noise :func:`gumbel` gives (at u = 2**-54): every key is at least its weight plus this.
+GUMBEL_MIN = -math.log(54 * math.log(2))
+#: Taken off a key bound, for the rounding of the key's arithmetic.
+KEY_SLACK = 1e-3
 #: Prefix of the chosen rows' columns while they travel with their raw records.
 CARRIED = "_dsel_c_"
 
@@ -127,24 +131,72 @@ def eligible(weights: DataFrame, min_length: Union[int, Filters], check: bool = 
     return weights.where(~functools.reduce(lambda a, b: a | b, failed))
 
 
-def filter_counts(weights: DataFrame, min_length: Union[int, Filters]) -> tuple[int, dict[str, int], float]:
-    """(eligible documents, {filter: documents it removed}, mean words of the eligible ones), in one pass.
+class Counts(NamedTuple):
+    """What :func:`filter_counts` counts in one pass over a weights table."""
+
+    eligible: int
+    removed: dict[str, int]  # documents each filter removed, under the first filter they fail
+    mean_words: float  # of the eligible documents
+    #: per target, ``[floor, n]`` pairs, floors descending: n eligible documents have ``log_weights[t] >= floor``
+    #: (a pair where n first reaches each power of two, up to :data:`SMALL_K`); see :func:`_least_key`.
+    top_weights: list
+
+
+def filter_counts(weights: DataFrame, min_length: Union[int, Filters]) -> Counts:
+    """The eligible documents, the documents each filter removed, the eligible documents' mean words, and
+    how many eligible documents reach each integer floor of each target's weight, in one pass.
 
     Each removed document is counted under the first filter it fails, in the order of
     :meth:`Filters.failing` (min_length first), so the counts add up to the ineligible documents.
     """
     rule = Filters.of(min_length)
     rule.check(weights, scan=False)
-    failed, counts = F.lit(False), []
-    for name, condition in rule.failing():  # one aggregate row: no grouping, no shuffle of keys
-        counts.append(F.count(F.when(~failed & condition, 1)).alias(name))
-        failed = failed | condition
-    nulls = F.count(F.when(F.col(STAT_COLUMNS[0]).isNull(), 1)) if rule._ratio_filters() else F.lit(0)
-    row = weights.agg(*counts, F.count(F.when(~failed, 1)).alias("_n"),
-                      F.avg(F.when(~failed, F.col("num_words"))).alias("_w"), nulls.alias("_nulls")).first()
-    if row["_nulls"]:
+    reason = F.lit(None).cast("string")
+    for name, condition in reversed(rule.failing()):
+        reason = F.when(condition, F.lit(name)).otherwise(reason)
+    nulls = F.col(STAT_COLUMNS[0]).isNull() if rule._ratio_filters() else F.lit(False)
+    # One row per (failed filter, eligible document's target and weight floor): a few thousand groups.
+    rows = (weights.select(reason.alias("_r"), nulls.alias("_z"), "num_words",
+                           F.posexplode_outer(F.when(reason.isNull(), F.col("log_weights"))).alias("_t", "_w"))
+            .groupBy("_r", "_z", "_t", F.floor("_w").alias("_b"))
+            .agg(F.count("*").alias("_n"), F.sum("num_words").alias("_words")).collect())
+    if any(r["_z"] for r in rows):
         raise rule._no_statistics([])
-    return int(row["_n"]), {name: int(row[name]) for name, _ in rule.failing()}, float(row["_w"] or 0.0)
+    removed = {name: sum(r["_n"] for r in rows if r["_r"] == name) for name, _ in rule.failing()}
+    first = [r for r in rows if r["_r"] is None and (r["_t"] or 0) == 0]
+    eligible, words = sum(r["_n"] for r in first), sum(r["_words"] or 0 for r in first)
+    floors: dict[int, dict[int, int]] = {}
+    for r in rows:
+        if r["_r"] is None and r["_t"] is not None and r["_b"] is not None:
+            floors.setdefault(r["_t"], {})[int(r["_b"])] = int(r["_n"])
+    return Counts(int(eligible), removed, words / eligible if eligible else 0.0,
+                  [_powers(floors.get(t, {})) for t in range(max(floors, default=-1) + 1)])
+
+
+def _powers(counts: dict[int, int]) -> list[list[int]]:
+    """``[floor, documents at or above it]``, floors descending, where the running count first reaches
+    each power of two, until it reaches :data:`SMALL_K`."""
+    pairs, running, reach = [], 0, 1
+    for floor in sorted(counts, reverse=True):
+        running += counts[floor]
+        if running >= reach:
+            pairs.append([floor, running])
+            while reach <= running:
+                reach *= 2
+        if running >= SMALL_K:
+            break
+    return pairs
+
+
+def _least_key(top_weights: list, target: int, method: str, taken: int, k: int) -> Optional[float]:
+    """A key that at least ``k`` documents of target ``target``'s pool reach (the eligible ones but the
+    ``taken`` that earlier targets took), or None when the counts do not say: an integer floor that
+    ``k + taken`` eligible documents' weights reach, plus the smallest noise.  The pool's k-th largest
+    key is then at least this, so no document below it can be among its top k."""
+    for floor, n in (top_weights[target] if target < len(top_weights) else []):
+        if n >= k + taken:
+            return floor + (GUMBEL_MIN if method == "gumbel" else 0.0) - KEY_SLACK
+    return None
 
 
 def quotas(total: int, proportions: Sequence[float]) -> list[int]:
@@ -166,6 +218,7 @@ class Selection:
     warnings: list[str] = field(default_factory=list)
     filtered: dict[str, int] = field(default_factory=dict)  # documents each eligibility filter removed
     mean_words: float = 0.0  # of the eligible documents
+    top_weights: list = field(default_factory=list)  # see Counts
 
 
 def with_raw_columns(raw: DataFrame, chosen: DataFrame, run_id: str, extra: Sequence[str] = (),
@@ -213,18 +266,23 @@ def _order() -> list[F.Column]:
     return [F.col(KEY).desc(), F.col("id").asc()]
 
 
-def _top(keyed: DataFrame, k: int, pool_size: int) -> DataFrame:
+def _top(keyed: DataFrame, k: int, pool_size: int,
+         least: Optional[Callable[[int], Optional[float]]] = None) -> DataFrame:
     """The k rows with the largest key (ties by id), with ``rank`` 1..k and ``cum_words``.
 
     Up to :data:`SMALL_K` rows this is Spark's distributed top-k (TakeOrderedAndProject).  For a
     larger k no task ever holds k rows: an approximate quantile of the key gives a threshold
     band, exact counts place the k-th row inside it, and only the band is ordered
     (recursively, when it is itself large).  Ranks then come from key bins (see :func:`_rank`).
+    ``least(k)``: a key the k-th largest key is known to reach (see :func:`_least_key`), or None; rows
+    below it are dropped before Spark's top-k, which then orders a few rows instead of copying them all.
     """
     if k >= pool_size:
         chosen = keyed
     elif k <= SMALL_K:
-        chosen = keyed.orderBy(*_order()).limit(k)
+        bound = least(k) if least is not None else None
+        candidates = keyed if bound is None else keyed.where(F.col(KEY) >= F.lit(bound))
+        chosen = candidates.orderBy(*_order()).limit(k)
     else:
         chosen = _threshold_top(keyed, k, pool_size)
     return _rank(chosen, min(k, pool_size))
@@ -283,11 +341,12 @@ def _rank(chosen: DataFrame, k: int) -> DataFrame:
             .drop("_dsel_bin"))
 
 
-def _top_tokens(keyed: DataFrame, budget: int, pool_size: int, mean_words: float) -> DataFrame:
+def _top_tokens(keyed: DataFrame, budget: int, pool_size: int, mean_words: float,
+                least: Optional[Callable[[int], Optional[float]]] = None) -> DataFrame:
     """Top documents until their words reach ``budget`` (the last one may cross it)."""
     guess = min(pool_size, int(math.ceil(budget / max(mean_words, 1.0) * 1.25)) + 16)
     while True:
-        ranked = _top(keyed, guess, pool_size)
+        ranked = _top(keyed, guess, pool_size, least)
         enough = ranked.where(F.col("cum_words") - F.col("num_words") >= budget).limit(1).count() > 0
         if enough or guess >= pool_size:
             return ranked.where(F.col("cum_words") - F.col("num_words") < budget)
@@ -297,7 +356,7 @@ def _top_tokens(keyed: DataFrame, budget: int, pool_size: int, mean_words: float
 def select(weights: DataFrame, target_names: Sequence[str], proportions: Sequence[float], *,
            num_samples: Optional[int] = None, num_tokens: Optional[int] = None, seed: int = 0,
            method: str = "gumbel", min_length: Union[int, Filters] = 100,
-           counts: Optional[tuple[int, dict[str, int], float]] = None) -> Selection:
+           counts: Optional[Counts] = None) -> Selection:
     """Choose documents from the weights table (columns id, doc_hash, num_words, log_weights).
 
     Give exactly one of ``num_samples`` (exactly that many documents, or all eligible ones with
@@ -316,11 +375,11 @@ def select(weights: DataFrame, target_names: Sequence[str], proportions: Sequenc
         counts = filter_counts(weights, rule)  # also checks the statistics
     else:
         rule.check(weights, scan=False)
-    available, removed, mean_words = counts
+    available, removed, mean_words, top_weights = counts
     located = list(LOCATION_COLUMNS) if set(LOCATION_COLUMNS) <= set(weights.columns) else []
     pool = eligible(weights, rule, check=False).select("id", "doc_hash", "num_words", "log_weights", *located)
     result = Selection(chosen=None, requested=[], eligible=available, filtered=dict(removed),  # type: ignore[arg-type]
-                       mean_words=mean_words)
+                       mean_words=mean_words, top_weights=top_weights)
     if num_samples is not None and num_samples > available:
         result.warnings.append(f"asked for {num_samples} documents but only {available} are eligible "
                                f"({rule.describe()}); selecting all {available}")
@@ -334,10 +393,11 @@ def select(weights: DataFrame, target_names: Sequence[str], proportions: Sequenc
         if budget <= 0 or remaining <= 0:
             continue
         keyed = _keyed(pool, t, seed, method)
+        least = functools.partial(_least_key, top_weights, t, method, taken)
         if num_samples is not None:
-            part = _top(keyed, min(budget, remaining), remaining)
+            part = _top(keyed, min(budget, remaining), remaining, least)
         else:
-            part = _top_tokens(keyed, budget, remaining, mean_words)
+            part = _top_tokens(keyed, budget, remaining, mean_words, least)
         part = part.select("id", "doc_hash", "num_words", "log_weight", "rank", F.lit(name).alias("target"), *located)
         parts.append(part)
         if t < len(budgets) - 1:

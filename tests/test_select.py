@@ -52,3 +52,27 @@ def test_noise_depends_only_on_seed_target_and_id(spark, weights):
     assert abs(mean - 0.5772) < 0.05
     other = weights.select("id", S.gumbel(4, 0).alias("g2")).join(keyed, "id")
     assert other.where(F.col("g") == F.col("g2")).count() < 10
+
+
+@pytest.mark.parametrize("method", ["gumbel", "topk"])
+def test_key_bound_keeps_the_top_and_drops_the_rest(spark, method):
+    # Weights spread like real ones (sums over hundreds of n-grams), two targets.
+    wide = spark.range(12_000).select(
+        F.format_string("doc-%06d", "id").alias("id"), F.col("id").alias("doc_hash"),
+        (F.col("id") % 400 + 50).alias("num_words"),
+        F.array(F.sin("id") * 300, F.cos(F.col("id") * 7) * 300).alias("log_weights"))
+    counts = S.filter_counts(wide, 100)
+    assert counts.eligible == wide.where("num_words >= 100").count()
+    for target, pairs in enumerate(counts.top_weights):  # every stored count is exact
+        assert [n for _, n in pairs] == sorted(n for _, n in pairs) and pairs[-1][1] >= 2_000
+        for floor, n in pairs[::3]:
+            assert wide.where(f"num_words >= 100 AND log_weights[{target}] >= {floor}").count() == n
+    args = dict(num_samples=700, seed=5, method=method, min_length=100)
+    bounded = _rows(S.select(wide, ["a", "b"], [2.0, 1.0], counts=counts, **args))
+    plain = _rows(S.select(wide, ["a", "b"], [2.0, 1.0], counts=counts._replace(top_weights=[]), **args))
+    assert len(plain) == 700 and bounded == plain
+    # The first target's bound keeps its top 466 keys and drops most of the pool.
+    bound = S._least_key(counts.top_weights, 0, method, 0, 466)
+    keyed = S._keyed(S.eligible(wide, 100), 0, 5, method)
+    kth = keyed.orderBy(*S._order()).limit(466).agg(F.min(S.KEY)).first()[0]
+    assert bound <= kth and keyed.where(F.col(S.KEY) >= bound).count() < counts.eligible / 4
