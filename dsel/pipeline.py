@@ -296,6 +296,9 @@ def load_fit(spark: SparkSession, cfg: DselConfig, summary: Optional[Summary] = 
 
 
 def _commit_at(spark: SparkSession, path: str, version: int) -> Optional[dict]:
+    """The userMetadata of commit ``version`` (the latest one's is remembered, see :func:`commit_metadata`)."""
+    if version == last_commit(spark, path).version:
+        return commit_metadata(spark, path)
     row = (DeltaTable.forPath(spark, path).history().where(F.col("version") == version)
            .select("userMetadata").first())
     return json.loads(row[0]) if row and row[0] else None
