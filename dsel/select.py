@@ -19,7 +19,10 @@ document id)::
     G = -log(-log(u))
 
 so a selection does not depend on partitioning, executor count or task retries.  Ties in the
-key are broken by id.  With several targets the quotas follow the reference: ``int(k * p_t)``
+key are broken by id.  As u >= 2**-54, G >= :data:`GUMBEL_MIN` (about -3.62): when the eligibility
+pass has counted k documents whose weight reaches an integer floor f, the k-th largest key reaches
+f + GUMBEL_MIN, and the top-k drops every row below that before ordering the rest (see
+:func:`_least_key`); the chosen rows are the same.  With several targets the quotas follow the reference: ``int(k * p_t)``
 for each target and the remainder to the last one; each target then takes its top documents
 among those not chosen by an earlier target.
 """
