@@ -453,8 +453,7 @@ def select(spark: SparkSession, cfg: DselConfig, summary: Summary, fitted: Optio
     selection = select_documents(weights, fitted.target_names, proportions, num_samples=cfg.num_samples,
                                  num_tokens=cfg.num_tokens, seed=cfg.seed, method=cfg.method, min_length=rule,
                                  counts=_known_counts(spark, paths, eligibility))
-    eligibility.update(eligible=selection.eligible, filtered=selection.filtered, mean_words=selection.mean_words,
-                       top_weights=selection.top_weights)
+    eligibility.update(selection.counts.record())
     summary.warnings.extend(selection.warnings)
     summary.filtered = selection.filtered
     chosen_rows = chosen_words = rows = None
@@ -495,10 +494,9 @@ def _known_counts(spark: SparkSession, paths: OutputPaths, eligibility: dict) ->
     if not DeltaTable.isDeltaTable(spark, paths.selected):
         return None
     known = (commit_metadata(spark, paths.selected) or {}).get("eligibility") or {}
-    if {k: known.get(k) for k in eligibility} != eligibility or "top_weights" not in known:
+    if {k: known.get(k) for k in eligibility} != eligibility:
         return None
-    return Counts(int(known["eligible"]), {k: int(v) for k, v in known["filtered"].items()},
-                  float(known["mean_words"]), known["top_weights"])
+    return Counts.recorded(known)
 
 
 def _selected_raw(spark: SparkSession, cfg: DselConfig, paths: OutputPaths,

@@ -144,6 +144,19 @@ class Counts(NamedTuple):
     #: (a pair where n first reaches each power of two, up to :data:`SMALL_K`); see :func:`_least_key`.
     top_weights: list
 
+    def record(self) -> dict[str, Any]:
+        """As a selection's commit keeps them (JSON-ready), for the next selection (:meth:`recorded`)."""
+        return {"eligible": self.eligible, "filtered": dict(self.removed), "mean_words": self.mean_words,
+                "top_weights": self.top_weights}
+
+    @classmethod
+    def recorded(cls, known: dict[str, Any]) -> Optional["Counts"]:
+        """The counts :meth:`record` kept, or None when ``known`` lacks any of them (an older dsel's commit)."""
+        if any(key not in known for key in ("eligible", "filtered", "mean_words", "top_weights")):
+            return None
+        return cls(int(known["eligible"]), {k: int(v) for k, v in known["filtered"].items()},
+                   float(known["mean_words"]), known["top_weights"])
+
 
 def filter_counts(weights: DataFrame, min_length: Union[int, Filters]) -> Counts:
     """The eligible documents, the documents each filter removed, the eligible documents' mean words, and
@@ -220,8 +233,7 @@ class Selection:
     eligible: int = 0
     warnings: list[str] = field(default_factory=list)
     filtered: dict[str, int] = field(default_factory=dict)  # documents each eligibility filter removed
-    mean_words: float = 0.0  # of the eligible documents
-    top_weights: list = field(default_factory=list)  # see Counts
+    counts: Optional[Counts] = None  # the eligibility pass's (or the ones given to :func:`select`)
 
 
 def with_raw_columns(raw: DataFrame, chosen: DataFrame, run_id: str, extra: Sequence[str] = (),
@@ -382,7 +394,7 @@ def select(weights: DataFrame, target_names: Sequence[str], proportions: Sequenc
     located = list(LOCATION_COLUMNS) if set(LOCATION_COLUMNS) <= set(weights.columns) else []
     pool = eligible(weights, rule, check=False).select("id", "doc_hash", "num_words", "log_weights", *located)
     result = Selection(chosen=None, requested=[], eligible=available, filtered=dict(removed),  # type: ignore[arg-type]
-                       mean_words=mean_words, top_weights=top_weights)
+                       counts=counts)
     if num_samples is not None and num_samples > available:
         result.warnings.append(f"asked for {num_samples} documents but only {available} are eligible "
                                f"({rule.describe()}); selecting all {available}")
