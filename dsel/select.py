@@ -22,7 +22,8 @@ so a selection does not depend on partitioning, executor count or task retries. 
 key are broken by id.  As u >= 2**-54, G >= :data:`GUMBEL_MIN` (about -3.62): when the eligibility
 pass has counted k documents whose weight reaches an integer floor f, the k-th largest key reaches
 f + GUMBEL_MIN, and the top-k drops every row below that before ordering the rest (see
-:func:`_least_key`); the chosen rows are the same.  With several targets the quotas follow the reference: ``int(k * p_t)``
+:func:`_least_key`); the chosen rows are the same.  With several targets the quotas follow the
+reference: ``int(k * p_t)``
 for each target and the remainder to the last one; each target then takes its top documents
 among those not chosen by an earlier target.
 """
@@ -176,14 +177,18 @@ def filter_counts(weights: DataFrame, min_length: Union[int, Filters]) -> Counts
                            F.posexplode_outer(F.when(reason.isNull(), F.col("log_weights"))).alias("_t", "_w"))
             .groupBy("_r", "_z", "_t", F.floor("_w").alias("_b"))
             .agg(F.count("*").alias("_n"), F.sum("num_words").alias("_words")).collect())
-    if any(r["_z"] for r in rows):
-        raise rule._no_statistics([])
-    removed = {name: sum(r["_n"] for r in rows if r["_r"] == name) for name, _ in rule.failing()}
-    first = [r for r in rows if r["_r"] is None and (r["_t"] or 0) == 0]
-    eligible, words = sum(r["_n"] for r in first), sum(r["_words"] or 0 for r in first)
-    floors: dict[int, dict[int, int]] = {}
+    removed = {name: 0 for name, _ in rule.failing()}
+    eligible = words = 0
+    floors: dict[int, dict[int, int]] = {}  # target -> weight floor -> eligible documents
     for r in rows:
-        if r["_r"] is None and r["_t"] is not None and r["_b"] is not None:
+        if r["_z"]:
+            raise rule._no_statistics([])
+        if r["_r"] is not None:
+            removed[r["_r"]] += r["_n"]
+            continue
+        if (r["_t"] or 0) == 0:  # each eligible document once
+            eligible, words = eligible + r["_n"], words + (r["_words"] or 0)
+        if r["_t"] is not None and r["_b"] is not None:
             floors.setdefault(r["_t"], {})[int(r["_b"])] = int(r["_n"])
     return Counts(int(eligible), removed, words / eligible if eligible else 0.0,
                   [_powers(floors.get(t, {})) for t in range(max(floors, default=-1) + 1)])
@@ -230,10 +235,17 @@ class Selection:
 
     chosen: DataFrame
     requested: list[int]
-    eligible: int = 0
+    counts: Counts  # of the eligibility pass (or the ones given to :func:`select`)
     warnings: list[str] = field(default_factory=list)
-    filtered: dict[str, int] = field(default_factory=dict)  # documents each eligibility filter removed
-    counts: Optional[Counts] = None  # the eligibility pass's (or the ones given to :func:`select`)
+
+    @property
+    def eligible(self) -> int:
+        return self.counts.eligible
+
+    @property
+    def filtered(self) -> dict[str, int]:
+        """Documents each eligibility filter removed."""
+        return self.counts.removed
 
 
 def with_raw_columns(raw: DataFrame, chosen: DataFrame, run_id: str, extra: Sequence[str] = (),
@@ -390,11 +402,10 @@ def select(weights: DataFrame, target_names: Sequence[str], proportions: Sequenc
         counts = filter_counts(weights, rule)  # also checks the statistics
     else:
         rule.check(weights, scan=False)
-    available, removed, mean_words, top_weights = counts
+    available, _, mean_words, top_weights = counts
     located = list(LOCATION_COLUMNS) if set(LOCATION_COLUMNS) <= set(weights.columns) else []
     pool = eligible(weights, rule, check=False).select("id", "doc_hash", "num_words", "log_weights", *located)
-    result = Selection(chosen=None, requested=[], eligible=available, filtered=dict(removed),  # type: ignore[arg-type]
-                       counts=counts)
+    result = Selection(chosen=None, requested=[], counts=counts)  # type: ignore[arg-type]
     if num_samples is not None and num_samples > available:
         result.warnings.append(f"asked for {num_samples} documents but only {available} are eligible "
                                f"({rule.describe()}); selecting all {available}")
