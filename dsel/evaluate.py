@@ -127,12 +127,14 @@ def kl_summary(target_hists: np.ndarray, raw_hist: np.ndarray, selected_hist: np
             "raw_features": int(np.sum(raw_hist)), "selected_features": int(np.sum(selected_hist))}
 
 
-def run_kl_reduction(spark: SparkSession, cfg: DselConfig, fitted: Optional[Fit] = None) -> dict[str, Any]:
+def run_kl_reduction(spark: SparkSession, cfg: DselConfig, fitted: Optional[Fit] = None,
+                     selected: Optional[DataFrame] = None) -> dict[str, Any]:
     """KL reduction of the finished run under ``cfg.out`` (tables log_ratios and selected).
 
     ``cfg`` must carry the run's n-gram and hash settings and its text and id columns; raw and
     target histograms come from ``fitted`` (by default ``OUT/log_ratios``; the raw one is the run's
-    fit sample), the selection's is recomputed from the text in ``OUT/selected``.
+    fit sample), the selection's is recomputed from the text in ``OUT/selected``, or in ``selected``
+    (the rows being written there).
     """
     from dsel.fit import Fit
     from dsel.read import prepare
@@ -141,7 +143,7 @@ def run_kl_reduction(spark: SparkSession, cfg: DselConfig, fitted: Optional[Fit]
     cfg.require("out")
     paths = OutputPaths(cfg.out)
     fitted = fitted or Fit.from_frame(read_table(spark, paths.log_ratios, "log_ratios"), cfg.fit_params())
-    selected = read_table(spark, paths.selected, "selected")
+    selected = read_table(spark, paths.selected, "selected") if selected is None else selected
     if cfg.text_column not in selected.columns:
         raise DselError(f"{paths.selected} has no text column '{cfg.text_column}'; pass the run's --text-column")
     selected_hist = histogram(prepare(selected, cfg), cfg)

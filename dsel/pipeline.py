@@ -13,6 +13,7 @@ import shutil
 import socket
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from typing import Optional
 
 from pyspark.sql import DataFrame, Observation, SparkSession
@@ -457,22 +458,27 @@ def select(spark: SparkSession, cfg: DselConfig, summary: Summary, fitted: Optio
     summary.warnings.extend(selection.warnings)
     summary.filtered = selection.filtered
     chosen_rows = chosen_words = rows = None
+    small = cfg.num_samples is not None and cfg.num_samples <= SMALL_K
     if raw is None:
         raw, located = _selected_raw(spark, cfg, paths, selection)
         if raw is not None:  # the chosen rows are materialized then: counting them costs nothing
             chosen_rows, chosen_words = selection.chosen.agg(F.count("*"), F.sum("num_words")).first()
             rows = carried_rows(raw, summary.run_id) if located else None
+    # A few records, the chosen rows one for one: kept in memory, then written and measured at once.
+    measured = rows is not None and small
+    rows = rows.localCheckpoint() if measured else rows
     if raw is None:
         raw = _stored_raw(spark, cfg, paths.weights, summary) or read_raw(spark, cfg, summary=summary)
     if rows is None:
         rows = with_raw_columns(raw, selection.chosen, summary.run_id,
                                 broadcast=(cfg.num_samples or 0) <= 1_000_000)
     # In (target, rank) order: a small selection as one sorted file (no sampling job to range-partition).
-    small = cfg.num_samples is not None and cfg.num_samples <= SMALL_K
-    rows = rows.repartition(1).sortWithinPartitions("target", "rank") if small else rows.orderBy("target", "rank")
-    commit = write_table(rows, paths.selected, _metadata(cfg, summary, requested=selection.requested,
-                                                         weights_version=weights_version,
-                                                         fit_version=summary.fit_version, eligibility=eligibility))
+    ordered = rows.repartition(1).sortWithinPartitions("target", "rank") if small else rows.orderBy("target", "rank")
+    with ThreadPoolExecutor(1) as measuring:  # the KL reduction's job runs beside the write's single task
+        kl = measuring.submit(run_kl_reduction, spark, cfg, fitted, rows) if measured else None
+        commit = write_table(ordered, paths.selected, _metadata(
+            cfg, summary, requested=selection.requested, weights_version=weights_version,
+            fit_version=summary.fit_version, eligibility=eligibility))
     summary.tables[paths.selected], summary.selected = commit.version, commit.rows
     summary.eligible = selection.eligible
     written = spark.read.format("delta").load(paths.selected)
@@ -480,7 +486,7 @@ def select(spark: SparkSession, cfg: DselConfig, summary: Summary, fitted: Optio
     if chosen_rows != commit.rows:
         chosen_words = written.agg(F.sum("num_words")).first()[0]
     summary.selected_words = int(chosen_words or 0)
-    summary.kl_reduction = run_kl_reduction(spark, cfg, fitted)["kl_reduction"]
+    summary.kl_reduction = (kl.result() if kl else run_kl_reduction(spark, cfg, fitted))["kl_reduction"]
     if cfg.export:
         export(written.drop("run_id"), cfg.export, cfg.export_format)
         summary.tables[cfg.export] = -1

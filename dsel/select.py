@@ -50,6 +50,8 @@ RANK_BIN_ROWS = 200_000
 SELECTED_COLUMNS = ("id", "doc_hash", "num_words", "log_weight", "rank", "target")
 #: The smallest noise :func:`gumbel` gives (at u = 2**-54): every key is at least its weight plus this.
 GUMBEL_MIN = -math.log(54 * math.log(2))
+#: Above the largest noise :func:`gumbel` gives (u < 1 is at most 1 - 2**-53, so G < 53 ln 2); at u = 1, G is null.
+GUMBEL_MAX = 54 * math.log(2)
 #: Taken off a key bound, for the rounding of the key's arithmetic.
 KEY_SLACK = 1e-3
 #: Prefix of the chosen rows' columns while they travel with their raw records.
@@ -58,7 +60,11 @@ CARRIED = "_dsel_c_"
 
 def gumbel(seed: int, target: int) -> F.Column:
     """Standard Gumbel noise from (seed, target, id), as in the module docstring."""
-    bits = F.shiftrightunsigned(F.xxhash64(F.lit(seed).cast("long"), F.lit(target).cast("int"), F.col("id")), 11)
+    return _noise(F.shiftrightunsigned(F.xxhash64(F.lit(seed).cast("long"), F.lit(target).cast("int"), F.col("id")), 11))
+
+
+def _noise(bits: F.Column) -> F.Column:
+    """G from 53 random bits: at least :data:`GUMBEL_MIN`, below :data:`GUMBEL_MAX` (null at the top bits)."""
     uniform = (bits.cast("double") + F.lit(0.5)) / F.lit(float(2 ** 53))
     return -F.log(-F.log(uniform))
 
@@ -308,7 +314,9 @@ def _top(keyed: DataFrame, k: int, pool_size: int,
         chosen = keyed
     elif k <= SMALL_K:
         bound = least(k) if least is not None else None
-        candidates = keyed if bound is None else keyed.where(F.col(KEY) >= F.lit(bound))
+        # the weight test first: the noise is computed only for rows that it leaves (a few)
+        candidates = keyed if bound is None else keyed.where(
+            (F.col("log_weight") >= F.lit(bound - GUMBEL_MAX)) & (F.col(KEY) >= F.lit(bound)))
         chosen = candidates.orderBy(*_order()).limit(k)
     else:
         chosen = _threshold_top(keyed, k, pool_size)

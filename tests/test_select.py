@@ -54,6 +54,14 @@ def test_noise_depends_only_on_seed_target_and_id(spark, weights):
     assert other.where(F.col("g") == F.col("g2")).count() < 10
 
 
+def test_noise_stays_within_the_bounds_the_top_k_prunes_with(spark):
+    # The smallest, the largest below u = 1, and the top bits (u rounds to 1: a null key, ordered last).
+    row = spark.range(1).select(S._noise(F.lit(0)).alias("low"), S._noise(F.lit(2 ** 53 - 2)).alias("high"),
+                                S._noise(F.lit(2 ** 53 - 1)).alias("top")).first()
+    assert S.GUMBEL_MIN - 1e-9 <= row["low"] < S.GUMBEL_MIN + 1e-9
+    assert 36 < row["high"] < S.GUMBEL_MAX and row["top"] is None
+
+
 @pytest.mark.parametrize("method", ["gumbel", "topk"])
 def test_key_bound_keeps_the_top_and_drops_the_rest(spark, method):
     # Weights spread like real ones (sums over hundreds of n-grams), two targets.
