@@ -22,9 +22,10 @@ so a selection does not depend on partitioning, executor count or task retries. 
 key are broken by id.  As u >= 2**-54, G >= :data:`GUMBEL_MIN` (about -3.62): when the eligibility
 pass has counted k documents whose weight reaches an integer floor f, the k-th largest key reaches
 f + GUMBEL_MIN, and the top-k drops every row below that before ordering the rest (see
-:func:`_least_key`); the chosen rows are the same.  With several targets the quotas follow the
-reference: ``int(k * p_t)``
-for each target and the remainder to the last one; each target then takes its top documents
+:func:`_least_key`), testing the weight first (G < :data:`GUMBEL_MAX`, about 37.4, so a row whose
+weight is below the bound minus that is dropped before its noise is computed); the chosen rows are
+the same.  With several targets the quotas follow the reference: ``int(k * p_t)`` for each
+target and the remainder to the last one; each target then takes its top documents
 among those not chosen by an earlier target.
 """
 from __future__ import annotations
@@ -64,7 +65,8 @@ def gumbel(seed: int, target: int) -> F.Column:
 
 
 def _noise(bits: F.Column) -> F.Column:
-    """G from 53 random bits: at least :data:`GUMBEL_MIN`, below :data:`GUMBEL_MAX` (null at the top bits)."""
+    """G from 53 random bits: at least :data:`GUMBEL_MIN`, below :data:`GUMBEL_MAX`; null for the
+    largest value of the bits, where u rounds to 1 (the key is then null, and ordered last)."""
     uniform = (bits.cast("double") + F.lit(0.5)) / F.lit(float(2 ** 53))
     return -F.log(-F.log(uniform))
 
