@@ -56,6 +56,11 @@ def local_conf(master: Optional[str]) -> dict[str, str]:
       each time one of dsel's small tables is loaded; one task per core does the same for a few hundred ms.
     * The JVM's C1 compiler only (``TieredStopAtLevel=1``) and the serial collector: measured at about
       half the JVM's CPU of a run, since little Spark code runs hot enough to repay C2 compilation.
+    * Four shuffle partitions per core (at least 8) instead of 200: below 200, every map task of a
+      shuffle writes one file per partition (Spark's bypass-merge writer), and dsel's shuffles are
+      small aggregations over many tasks (the fit's histograms, the duplicate ids, the eligibility
+      counts): at 4 GB, fit 7.4 → 4.8 s, score 14.8 → 12.4 s, 131 → 117 CPU s (two runs each way).
+      Adaptive execution still coalesces them.
     """
     master = master or "local[*]"
     if not master.startswith("local"):
@@ -63,6 +68,7 @@ def local_conf(master: Optional[str]) -> dict[str, str]:
     inside = master[len("local["):-1].split(",")[0] if master.startswith("local[") else "1"
     cores = (os.cpu_count() or 2) if inside in ("*", "") else int(inside)
     return {"spark.databricks.delta.snapshotPartitions": str(max(1, cores)),
+            "spark.sql.shuffle.partitions": str(max(8, 4 * cores)),
             "spark.driver.extraJavaOptions": "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"}
 
 

@@ -15,6 +15,7 @@ from dsel.session import build_session
 spark = build_session("local[1]", {"spark.ui.enabled": "false",
                                    "spark.driver.extraJavaOptions": "-Xlog:class+load=info:file=" + sys.argv[1]})
 assert spark.range(5).count() == 5
+assert spark.conf.get("spark.sql.shuffle.partitions") == "8"  # local mode: 4 per core, at least 8
 """
 
 
