@@ -143,7 +143,8 @@ def _rss(pid: int) -> int:
 def spark_run(argv: list[str], module: bool = True) -> dict:
     """Run a dsel command (or, ``module=False``, a Python script) in a subprocess; its wall time, the
     CPU time of its whole process tree, the peak RSS of its JVM, and the per-stage seconds it printed
-    (``done``: each in order; ``stages``: the last of each name)."""
+    (``done``: each in order; ``stages``: the last of each name), and the whole commands' seconds that
+    ``reselect.py`` printed (``commands``)."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     start = time.time()
     proc = subprocess.Popen([sys.executable, *(["-m", "dsel.cli"] if module else []), *argv], stdout=subprocess.PIPE,
@@ -173,9 +174,10 @@ def spark_run(argv: list[str], module: bool = True) -> dict:
     if proc.returncode != 0:
         raise SystemExit(f"dsel {' '.join(argv)} failed:\n{output[-3000:]}")
     done = [(m.group(1), float(m.group(2))) for m in re.finditer(r"\[dsel\] (\w+) done in ([\d.]+)s", output)]
+    commands = [float(m.group(1)) for m in re.finditer(r"\[bench\] command took ([\d.]+)s", output)]
     # each pid's own CPU at its last sighting (Spark reuses its Python workers, so few are missed)
     return {"wall": wall, "cpu": sum(seen.values()), "jvm_cpu": sum(seen[p] for p in jvms), "stages": dict(done),
-            "done": done, "jvm_rss": peak["jvm_rss"]}
+            "done": done, "commands": commands, "jvm_rss": peak["jvm_rss"]}
 
 
 def row(name: str, docs: int, mb: float, cpu: float, ref: tuple[int, float, float] | None = None) -> str:
@@ -247,7 +249,8 @@ def main() -> None:
         s = result["stages"]
         score, scoring = max(s.get("score", 0), 1e-9), max(s.get("featurize", 0) + s.get("score", 0), 1e-9)
         runs.append({"cores": cores, "share": share, "mb": mb, "docs": docs, **result, "reselect": cold,
-                     "reselect_warm": warm, "over_score": (cold / score, warm / score),
+                     "reselect_warm": warm, "reselect_command": again["commands"],
+                     "over_score": (cold / score, warm / score),
                      "over_scoring": (cold / scoring, warm / scoring)})
         shutil.rmtree(out, ignore_errors=True)
 
@@ -261,14 +264,16 @@ def main() -> None:
     # dsel splits the reference's scoring (tokenize, hash and weigh every raw document) into featurize
     # (the pass over the text) and score (decoding the stored counts): re-select is compared with both.
     print("\n| run | wall s | featurize s | fit s | score s | select s | re-select s, fresh JVM / warm "
-          "| re-select / score, fresh / warm | re-select / (featurize + score), fresh / warm | JVM peak RSS |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "| re-select / score, fresh / warm | re-select / (featurize + score), fresh / warm "
+          "| whole `dsel select` s, fresh / warm | JVM peak RSS |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in runs:
         s = r["stages"]
         print(f"| local[{r['cores']}] {r['share']:g}x | {r['wall']:.0f} | {s.get('featurize', 0):.1f} | {s.get('fit', 0):.1f} | "
               f"{s.get('score', 0):.1f} | {s.get('select', 0):.1f} | {r['reselect']:.1f} / {r['reselect_warm']:.1f} | "
               f"{r['over_score'][0]:.2f} / {r['over_score'][1]:.2f} | "
-              f"{r['over_scoring'][0]:.2f} / {r['over_scoring'][1]:.2f} | {r['jvm_rss'] / 2**20:,.0f} MB |")
+              f"{r['over_scoring'][0]:.2f} / {r['over_scoring'][1]:.2f} | "
+              f"{' / '.join(f'{c:.1f}' for c in r['reselect_command'])} | {r['jvm_rss'] / 2**20:,.0f} MB |")
     full2 = next(r for r in runs if r["cores"] == 2 and r["share"] == 1.0)
     e2e_per_core = full2["mb"] / full2["cpu"]
     ref_per_core = ref_mb / (ref_fs + ref["select"])

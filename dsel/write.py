@@ -11,8 +11,9 @@ import contextlib
 import json
 import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Optional, Sequence
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import types as T
@@ -201,16 +202,44 @@ def forget_commit(path: str) -> None:
 def _latest(spark: SparkSession, path: str):
     """The latest commit's version, timestamp, operationMetrics and userMetadata (one read of the log per table in
     a :func:`remembering_commits` block)."""
-    from delta.tables import DeltaTable
-
     commits = getattr(_MEMO, "commits", None)
     if commits is not None and path in commits:
         return commits[path]
-    row = (DeltaTable.forPath(spark, path).history(1)
-           .select("version", "timestamp", "operationMetrics", "userMetadata").first())
+    row = _history_row(spark, path)
     if commits is not None:
         commits[path] = row
     return row
+
+
+def _history_row(spark: SparkSession, path: str):
+    from delta.tables import DeltaTable
+
+    return (DeltaTable.forPath(spark, path).history(1)
+            .select("version", "timestamp", "operationMetrics", "userMetadata").first())
+
+
+def prefetch_commits(spark: SparkSession, paths: Sequence[str]) -> None:
+    """Read the latest commit of each of ``paths`` that is a Delta table, all at once (one thread each),
+    into this :func:`remembering_commits` block: each read is a few small driver-side steps, mostly waiting."""
+    from delta.tables import DeltaTable
+
+    commits = getattr(_MEMO, "commits", None)
+    wanted = [p for p in dict.fromkeys(paths) if commits is not None and p not in commits]
+    if not wanted:
+        return
+    with ThreadPoolExecutor(len(wanted)) as pool:
+        rows = list(pool.map(lambda p: _history_row(spark, p) if DeltaTable.isDeltaTable(spark, p) else None, wanted))
+    commits.update((p, row) for p, row in zip(wanted, rows) if row is not None)
+
+
+def load_state(spark: SparkSession, path: str) -> None:
+    """Compute the current state (the list of files) of the Delta table at ``path``, when it is one: Delta
+    keeps it, so an overwrite that follows without another commit in between does not compute it
+    again.  Run it in a thread while other work goes on."""
+    from delta.tables import DeltaTable
+
+    if DeltaTable.isDeltaTable(spark, path):
+        spark.read.format("delta").load(path).inputFiles()
 
 
 def last_commit(spark: SparkSession, path: str) -> Written:

@@ -10,6 +10,7 @@ from delta.tables import DeltaTable
 from pyspark.sql import functions as F
 
 import dsel.select
+import dsel.write
 from dsel.cli import main
 from dsel.config import DselConfig
 from dsel.pipeline import execute
@@ -152,6 +153,25 @@ def test_reselect_reuses_weights_and_changes_with_seed(spark, corpus, contract_r
     expected = [r["id"] for r in weights.orderBy(F.desc("log_weight"), "id").limit(20).collect()]
     assert _selected_ids(spark, out) == expected
     assert delta(spark, out / "runs").count() == 4  # the run, two selects and the failed one
+
+
+def test_prefetched_commits_are_the_ones_read_one_by_one(spark, contract_run, monkeypatch, tmp_path):
+    out, _ = contract_run
+    tables = [str(out / name) for name in ("weights", "log_ratios", "selected")]
+    expected = {path: dsel.write.last_commit(spark, path) for path in tables}
+    with dsel.write.remembering_commits():
+        dsel.write.prefetch_commits(spark, [*tables, str(tmp_path / "missing")])
+        with monkeypatch.context() as patch:  # read once, all at once: no more reads of these logs
+            patch.setattr(dsel.write, "_history_row", lambda *a: pytest.fail("read a prefetched log again"))
+            assert {path: dsel.write.last_commit(spark, path) for path in tables} == expected
+            assert dsel.write.commit_metadata(spark, tables[0])["command"] == "run"
+        # a path that is no Delta table is left out, so reading it fails as it would have
+        with pytest.raises(Exception, match="not a Delta table"):
+            dsel.write.last_commit(spark, str(tmp_path / "missing"))
+    # load_state reads a table's files and leaves it as it was; a missing path is no table to load
+    dsel.write.load_state(spark, tables[2])
+    dsel.write.load_state(spark, str(tmp_path / "missing"))
+    assert dsel.write.last_commit(spark, tables[2]) == expected[tables[2]]
 
 
 def test_token_budget(spark, corpus, contract_run):
