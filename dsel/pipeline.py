@@ -29,14 +29,14 @@ from dsel.read import DETAIL, HASH, ID, INTERNAL, files_digest, fingerprint, pre
 from dsel.report import Summary
 from dsel.score import (score as score_records, skipped as skipped_records, unique_weights,
                         weights as weight_records)
-from dsel.session import start_python_workers
 from dsel.select import (SMALL_K, Counts, Filters, carried_rows, filter_counts, select as select_documents,
                          with_raw_columns)
 from dsel.evaluate import run_kl_reduction
 from dsel.featurize import LOCATION_COLUMNS, features as raw_features
 from dsel.runs import claim, record_run, release
 from dsel.write import (OutputPaths, check_outputs, commit_metadata, commit_stamp, export, last_commit, load_state,
-                        merge_table, prefetch_commits, read_table, remembering_commits, write_table, Written)
+                        merge_table, prefetch_commits, read_table, remembering, remembering_commits, write_table,
+                        Written)
 
 
 def read_raw(spark: SparkSession, cfg: DselConfig, schema: Optional[StructType] = None,
@@ -445,22 +445,28 @@ def select(spark: SparkSession, cfg: DselConfig, summary: Summary, fitted: Optio
         raise DselError("give --num-samples K or --num-tokens N")
     paths = OutputPaths(cfg.out)
     started = time.time()
-    # The overwrite of OUT/selected needs that table's current state: loaded while the selection is made.
-    warming = ThreadPoolExecutor(1)
+    # While the selection is made: the overwrite of OUT/selected needs that table's current state, and
+    # the fit (checked against this run's settings) is needed only to measure the selection.
+    warming = ThreadPoolExecutor(2)
     state = warming.submit(load_state, spark, paths.selected)
-    warming.shutdown(wait=False)
     prefetch_commits(spark, [paths.weights, paths.log_ratios, paths.selected, paths.features])
     weights = read_table(spark, paths.weights, "weights")
-    scored_with = (commit_metadata(spark, paths.weights) or {}).get("fit_version")
-    fitted = fitted or load_fit(spark, cfg, summary, version=scored_with)
+    scored = commit_metadata(spark, paths.weights) or {}
+    fitting = None if fitted else warming.submit(remembering(load_fit), spark, cfg, summary,
+                                                 version=scored.get("fit_version"))
+    warming.shutdown(wait=False)
+    names = fitted.target_names if fitted else scored.get("targets")
+    if fitting and (names is None or (len(names) > 1 and not cfg.target_proportions)):
+        fitted = fitting.result()  # the quotas follow the targets' sizes
+        names = fitted.target_names
     weights_version = last_commit(spark, paths.weights).version
-    proportions = cfg.target_proportions or [float(s) for s in fitted.target_sizes]
-    if len(proportions) != len(fitted.target_names):
+    proportions = cfg.target_proportions or ([float(s) for s in fitted.target_sizes] if fitted else [1.0])
+    if len(proportions) != len(names):
         raise DselError(f"target_proportions has {len(proportions)} values but {paths.log_ratios} has "
-                        f"{len(fitted.target_names)} targets")
+                        f"{len(names)} targets")
     rule = Filters.of(cfg)
     eligibility = {"weights": commit_stamp(spark, paths.weights), "filters": dataclasses.asdict(rule)}
-    selection = select_documents(weights, fitted.target_names, proportions, num_samples=cfg.num_samples,
+    selection = select_documents(weights, names, proportions, num_samples=cfg.num_samples,
                                  num_tokens=cfg.num_tokens, seed=cfg.seed, method=cfg.method, min_length=rule,
                                  counts=_known_counts(spark, paths, eligibility))
     eligibility.update(selection.counts.record())
@@ -483,6 +489,7 @@ def select(spark: SparkSession, cfg: DselConfig, summary: Summary, fitted: Optio
                                 broadcast=(cfg.num_samples or 0) <= 1_000_000)
     # In (target, rank) order: a small selection as one sorted file (no sampling job to range-partition).
     ordered = rows.repartition(1).sortWithinPartitions("target", "rank") if small else rows.orderBy("target", "rank")
+    fitted = fitted or fitting.result()  # type: ignore[union-attr]
     wait([state])  # its failure, if any, is the overwrite's to report
     with ThreadPoolExecutor(1) as measuring:  # the KL reduction's job runs beside the write's single task
         kl = measuring.submit(run_kl_reduction, spark, cfg, fitted, rows) if measured else None
@@ -637,7 +644,6 @@ def execute(spark: SparkSession, cfg: DselConfig, command: str, **options: str) 
         cfg.require("raw", "target")
     if command in ("run", "select") and cfg.num_samples is None and cfg.num_tokens is None:
         raise DselError("give --num-samples K or --num-tokens N")
-    start_python_workers(spark)  # in the background, while the checks and the lock below run
     inputs = [] if command == "reproduce" else [fingerprint(spark, cfg.raw, cfg.raw_format, cfg) if cfg.raw else []]
     if command in ("run", "fit"):
         inputs.append(fingerprint(spark, cfg.target, cfg.target_format, cfg))

@@ -23,8 +23,6 @@ import hashlib
 import os
 import shutil
 import sys
-import threading
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterable, Optional
 
@@ -120,46 +118,6 @@ def build_session(master: Optional[str] = None, conf: Optional[dict[str, str]] =
     if conf.get("spark.jars.packages", "") == packages:
         _remember_jars(cache, conf.get("spark.jars", ""))
     return spark
-
-
-_STARTED: set[str] = set()
-_STARTING = threading.Lock()
-
-
-def start_python_workers(spark: SparkSession) -> Optional[Future]:
-    """Start a local session's Python workers in the background, once per application: one task per
-    core imports dsel's readers and loads its compiled kernel (numba's cache), which the first
-    Python task of a fresh session otherwise pays for (about 1 s of wall time per worker).  Workers
-    are reused by the tasks that follow, so this overlaps that start with a command's first Delta
-    reads and writes (table checks, the lock, the run record) instead of adding to it.  None on a
-    cluster, whose executors start their own, and once the workers were started."""
-    sc = spark.sparkContext
-    with _STARTING:
-        if not sc.master.startswith("local") or sc.applicationId in _STARTED:
-            return None
-        _STARTED.add(sc.applicationId)
-    cores = sc.defaultParallelism
-
-    def start() -> None:
-        sc.setJobDescription("dsel: start the Python workers")
-        spark.range(cores, numPartitions=cores).mapInArrow(_load_kernel, "id long").collect()
-
-    pool = ThreadPoolExecutor(1, thread_name_prefix="dsel-workers")
-    started = pool.submit(start)
-    pool.shutdown(wait=False)
-    return started
-
-
-def _load_kernel(batches):
-    import importlib
-
-    import numpy as np
-    import pyarrow as pa
-
-    importlib.import_module("dsel.jsonread")  # for the tasks that follow
-    kernel = importlib.import_module("dsel.kernel")
-    kernel.count_batch(pa.array(["a b"]), np.zeros(1, np.int64), np.zeros((1, 16), np.int64))
-    yield from batches
 
 
 def _cache_dir() -> Path:

@@ -8,18 +8,20 @@ JSON in ``userMetadata``.  The run table and the lock are written by :mod:`dsel.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence, TypeVar
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import types as T
 
 from dsel.errors import DselError
 
+T_ = TypeVar("T_")
 TABLES = ("features", "log_ratios", "weights", "skipped", "selected", "runs", "lock", "evaluation")
 
 
@@ -123,10 +125,11 @@ def write_table(df: DataFrame, path: str, metadata: dict[str, Any], mode: str = 
 
 
 def check_outputs(spark: SparkSession, paths: OutputPaths) -> None:
-    """Before a run writes anything: every table already under ``--out`` must be one dsel wrote."""
-    for name in TABLES:
-        if name not in ("runs", "lock"):
-            check_table(spark, paths.table(name), None)
+    """Before a run writes anything: every table already under ``--out`` must be one dsel wrote (all
+    read at once, one thread each; the first failing table in :data:`TABLES` order is reported)."""
+    names = [name for name in TABLES if name not in ("runs", "lock")]
+    with ThreadPoolExecutor(len(names)) as pool:
+        list(pool.map(lambda name: check_table(spark, paths.table(name), None), names))
 
 
 def check_table(spark: SparkSession, path: str, schema: Optional[T.StructType], appending: bool = False) -> None:
@@ -190,6 +193,22 @@ def remembering_commits() -> Iterator[None]:
         yield
     finally:
         _MEMO.commits = outer
+
+
+def remembering(fn: Callable[..., T_]) -> Callable[..., T_]:
+    """``fn``, to be called in another thread, with the commits this thread remembers (see
+    :func:`remembering_commits`)."""
+    commits = getattr(_MEMO, "commits", None)
+
+    @functools.wraps(fn)
+    def call(*args: Any, **kwargs: Any) -> T_:
+        outer = getattr(_MEMO, "commits", None)
+        _MEMO.commits = commits
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            _MEMO.commits = outer
+    return call
 
 
 def forget_commit(path: str) -> None:

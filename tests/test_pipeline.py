@@ -13,6 +13,7 @@ import dsel.select
 import dsel.write
 from dsel.cli import main
 from dsel.config import DselConfig
+from dsel.errors import DselError
 from dsel.pipeline import execute
 from tests.conftest import sample_docs, write_jsonl
 
@@ -172,6 +173,18 @@ def test_prefetched_commits_are_the_ones_read_one_by_one(spark, contract_run, mo
     dsel.write.load_state(spark, tables[2])
     dsel.write.load_state(spark, str(tmp_path / "missing"))
     assert dsel.write.last_commit(spark, tables[2]) == expected[tables[2]]
+
+
+def test_select_with_other_fit_settings_fails_before_writing(spark, corpus, contract_run):
+    # The fit is checked against the run's settings beside the selection (it is needed only to measure
+    # it), and before anything is written.
+    out, _ = contract_run
+    before = DeltaTable.forPath(spark, str(out / "selected")).history(1).first()["version"]
+    cfg = DselConfig.from_mapping({"raw": [corpus["raw_dir"]], "target": [corpus["target"]], "out": str(out),
+                                   "num_samples": 10, "seed": 4, "num_buckets": 5000})
+    with pytest.raises(DselError, match="fit with num_buckets=10000 but this run has num_buckets=5000"):
+        execute(spark, cfg, "select")
+    assert DeltaTable.forPath(spark, str(out / "selected")).history(1).first()["version"] == before
 
 
 def test_token_budget(spark, corpus, contract_run):
