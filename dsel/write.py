@@ -184,11 +184,12 @@ _MEMO = threading.local()
 
 
 @contextlib.contextmanager
-def remembering_commits() -> Iterator[None]:
+def remembering_commits(commits: Optional[dict] = None) -> Iterator[None]:
     """Within this block, remember each table's latest commit once read: for one dsel command, which
-    holds ``OUT/lock``, so only it writes its tables (and every write here forgets the table's entry)."""
+    holds ``OUT/lock``, so only it writes its tables (and every write here forgets the table's entry).
+    ``commits``: remember into another thread's (see :func:`remembering`)."""
     outer = getattr(_MEMO, "commits", None)
-    _MEMO.commits = {} if outer is None else outer
+    _MEMO.commits = commits if commits is not None else ({} if outer is None else outer)
     try:
         yield
     finally:
@@ -197,17 +198,15 @@ def remembering_commits() -> Iterator[None]:
 
 def remembering(fn: Callable[..., T_]) -> Callable[..., T_]:
     """``fn``, to be called in another thread, with the commits this thread remembers (see
-    :func:`remembering_commits`)."""
+    :func:`remembering_commits`); ``fn`` itself when this thread remembers none."""
     commits = getattr(_MEMO, "commits", None)
+    if commits is None:
+        return fn
 
     @functools.wraps(fn)
     def call(*args: Any, **kwargs: Any) -> T_:
-        outer = getattr(_MEMO, "commits", None)
-        _MEMO.commits = commits
-        try:
+        with remembering_commits(commits):
             return fn(*args, **kwargs)
-        finally:
-            _MEMO.commits = outer
     return call
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 import pyarrow.parquet as pq
 import pytest
@@ -166,6 +167,9 @@ def test_prefetched_commits_are_the_ones_read_one_by_one(spark, contract_run, mo
             patch.setattr(dsel.write, "_history_row", lambda *a: pytest.fail("read a prefetched log again"))
             assert {path: dsel.write.last_commit(spark, path) for path in tables} == expected
             assert dsel.write.commit_metadata(spark, tables[0])["command"] == "run"
+            with ThreadPoolExecutor(1) as pool:  # another thread, with this thread's remembered commits
+                remembered = pool.submit(dsel.write.remembering(dsel.write.last_commit), spark, tables[1])
+                assert remembered.result() == expected[tables[1]]
         # a path that is no Delta table is left out, so reading it fails as it would have
         with pytest.raises(Exception, match="not a Delta table"):
             dsel.write.last_commit(spark, str(tmp_path / "missing"))
