@@ -382,7 +382,9 @@ def _score_all(spark: SparkSession, paths: OutputPaths, fitted: Fit, feats: Data
     summary.tables[paths.skipped] = written.version
     # In at most four files per core: every re-select's top-k opens each file of the weights (16 GB:
     # 133 files of 1.5 MB took 1.13 s, 8 files 0.89 s); their scoring tasks are as many, a few inputs each.
-    weights = weights.coalesce(4 * spark.sparkContext.defaultParallelism)
+    # Each file in descending log_weight: a top-k reads only its first pages (see dsel.select._top).
+    weights = (weights.coalesce(4 * spark.sparkContext.defaultParallelism)
+               .sortWithinPartitions(F.col("log_weight").desc()))
     written = write_table(weights, paths.weights, metadata, column_stats=False)
     summary.tables[paths.weights], summary.scored_now = written.version, written.rows
 
@@ -487,8 +489,10 @@ def select(spark: SparkSession, cfg: DselConfig, summary: Summary, fitted: Optio
     if rows is None:
         rows = with_raw_columns(raw, selection.chosen, summary.run_id,
                                 broadcast=(cfg.num_samples or 0) <= 1_000_000)
-    # In (target, rank) order: a small selection as one sorted file (no sampling job to range-partition).
-    ordered = rows.repartition(1).sortWithinPartitions("target", "rank") if small else rows.orderBy("target", "rank")
+    # In (target, rank) order: a small selection as one sorted file (no sampling job to range-partition);
+    # rows kept in memory are read into that file's task as they are, not shuffled to it.
+    one = rows.coalesce(1) if measured else rows.repartition(1)
+    ordered = one.sortWithinPartitions("target", "rank") if small else rows.orderBy("target", "rank")
     fitted = fitted or fitting.result()  # type: ignore[union-attr]
     wait([state])  # its failure, if any, is the overwrite's to report
     with ThreadPoolExecutor(1) as measuring:  # the KL reduction's job runs beside the write's single task

@@ -57,6 +57,8 @@ GUMBEL_MAX = 54 * math.log(2)
 KEY_SLACK = 1e-3
 #: Prefix of the chosen rows' columns while they travel with their raw records.
 CARRIED = "_dsel_c_"
+#: Each pooled document's largest weight over the targets: a bound on each target's weight.
+TOP = "_dsel_top"
 
 
 def gumbel(seed: int, target: int) -> F.Column:
@@ -316,9 +318,15 @@ def _top(keyed: DataFrame, k: int, pool_size: int,
         chosen = keyed
     elif k <= SMALL_K:
         bound = least(k) if least is not None else None
-        # the weight test first: the noise is computed only for rows that it leaves (a few)
-        candidates = keyed if bound is None else keyed.where(
-            (F.col("log_weight") >= F.lit(bound - GUMBEL_MAX)) & (F.col(KEY) >= F.lit(bound)))
+        # The weight tests first: the noise is computed only for rows that they leave (a few).  TOP is
+        # the weights table's own log_weight column, which Parquet filters on: a scorer writes each
+        # weights file in descending log_weight (see dsel.pipeline), so the reader skips every page
+        # of rows below the bound (by the pages' min/max column index) instead of decoding them.
+        candidates = keyed
+        if bound is not None:
+            least_weight = F.lit(bound - GUMBEL_MAX)
+            candidates = keyed.where((F.col(TOP) >= least_weight) & (F.col("log_weight") >= least_weight)
+                                     & (F.col(KEY) >= F.lit(bound)))
         chosen = candidates.orderBy(*_order()).limit(k)
     else:
         chosen = _threshold_top(keyed, k, pool_size)
@@ -414,7 +422,10 @@ def select(weights: DataFrame, target_names: Sequence[str], proportions: Sequenc
         rule.check(weights, scan=False)
     available, _, mean_words, top_weights = counts
     located = list(LOCATION_COLUMNS) if set(LOCATION_COLUMNS) <= set(weights.columns) else []
-    pool = eligible(weights, rule, check=False).select("id", "doc_hash", "num_words", "log_weights", *located)
+    # TOP from the table's log_weight when it has it (see _top), which a weights table always does
+    top = F.col("log_weight") if "log_weight" in weights.columns else F.array_max("log_weights")
+    pool = eligible(weights, rule, check=False).select("id", "doc_hash", "num_words", "log_weights",
+                                                       top.alias(TOP), *located)
     result = Selection(chosen=None, requested=[], counts=counts)  # type: ignore[arg-type]
     if num_samples is not None and num_samples > available:
         result.warnings.append(f"asked for {num_samples} documents but only {available} are eligible "

@@ -79,6 +79,10 @@ def test_contract_tables_and_columns(spark, corpus, contract_run, capsys):
     for name, indexed in (("features", "0"), ("weights", "0"), ("selected", None), ("skipped", None)):
         detail = DeltaTable.forPath(spark, str(out / name)).detail().first()
         assert detail["properties"].get("delta.dataSkippingNumIndexedCols") == indexed, name
+    # each weights file in descending log_weight, for the top-k's page skipping (tests/test_select.py)
+    for f in DeltaTable.forPath(spark, str(out / "weights")).toDF().inputFiles():
+        stored = pq.read_table(f.removeprefix("file:"), columns=["log_weight"]).column(0).to_pylist()
+        assert stored == sorted(stored, reverse=True) and len(stored) > 1, f
     # the encoded features (incompressible varints) are stored without a codec; the other tables keep Spark's
     for name, codec in (("features", "UNCOMPRESSED"), ("weights", "SNAPPY")):
         files = list((out / name).glob("*.parquet"))

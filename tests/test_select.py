@@ -84,3 +84,35 @@ def test_key_bound_keeps_the_top_and_drops_the_rest(spark, method):
     keyed = S._keyed(S.eligible(wide, 100), 0, 5, method)
     kth = keyed.orderBy(*S._order()).limit(466).agg(F.min(S.KEY)).first()[0]
     assert bound <= kth and keyed.where(F.col(S.KEY) >= bound).count() < counts.eligible / 4
+
+
+def _scanned_rows(df) -> int:
+    """Rows the Parquet scans of ``df``'s last execution returned (Spark's numOutputRows of each scan)."""
+    def walk(node) -> int:
+        if "QueryStage" in node.nodeName():
+            return walk(node.plan())
+        if "Scan" in node.nodeName():
+            return int(node.metrics().apply("numOutputRows").value())
+        children = node.children()
+        return sum(walk(children.apply(i)) for i in range(children.length()))
+    plan = df._jdf.queryExecution().executedPlan()
+    return walk(plan.executedPlan() if "AdaptiveSparkPlan" in plan.nodeName() else plan)
+
+
+def test_top_k_reads_only_the_pages_of_a_weights_file_that_can_reach_the_bound(spark, tmp_path):
+    # A Delta weights table as the scorer writes it (one file in descending log_weight), and the same
+    # rows unordered: the same selection, but Parquet's page index lets the top-k skip most of the first.
+    n = 100_000
+    rows = spark.range(n).select(
+        F.format_string("doc-%07d", "id").alias("id"), F.col("id").alias("doc_hash"),
+        (F.col("id") % 400 + 50).alias("num_words"), F.array(F.sin("id") * 300).alias("log_weights")
+    ).withColumn("log_weight", F.array_max("log_weights"))
+    rows.coalesce(1).sortWithinPartitions(F.col("log_weight").desc()).write.format("delta").save(str(tmp_path / "s"))
+    rows.coalesce(1).write.format("delta").save(str(tmp_path / "u"))
+    picked = {}
+    for name in ("s", "u"):
+        table = spark.read.format("delta").load(str(tmp_path / name))
+        chosen = S.select(table, ["a"], [1.0], num_samples=300, seed=2, counts=S.filter_counts(table, 100)).chosen
+        picked[name] = (sorted((r["rank"], r["id"]) for r in chosen.collect()), _scanned_rows(chosen))
+    assert picked["s"][0] == picked["u"][0] and len(picked["s"][0]) == 300
+    assert picked["u"][1] == n and picked["s"][1] <= n // 2, picked
