@@ -137,7 +137,12 @@ def claim(spark: SparkSession, path: str, run_id: str, timeout_hours: float, for
     mine = {f.name: F.lit(value).cast(f.dataType) for f, value in zip(LOCK_SCHEMA.fields[1:], row[1:])}
     free = f"run_id IS NULL OR run_id = '{_quote(run_id)}'"
     with _racing(spark, path, conflict):
-        DeltaTable.forPath(spark, path).update(condition=F.expr(free), set=mine)
+        # SQL, as its UPDATE says how many rows it changed: the one row changed, the lock is this run's
+        # (a concurrent commit would have failed this one), with no read of the table to find out.
+        values = ", ".join(f"{f.name} = {_literal(v)}" for f, v in zip(LOCK_SCHEMA.fields[1:], row[1:]))
+        changed = spark.sql(f"UPDATE delta.`{path.replace('`', '``')}` SET {values} WHERE {free}").first()
+    if changed is not None and changed[0] == 1:
+        return
     held = holder(spark, path)
     if held is None:  # no row to update (an emptied lock table): insert this run's row, or take it when free
         with _racing(spark, path, conflict):
@@ -183,6 +188,14 @@ def release(spark: SparkSession, path: str, run_id: str) -> None:
         condition=(F.col("run_id") == run_id) & (F.col("pid") == os.getpid()),
         set={"run_id": F.lit(None).cast("string"), "host": F.lit(None).cast("string"),
              "pid": F.lit(None).cast("long"), "claimed_at": F.lit(None).cast("timestamp")}))
+
+
+def _literal(value: Any) -> str:
+    """``value`` (a string, an integer or a datetime) as a SQL literal; a datetime as its instant, read
+    back as the same local time whatever the session's time zone (as ``F.lit`` of a datetime)."""
+    if isinstance(value, dt.datetime):
+        return f"timestamp_seconds({int(value.timestamp())})"
+    return str(int(value)) if isinstance(value, int) else f"'{_quote(str(value))}'"
 
 
 def _quote(value: str) -> str:
