@@ -134,31 +134,37 @@ def claim(spark: SparkSession, path: str, run_id: str, timeout_hours: float, for
         except conflict + (AnalysisException,):
             pass  # created by a concurrent run a moment ago: compete through the UPDATE below
     check_schema(spark, path, LOCK_SCHEMA, "lock")
-    mine = {f.name: F.lit(value).cast(f.dataType) for f, value in zip(LOCK_SCHEMA.fields[1:], row[1:])}
     free = f"run_id IS NULL OR run_id = '{_quote(run_id)}'"
-    with _racing(spark, path, conflict):
-        # SQL, as its UPDATE says how many rows it changed: the one row changed, the lock is this run's
-        # (a concurrent commit would have failed this one), with no read of the table to find out.
-        values = ", ".join(f"{f.name} = {_literal(v)}" for f, v in zip(LOCK_SCHEMA.fields[1:], row[1:]))
-        changed = spark.sql(f"UPDATE delta.`{path.replace('`', '``')}` SET {values} WHERE {free}").first()
-    if changed is not None and changed[0] == 1:
+    if _take(spark, path, row, free, conflict):
         return
     held = holder(spark, path)
     if held is None:  # no row to update (an emptied lock table): insert this run's row, or take it when free
+        names = [f.name for f in LOCK_SCHEMA.fields[1:]]
         with _racing(spark, path, conflict):
             (DeltaTable.forPath(spark, path).alias("l").merge(me.alias("n"), "l.lock = n.lock")
-             .whenMatchedUpdate(condition="l.run_id IS NULL OR l.run_id = n.run_id", set={n: f"n.{n}" for n in mine})
+             .whenMatchedUpdate(condition="l.run_id IS NULL OR l.run_id = n.run_id", set={n: f"n.{n}" for n in names})
              .whenNotMatchedInsertAll().execute())
         held = holder(spark, path)
     if held is not None and held.run_id != run_id and (force or held.gone(timeout_hours)):
         # Take over from exactly the holder seen here; if it changed meanwhile, the UPDATE matches nothing.
         taken = free + (f" OR (run_id = '{_quote(held.run_id)}' AND host = '{_quote(held.host)}' "
                         f"AND pid = {int(held.pid)})")
-        with _racing(spark, path, conflict):
-            DeltaTable.forPath(spark, path).update(condition=F.expr(taken), set=mine)
+        if _take(spark, path, row, taken, conflict):
+            return
         held = holder(spark, path)
     if held is None or held.run_id != run_id or held.pid != os.getpid():
         raise _busy(path, held) if held else DselError(f"another dsel run changed {path} at the same moment; rerun")
+
+
+def _take(spark: SparkSession, path: str, row: tuple, condition: str, conflict: tuple) -> bool:
+    """Write ``row`` into the lock's row where ``condition`` holds; True when it changed the one row.
+
+    SQL, as its UPDATE says how many rows it changed: the lock is then this run's (a concurrent
+    commit would have failed this one), with no read of the table to find out."""
+    values = ", ".join(f"{f.name} = {_literal(v)}" for f, v in zip(LOCK_SCHEMA.fields[1:], row[1:]))
+    with _racing(spark, path, conflict):
+        changed = spark.sql(f"UPDATE delta.`{path.replace('`', '``')}` SET {values} WHERE {condition}").first()
+    return changed is not None and changed[0] == 1
 
 
 @contextlib.contextmanager
