@@ -491,8 +491,10 @@ def select(spark: SparkSession, cfg: DselConfig, summary: Summary, fitted: Optio
                                 broadcast=(cfg.num_samples or 0) <= 1_000_000)
     # In (target, rank) order: a small selection as one sorted file (no sampling job to range-partition);
     # rows kept in memory are read into that file's task as they are, not shuffled to it.
-    one = rows.coalesce(1) if measured else rows.repartition(1)
-    ordered = one.sortWithinPartitions("target", "rank") if small else rows.orderBy("target", "rank")
+    if small:
+        ordered = (rows.coalesce(1) if measured else rows.repartition(1)).sortWithinPartitions("target", "rank")
+    else:
+        ordered = rows.orderBy("target", "rank")
     fitted = fitted or fitting.result()  # type: ignore[union-attr]
     wait([state])  # its failure, if any, is the overwrite's to report
     with ThreadPoolExecutor(1) as measuring:  # the KL reduction's job runs beside the write's single task

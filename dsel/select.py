@@ -422,7 +422,7 @@ def select(weights: DataFrame, target_names: Sequence[str], proportions: Sequenc
         rule.check(weights, scan=False)
     available, _, mean_words, top_weights = counts
     located = list(LOCATION_COLUMNS) if set(LOCATION_COLUMNS) <= set(weights.columns) else []
-    # TOP from the table's log_weight when it has it (see _top), which a weights table always does
+    # TOP: the weights table's own log_weight (see _top); computed for a frame without it (Python API)
     top = F.col("log_weight") if "log_weight" in weights.columns else F.array_max("log_weights")
     pool = eligible(weights, rule, check=False).select("id", "doc_hash", "num_words", "log_weights",
                                                        top.alias(TOP), *located)
