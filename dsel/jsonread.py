@@ -682,6 +682,12 @@ class Plan:
 
     files: list[str]
     tasks: list[list[dict]]
+    sizes: dict[str, int]
+
+    def only(self, spark: SparkSession, files: list[str]) -> "Plan":
+        """The plan of some of these files (say the new ones), packed into tasks anew."""
+        sizes = {name: self.sizes[name] for name in files}
+        return Plan(list(files), _pack(spark, list(files), sizes), sizes)
 
 
 def _is_gzip(name: str) -> bool:
@@ -724,7 +730,7 @@ def plan(spark: SparkSession, cfg: DselConfig) -> tuple[Optional[Plan], str]:
             sizes[name] = info.size
     except Exception as exc:  # an unsupported scheme, or no credentials for it in pyarrow
         return None, f"pyarrow cannot open {files[0].split(':', 1)[0]}: paths ({str(exc).splitlines()[0][:120]})"
-    return Plan(files, _pack(spark, files, sizes)), ""
+    return Plan(files, _pack(spark, files, sizes), sizes), ""
 
 
 def _pack(spark: SparkSession, files: list[str], sizes: dict[str, int]) -> list[list[dict]]:

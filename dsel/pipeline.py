@@ -25,7 +25,7 @@ from dsel import __version__, jsonread
 from dsel.config import DselConfig
 from dsel.errors import DselError
 from dsel.fit import Fit, fit as fit_histograms
-from dsel.read import DETAIL, HASH, ID, INTERNAL, files_digest, fingerprint, prepare, read_input
+from dsel.read import DETAIL, HASH, ID, INTERNAL, file_states, files_digest, fingerprint, prepare, read_input
 from dsel.report import Summary
 from dsel.score import (score as score_records, skipped as skipped_records, unique_weights,
                         weights as weight_records)
@@ -99,9 +99,18 @@ def _reusable(stored: Optional[dict], wanted: dict) -> Optional[dict]:
     return None
 
 
-def _features_key(cfg: DselConfig, files: list[str], reader: str = "spark") -> dict:
-    """What the pyarrow reader's features table depends on: the settings, and the input files with their sizes and times."""
-    return {**_features_settings(cfg), "input_files": files_digest(files), "reader": reader}
+def _fast_key(cfg: DselConfig) -> dict:
+    """What the pyarrow reader's features of one record depend on (besides the record); which files
+    the table holds, with their sizes and times, is in its commit's ``input_files``."""
+    return {**_features_settings(cfg), "reader": "pyarrow"}
+
+
+def _changed_files(held: Optional[dict], files: dict[str, str]) -> Optional[list[str]]:
+    """The files a pyarrow-read features table holds (``held``: name -> state, see
+    :func:`dsel.read.file_states`) that are gone from ``files`` or changed since; None when it holds no list."""
+    if held is None:
+        return None
+    return sorted(name for name, state in held.items() if files.get(name) != state)
 
 
 def _record_key(id_col: str, hash_col: str, detail_col: str) -> list:
@@ -191,17 +200,31 @@ def fast_plan(spark: SparkSession, cfg: DselConfig) -> Optional[jsonread.Plan]:
 def _fast_featurize(spark: SparkSession, cfg: DselConfig, summary: Summary,
                     plan: jsonread.Plan) -> Optional[DataFrame]:
     """``OUT/features`` by the pyarrow reader (see :mod:`dsel.jsonread`); None when Spark's reader must
-    read this input instead (the reason is logged)."""
+    read this input instead (the reason is logged).
+
+    The table remembers the files it holds (name, size, modification time).  When the input only
+    gained files, only those are read and their records appended; when a file it holds changed or
+    went, the whole input is featurized again.
+    """
     paths = OutputPaths(cfg.out)
-    key = _features_key(cfg, plan.files, "pyarrow")
-    stored = _reusable((commit_metadata(spark, paths.features) or {}).get("features_of"), key) \
-        if DeltaTable.isDeltaTable(spark, paths.features) else None
-    key = stored or key
-    metadata = _metadata(cfg, summary, features_of=key)
-    started = time.time()
-    fresh = stored is None
-    if fresh:
-        written = _write_features(jsonread.features(spark, cfg, plan), paths, metadata)
+    meta = (commit_metadata(spark, paths.features) or {}) if DeltaTable.isDeltaTable(spark, paths.features) else {}
+    stored = _reusable(meta.get("features_of"), _fast_key(cfg))
+    key = stored or _fast_key(cfg)
+    files = file_states(plan.files, plan.sizes)
+    changed = _changed_files(meta.get("input_files") if stored else None, files)
+    new = [name for name in plan.files if name not in meta.get("input_files", {})] if changed == [] else []
+    metadata = _metadata(cfg, summary, features_of=key, input_files=files)
+    started, written, stats = time.time(), None, bool(key["quality_stats"])
+    if changed:
+        print(f"[dsel] {len(changed):,} raw files changed or went since {paths.features} was built "
+              f"(first: {changed[0]}); featurizing the whole input again", flush=True)
+    if changed is None or changed:
+        written = _write_features(jsonread.features(spark, cfg, plan, stats), paths, metadata, change_feed=True)
+    elif new:
+        print(f"[dsel] featurizing the {len(new):,} raw files that {paths.features} does not hold yet", flush=True)
+        written = _write_features(jsonread.features(spark, cfg, plan.only(spark, new), stats), paths, metadata,
+                                  mode="append")
+    if written is not None:
         summary.tables[paths.features] = written.version
     feats = spark.read.format("delta").load(paths.features)
     checked, why = jsonread.check(spark, cfg, feats, paths.features, json.dumps(metadata, sort_keys=True, default=str))
@@ -210,11 +233,11 @@ def _fast_featurize(spark: SparkSession, cfg: DselConfig, summary: Summary,
         return None
     _RAW_SCHEMAS[paths.features] = checked.schema
     _COUNTED[paths.features] = checked.counted
-    summary.read = written.rows if fresh else feats.count()
-    summary.featurized = summary.read if fresh else 0
+    summary.read = written.rows if written is not None and not new else feats.count()
+    summary.featurized = written.rows if written is not None else 0
     summary.inputs["raw"] = {"sources": list(cfg.raw), "format": "json", "files": len(plan.files),
-                             "digest": key["input_files"]}
-    if fresh:
+                             "digest": files_digest(plan.files)}
+    if written is not None:
         summary.stage("featurize", started)
     return spark.read.format("delta").load(paths.features)
 
@@ -543,9 +566,10 @@ def _selected_raw(spark: SparkSession, cfg: DselConfig, paths: OutputPaths,
     plan, _ = jsonread.plan(spark, cfg)
     meta = commit_metadata(spark, paths.features) or {}
     scored = commit_metadata(spark, paths.weights) or {}
-    wanted = _features_key(cfg, plan.files, "pyarrow") if plan is not None else None
-    if plan is None or scored.get("raw_schema") is None or _reusable(meta.get("features_of"), wanted) is None:
+    if plan is None or scored.get("raw_schema") is None or _reusable(meta.get("features_of"), _fast_key(cfg)) is None:
         return None, False
+    if _changed_files(meta.get("input_files"), file_states(plan.files, plan.sizes)) != []:
+        return None, False  # the lines are where the table says only in the files it holds, unchanged
     # The weights say where each line is when they were scored from this very features table.
     located = (set(LOCATION_COLUMNS) <= set(selection.chosen.columns)
                and scored.get("features_version") == last_commit(spark, paths.features).version)

@@ -180,16 +180,22 @@ def input_state(df: DataFrame, sources: list[str], kind: str, version: Optional[
 
 def files_digest(files: list[str]) -> str:
     """SHA-256 of the files' names, sizes and modification times (names only where they cannot be stat'ed)."""
-    stats = []
-    for name in sorted(files):
+    return hashlib.sha256("\n".join(f"{name}:{state}" if state else name
+                                    for name, state in sorted(file_states(files).items())).encode()).hexdigest()
+
+
+def file_states(files: list[str], sizes: Optional[dict[str, int]] = None) -> dict[str, str]:
+    """Each file's ``size:mtime_ns`` where it can be stat'ed, else its size in ``sizes``, else ""."""
+    states = {}
+    for name in files:
         local = _local(name)
         local = local.replace("///", "/") if local.startswith("///") else local
         try:
             info = os.stat(local)
-            stats.append(f"{name}:{info.st_size}:{info.st_mtime_ns}")
+            states[name] = f"{info.st_size}:{info.st_mtime_ns}"
         except OSError:
-            stats.append(name)
-    return hashlib.sha256("\n".join(stats).encode()).hexdigest()
+            states[name] = str((sizes or {}).get(name, ""))
+    return states
 
 
 def _check_columns(df: DataFrame, cfg: DselConfig, role: str) -> DataFrame:

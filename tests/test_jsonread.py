@@ -243,3 +243,39 @@ def test_other_inputs_use_spark_reader(spark, tmp_path):
                            ({"raw": [str(tmp_path / "p2" / "a.jsonl.bz2")], "raw_format": "json"}, "codec")):
         plan, why = jsonread.plan(spark, DselConfig.from_mapping(values))
         assert plan is None and reason in why
+
+
+def test_a_directory_that_gains_files_featurizes_only_those(spark, tmp_path, capsys):
+    docs = sample_docs("sci_abstracts", 40, seed=21) + sample_docs("email_ham", 40, seed=21)
+    raw = tmp_path / "raw"
+    write_jsonl(raw / "day1.jsonl", docs[:50])
+    target = write_jsonl(tmp_path / "target.jsonl", sample_docs("sci_abstracts", 90, seed=21)[60:])
+    base = {"raw": [str(raw)], "target": [target], "num_samples": 20, "seed": 3, "min_length": 10}
+    out = tmp_path / "out"
+    first = execute(spark, DselConfig.from_mapping({**base, "out": str(out), "run_id": "day1"}), "run")
+    assert first.featurized == first.read == 50
+    before = {r["id"]: r for r in spark.read.format("delta").load(str(out / "weights")).collect()}
+    # Day 2 brings a gzip file: new documents, one id already seen (with another text) and a null text.
+    day2 = docs[50:] + [{"id": docs[0]["id"], "text": "the same id, another text " * 10}, {"id": "n", "text": None}]
+    with gzip.open(raw / "day2.jsonl.gz", "wt", encoding="utf-8") as fh:
+        fh.write("".join(json.dumps(d) + "\n" for d in day2))
+    second = execute(spark, DselConfig.from_mapping({**base, "out": str(out), "run_id": "day2", "refit": "never"}),
+                     "run")
+    assert "featurizing the 1 raw files" in capsys.readouterr().out
+    assert (second.featurized, second.read) == (len(day2), 50 + len(day2))
+    assert second.scored_now == len(docs) - 50 + 1  # the new ids, and the shared id settled again
+    assert second.fit_version == first.fit_version and second.read == second.scored + sum(second.skipped.values())
+    after = {r["id"]: r for r in spark.read.format("delta").load(str(out / "weights")).collect()}
+    assert all(after[i] == row for i, row in before.items())  # the shared id keeps the smaller content hash
+    # Fit again on everything: the appended table gives every output a fresh run over both files gives.
+    third = execute(spark, DselConfig.from_mapping({**base, "out": str(out), "run_id": "day2b", "refit": "always"}),
+                    "run")
+    assert third.featurized == 0 and third.scored_now == third.scored
+    fresh = tmp_path / "fresh"
+    execute(spark, DselConfig.from_mapping({**base, "out": str(fresh), "run_id": "day2b"}), "run")
+    _same_outputs(spark, out, fresh)
+    # A file it holds changed: everything is featurized again.
+    write_jsonl(raw / "day1.jsonl", docs[:49])
+    again = execute(spark, DselConfig.from_mapping({**base, "out": str(out), "run_id": "day3"}), "run")
+    assert "1 raw files changed or went" in capsys.readouterr().out
+    assert again.featurized == again.read == 49 + len(day2)
