@@ -378,7 +378,7 @@ def score(spark: SparkSession, cfg: DselConfig, summary: Summary, fitted: Option
     if same_fit and scored_through == features_version and DeltaTable.isDeltaTable(spark, paths.skipped):
         summary.scored_now = 0
     elif appended is not None:
-        summary.scored_now = _score_appended(spark, paths, fitted, feats, appended, metadata, summary)
+        summary.scored_now = _score_appended(spark, paths, fitted, appended, metadata, summary)
     else:
         _score_all(spark, paths, fitted, feats, metadata, summary)
     summary.scored = _count(spark, paths.weights)
@@ -430,35 +430,42 @@ def _fast_weights(spark: SparkSession, paths: OutputPaths, fitted: Fit,
     return unique_weights(usable), rows
 
 
-def _score_appended(spark: SparkSession, paths: OutputPaths, fitted: Fit, feats: DataFrame, appended: DataFrame,
-                    metadata: dict, summary: Summary) -> int:
-    """Score the appended records and the earlier records of their ids; MERGE them in.  Returns the ids scored.
+def _score_appended(spark: SparkSession, paths: OutputPaths, fitted: Fit, appended: DataFrame, metadata: dict,
+                    summary: Summary) -> int:
+    """Score only the appended records and settle their ids against the stored weights.  Returns the
+    weights rows added or replaced.
 
-    ``OUT/skipped`` is rewritten in one commit (its rows of those ids replaced), then the weights
-    are merged in one commit that records the features version scored through, so a crash
+    A stored weights row is its id's winner so far (the smallest content hash, then source file, of
+    the id's usable records), so an appended record takes its place exactly when it comes first in
+    that order, and the loser of the pair, stored or appended, becomes a ``duplicate_id`` row of
+    ``OUT/skipped``: what a full rescore gives, with no earlier record read again.  ``OUT/skipped``
+    is rewritten in one commit that holds these rows once however often this is redone, then the
+    weights are merged in one commit that records the features version scored through, so a crash
     between the two is repaired by the rerun, which redoes both.
     """
-    ids = appended.where(F.col(ID).isNotNull()).select(ID).distinct()
-    unnamed = appended.where(F.col(ID).isNull())
-    affected = feats.join(ids, ID, "left_semi").unionByName(unnamed)
-    scored = score_records(affected, fitted).persist()
+    scored = score_records(appended, fitted).persist()
+    stored = spark.read.format("delta").load(paths.weights).select(
+        "id", F.col("doc_hash").alias("_dsel_h"), F.col("source_file").alias("_dsel_s"))
+    pairs = weight_records(scored).join(stored, "id", "left").persist()
     try:
-        fresh = skipped_records(scored)
-        key = [F.coalesce(F.col("source_file"), F.lit("")).alias("_dsel_k_src"),
-               F.coalesce(F.col("detail"), F.lit("")).alias("_dsel_k_detail")]
-        kept = (spark.read.format("delta").load(paths.skipped)
-                .join(ids.withColumnRenamed(ID, "id"), "id", "left_anti")
-                .select("*", *key)
-                .join(fresh.where(F.col("id").isNull()).select(*key).distinct(), ["_dsel_k_src", "_dsel_k_detail"],
-                      "left_anti")
-                .drop("_dsel_k_src", "_dsel_k_detail"))
+        first = F.col("_dsel_h").isNull() | (F.struct("doc_hash", "source_file") < F.struct("_dsel_h", "_dsel_s"))
+        duplicate = [F.lit("duplicate_id").alias("reason"), F.lit(None).cast("string").alias("detail")]
+        losers = (pairs.where(first & F.col("_dsel_h").isNotNull())
+                  .select("id", F.col("_dsel_s").alias("source_file"), *duplicate)
+                  .unionByName(pairs.where(~first).select("id", "source_file", *duplicate)))
+        fresh = skipped_records(scored).unionByName(losers)
+        key = [F.coalesce(F.col(c), F.lit("")).alias(f"_dsel_k_{c}") for c in ("id", "reason", "source_file", "detail")]
+        names = [f"_dsel_k_{c}" for c in ("id", "reason", "source_file", "detail")]
         # Delta reads the snapshot it started from, so the table can be rewritten from itself.
+        kept = (spark.read.format("delta").load(paths.skipped).select("*", *key)
+                .join(fresh.select(*key).distinct(), names, "left_anti").drop(*names))
         written = write_table(kept.unionByName(fresh), paths.skipped, metadata)
         summary.tables[paths.skipped] = written.version
-        written = merge_table(weight_records(scored), paths.weights, "id", metadata)
+        written = merge_table(pairs.where(first).drop("_dsel_h", "_dsel_s"), paths.weights, "id", metadata)
         summary.tables[paths.weights] = written.version
         return written.rows
     finally:
+        pairs.unpersist()
         scored.unpersist()
 
 

@@ -245,6 +245,15 @@ def test_other_inputs_use_spark_reader(spark, tmp_path):
         assert plan is None and reason in why
 
 
+def _text_before(text_hash: int, first: bool) -> str:
+    """A text whose content hash (xxhash64) comes before ``text_hash`` (``first``) or after it."""
+    for i in range(1000):
+        text = f"the same id, another text number {i} " * 10
+        if (int(jsonread.xxhash64(pa.array([text]))[0]) < text_hash) == first:
+            return text
+    raise AssertionError("no such text")
+
+
 def test_a_directory_that_gains_files_featurizes_only_those(spark, tmp_path, capsys):
     docs = sample_docs("sci_abstracts", 40, seed=21) + sample_docs("email_ham", 40, seed=21)
     raw = tmp_path / "raw"
@@ -255,18 +264,32 @@ def test_a_directory_that_gains_files_featurizes_only_those(spark, tmp_path, cap
     first = execute(spark, DselConfig.from_mapping({**base, "out": str(out), "run_id": "day1"}), "run")
     assert first.featurized == first.read == 50
     before = {r["id"]: r for r in spark.read.format("delta").load(str(out / "weights")).collect()}
-    # Day 2 brings a gzip file: new documents, one id already seen (with another text) and a null text.
-    day2 = docs[50:] + [{"id": docs[0]["id"], "text": "the same id, another text " * 10}, {"id": "n", "text": None}]
+    # Day 2 brings a gzip file: new documents, a record of a stored id that comes before the stored one
+    # (it replaces it), one of another stored id that comes after (it loses), and a null text.
+    wins = {"id": docs[0]["id"], "text": _text_before(before[docs[0]["id"]]["doc_hash"], True)}
+    loses = {"id": docs[1]["id"], "text": _text_before(before[docs[1]["id"]]["doc_hash"], False)}
+    day2 = docs[50:] + [wins, loses, {"id": "n", "text": None}]
     with gzip.open(raw / "day2.jsonl.gz", "wt", encoding="utf-8") as fh:
         fh.write("".join(json.dumps(d) + "\n" for d in day2))
     second = execute(spark, DselConfig.from_mapping({**base, "out": str(out), "run_id": "day2", "refit": "never"}),
                      "run")
     assert "featurizing the 1 raw files" in capsys.readouterr().out
     assert (second.featurized, second.read) == (len(day2), 50 + len(day2))
-    assert second.scored_now == len(docs) - 50 + 1  # the new ids, and the shared id settled again
+    assert second.scored_now == len(docs) - 50 + 1  # the new ids, and the stored row replaced
     assert second.fit_version == first.fit_version and second.read == second.scored + sum(second.skipped.values())
     after = {r["id"]: r for r in spark.read.format("delta").load(str(out / "weights")).collect()}
-    assert all(after[i] == row for i, row in before.items())  # the shared id keeps the smaller content hash
+    assert after[wins["id"]]["source_file"].endswith("day2.jsonl.gz")
+    assert all(after[i] == row for i, row in before.items() if i != wins["id"])
+    skipped = {(r["id"], r["reason"], r["source_file"].rsplit("/", 1)[-1]) for r in
+               spark.read.format("delta").load(str(out / "skipped")).collect()}
+    assert {(wins["id"], "duplicate_id", "day1.jsonl"), (loses["id"], "duplicate_id", "day2.jsonl.gz"),
+            ("n", "null_text", "day2.jsonl.gz")} <= skipped
+    # Scoring everything again from scratch with day 2's fit gives the same tables.
+    execute(spark, DselConfig.from_mapping({"out": str(tmp_path / "again")}), "reproduce", source_out=str(out),
+            source_run="day2")
+    for name in ("weights", "skipped"):
+        assert _table(spark, out, name, WEIGHT_COLUMNS if name == "weights" else None) == \
+            _table(spark, tmp_path / "again", name, WEIGHT_COLUMNS if name == "weights" else None), name
     # Fit again on everything: the appended table gives every output a fresh run over both files gives.
     third = execute(spark, DselConfig.from_mapping({**base, "out": str(out), "run_id": "day2b", "refit": "always"}),
                     "run")
