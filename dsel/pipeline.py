@@ -35,7 +35,7 @@ from dsel.evaluate import run_kl_reduction
 from dsel.featurize import LOCATION_COLUMNS, features as raw_features
 from dsel.runs import claim, record_run, release
 from dsel.write import (OutputPaths, check_outputs, commit_metadata, commit_stamp, export, last_commit, load_state,
-                        merge_table, prefetch_commits, read_table, remembering, remembering_commits, write_table,
+                        prefetch_commits, read_table, remembering, remembering_commits, write_table,
                         Written)
 
 
@@ -403,13 +403,17 @@ def _score_all(spark: SparkSession, paths: OutputPaths, fitted: Fit, feats: Data
         weights = weight_records(score_records(feats.where(F.col("skip_reason").isNull()), fitted))
     written = write_table(skipped_records(feats, duplicates), paths.skipped, metadata)
     summary.tables[paths.skipped] = written.version
+    written = _write_weights(spark, paths, weights, metadata)
+    summary.tables[paths.weights], summary.scored_now = written.version, written.rows
+
+
+def _write_weights(spark: SparkSession, paths: OutputPaths, weights: DataFrame, metadata: dict) -> Written:
     # In at most four files per core: every re-select's top-k opens each file of the weights (16 GB:
     # 133 files of 1.5 MB took 1.13 s, 8 files 0.89 s); their scoring tasks are as many, a few inputs each.
     # Each file in descending log_weight: a top-k reads only its first pages (see dsel.select._top).
     weights = (weights.coalesce(4 * spark.sparkContext.defaultParallelism)
                .sortWithinPartitions(F.col("log_weight").desc()))
-    written = write_table(weights, paths.weights, metadata, column_stats=False)
-    summary.tables[paths.weights], summary.scored_now = written.version, written.rows
+    return write_table(weights, paths.weights, metadata, column_stats=False)
 
 
 def _fast_weights(spark: SparkSession, paths: OutputPaths, fitted: Fit,
@@ -440,33 +444,34 @@ def _score_appended(spark: SparkSession, paths: OutputPaths, fitted: Fit, append
     that order, and the loser of the pair, stored or appended, becomes a ``duplicate_id`` row of
     ``OUT/skipped``: what a full rescore gives, with no earlier record read again.  ``OUT/skipped``
     is rewritten in one commit that holds these rows once however often this is redone, then the
-    weights are merged in one commit that records the features version scored through, so a crash
+    weights are rewritten in one commit that records the features version scored through, so a crash
     between the two is repaired by the rerun, which redoes both.
     """
-    scored = score_records(appended, fitted).persist()
-    stored = spark.read.format("delta").load(paths.weights).select(
-        "id", F.col("doc_hash").alias("_dsel_h"), F.col("source_file").alias("_dsel_s"))
-    pairs = weight_records(scored).join(stored, "id", "left").persist()
-    try:
-        first = F.col("_dsel_h").isNull() | (F.struct("doc_hash", "source_file") < F.struct("_dsel_h", "_dsel_s"))
-        duplicate = [F.lit("duplicate_id").alias("reason"), F.lit(None).cast("string").alias("detail")]
-        losers = (pairs.where(first & F.col("_dsel_h").isNotNull())
-                  .select("id", F.col("_dsel_s").alias("source_file"), *duplicate)
-                  .unionByName(pairs.where(~first).select("id", "source_file", *duplicate)))
-        fresh = skipped_records(scored).unionByName(losers)
-        key = [F.coalesce(F.col(c), F.lit("")).alias(f"_dsel_k_{c}") for c in ("id", "reason", "source_file", "detail")]
-        names = [f"_dsel_k_{c}" for c in ("id", "reason", "source_file", "detail")]
-        # Delta reads the snapshot it started from, so the table can be rewritten from itself.
-        kept = (spark.read.format("delta").load(paths.skipped).select("*", *key)
-                .join(fresh.select(*key).distinct(), names, "left_anti").drop(*names))
-        written = write_table(kept.unionByName(fresh), paths.skipped, metadata)
-        summary.tables[paths.skipped] = written.version
-        written = merge_table(pairs.where(first).drop("_dsel_h", "_dsel_s"), paths.weights, "id", metadata)
-        summary.tables[paths.weights] = written.version
-        return written.rows
-    finally:
-        pairs.unpersist()
-        scored.unpersist()
+    # Each computed once (eagerly): several of the jobs below read them at the same time.
+    scored = score_records(appended, fitted).localCheckpoint()
+    table = spark.read.format("delta").load(paths.weights)
+    stored = table.select("id", F.col("doc_hash").alias("_dsel_h"), F.col("source_file").alias("_dsel_s"))
+    pairs = weight_records(scored).join(stored, "id", "left").localCheckpoint()
+    first = F.col("_dsel_h").isNull() | (F.struct("doc_hash", "source_file") < F.struct("_dsel_h", "_dsel_s"))
+    duplicate = [F.lit("duplicate_id").alias("reason"), F.lit(None).cast("string").alias("detail")]
+    losers = (pairs.where(first & F.col("_dsel_h").isNotNull())
+              .select("id", F.col("_dsel_s").alias("source_file"), *duplicate)
+              .unionByName(pairs.where(~first).select("id", "source_file", *duplicate)))
+    fresh = skipped_records(scored).unionByName(losers)
+    key = [F.coalesce(F.col(c), F.lit("")).alias(f"_dsel_k_{c}") for c in ("id", "reason", "source_file", "detail")]
+    names = [f"_dsel_k_{c}" for c in ("id", "reason", "source_file", "detail")]
+    # Delta reads the snapshot it started from, so the table can be rewritten from itself.
+    kept = (spark.read.format("delta").load(paths.skipped).select("*", *key)
+            .join(fresh.select(*key).distinct(), names, "left_anti").drop(*names))
+    written = write_table(kept.unionByName(fresh), paths.skipped, metadata)
+    summary.tables[paths.skipped] = written.version
+    # The weights are written whole, as a full scoring writes them (each file sorted), from the table's
+    # own snapshot: cheaper than a MERGE, whose randomly placed ids touch every file anyway.
+    winners = pairs.where(first).drop("_dsel_h", "_dsel_s")
+    written = _write_weights(spark, paths, table.join(winners.select("id"), "id", "left_anti")
+                             .unionByName(winners), metadata)
+    summary.tables[paths.weights] = written.version
+    return winners.count()
 
 
 def select(spark: SparkSession, cfg: DselConfig, summary: Summary, fitted: Optional[Fit] = None,

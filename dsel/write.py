@@ -160,26 +160,6 @@ def check_schema(spark: SparkSession, path: str, schema: T.StructType, what: str
                         "version; write to a new --out, or move that table away")
 
 
-def merge_table(df: DataFrame, path: str, key: str, metadata: dict[str, Any]) -> Written:
-    """Upsert ``df`` into the Delta table at ``path`` on ``key`` in one commit (MERGE), with userMetadata."""
-    from delta.tables import DeltaTable
-
-    spark = df.sparkSession
-    check_table(spark, path, df.schema, appending=True)
-    conf = "spark.databricks.delta.commitInfo.userMetadata"
-    spark.conf.set(conf, json.dumps(metadata, sort_keys=True, default=str))
-    try:
-        (DeltaTable.forPath(spark, path).alias("t").merge(df.alias("s"), f"t.`{key}` = s.`{key}`")
-         .whenMatchedUpdateAll().whenNotMatchedInsertAll().execute())
-    finally:
-        spark.conf.unset(conf)
-        forget_commit(path)
-    row = _latest(spark, path)
-    metrics = row["operationMetrics"] or {}
-    changed = int(metrics.get("numTargetRowsInserted", 0)) + int(metrics.get("numTargetRowsUpdated", 0))
-    return Written(int(row["version"]), changed)
-
-
 _MEMO = threading.local()
 
 
