@@ -407,13 +407,14 @@ def _score_all(spark: SparkSession, paths: OutputPaths, fitted: Fit, feats: Data
     summary.tables[paths.weights], summary.scored_now = written.version, written.rows
 
 
-def _write_weights(spark: SparkSession, paths: OutputPaths, weights: DataFrame, metadata: dict) -> Written:
+def _write_weights(spark: SparkSession, paths: OutputPaths, weights: DataFrame, metadata: dict,
+                   mode: str = "overwrite") -> Written:
     # In at most four files per core: every re-select's top-k opens each file of the weights (16 GB:
     # 133 files of 1.5 MB took 1.13 s, 8 files 0.89 s); their scoring tasks are as many, a few inputs each.
     # Each file in descending log_weight: a top-k reads only its first pages (see dsel.select._top).
     weights = (weights.coalesce(4 * spark.sparkContext.defaultParallelism)
                .sortWithinPartitions(F.col("log_weight").desc()))
-    return write_table(weights, paths.weights, metadata, column_stats=False)
+    return write_table(weights, paths.weights, metadata, mode=mode, column_stats=False)
 
 
 def _fast_weights(spark: SparkSession, paths: OutputPaths, fitted: Fit,
@@ -465,11 +466,18 @@ def _score_appended(spark: SparkSession, paths: OutputPaths, fitted: Fit, append
             .join(fresh.select(*key).distinct(), names, "left_anti").drop(*names))
     written = write_table(kept.unionByName(fresh), paths.skipped, metadata)
     summary.tables[paths.skipped] = written.version
-    # The weights are written whole, as a full scoring writes them (each file sorted), from the table's
-    # own snapshot: cheaper than a MERGE, whose randomly placed ids touch every file anyway.
+    # New ids only (the usual case): their rows are appended, in files sorted as a full scoring sorts
+    # them.  Else the table is written whole from its own snapshot without the replaced rows (cheaper
+    # than a MERGE, whose randomly placed ids touch every file anyway).
     winners = pairs.where(first).drop("_dsel_h", "_dsel_s")
-    written = _write_weights(spark, paths, table.join(winners.select("id"), "id", "left_anti")
-                             .unionByName(winners), metadata)
+    replaced = pairs.where(first & F.col("_dsel_h").isNotNull()).select("id")
+    count = replaced.count()
+    if count:
+        rest = table.join(F.broadcast(replaced) if count <= jsonread.DUPLICATES_ON_DRIVER else replaced, "id",
+                          "left_anti")
+        written = _write_weights(spark, paths, rest.unionByName(winners), metadata)
+    else:
+        written = _write_weights(spark, paths, winners, metadata, mode="append")
     summary.tables[paths.weights] = written.version
     return winners.count()
 
