@@ -454,13 +454,13 @@ def _score_appended(spark: SparkSession, paths: OutputPaths, fitted: Fit, append
     stored = table.select("id", F.col("doc_hash").alias("_dsel_h"), F.col("source_file").alias("_dsel_s"))
     pairs = weight_records(scored).join(stored, "id", "left").localCheckpoint()
     first = F.col("_dsel_h").isNull() | (F.struct("doc_hash", "source_file") < F.struct("_dsel_h", "_dsel_s"))
+    replacing = first & F.col("_dsel_h").isNotNull()
     duplicate = [F.lit("duplicate_id").alias("reason"), F.lit(None).cast("string").alias("detail")]
-    losers = (pairs.where(first & F.col("_dsel_h").isNotNull())
-              .select("id", F.col("_dsel_s").alias("source_file"), *duplicate)
+    losers = (pairs.where(replacing).select("id", F.col("_dsel_s").alias("source_file"), *duplicate)
               .unionByName(pairs.where(~first).select("id", "source_file", *duplicate)))
     fresh = skipped_records(scored).unionByName(losers)
-    key = [F.coalesce(F.col(c), F.lit("")).alias(f"_dsel_k_{c}") for c in ("id", "reason", "source_file", "detail")]
-    names = [f"_dsel_k_{c}" for c in ("id", "reason", "source_file", "detail")]
+    names = [f"_dsel_k_{c}" for c in fresh.columns]
+    key = [F.coalesce(F.col(c), F.lit("")).alias(k) for c, k in zip(fresh.columns, names)]
     # Delta reads the snapshot it started from, so the table can be rewritten from itself.
     kept = (spark.read.format("delta").load(paths.skipped).select("*", *key)
             .join(fresh.select(*key).distinct(), names, "left_anti").drop(*names))
@@ -470,7 +470,7 @@ def _score_appended(spark: SparkSession, paths: OutputPaths, fitted: Fit, append
     # them.  Else the table is written whole from its own snapshot without the replaced rows (cheaper
     # than a MERGE, whose randomly placed ids touch every file anyway).
     winners = pairs.where(first).drop("_dsel_h", "_dsel_s")
-    replaced = pairs.where(first & F.col("_dsel_h").isNotNull()).select("id")
+    replaced = pairs.where(replacing).select("id")
     count = replaced.count()
     if count:
         rest = table.join(F.broadcast(replaced) if count <= jsonread.DUPLICATES_ON_DRIVER else replaced, "id",
