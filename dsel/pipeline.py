@@ -211,8 +211,9 @@ def _fast_featurize(spark: SparkSession, cfg: DselConfig, summary: Summary,
     stored = _reusable(meta.get("features_of"), _fast_key(cfg))
     key = stored or _fast_key(cfg)
     files = file_states(plan.files, plan.sizes)
-    changed = _changed_files(meta.get("input_files") if stored else None, files)
-    new = [name for name in plan.files if name not in meta.get("input_files", {})] if changed == [] else []
+    held = meta.get("input_files") if stored else None
+    changed = _changed_files(held, files)
+    new = [name for name in plan.files if name not in held] if changed == [] else []
     metadata = _metadata(cfg, summary, features_of=key, input_files=files)
     started, written, stats = time.time(), None, bool(key["quality_stats"])
     if changed:
@@ -471,7 +472,7 @@ def _score_appended(spark: SparkSession, paths: OutputPaths, fitted: Fit, append
     # than a MERGE, whose randomly placed ids touch every file anyway).
     winners = pairs.where(first).drop("_dsel_h", "_dsel_s")
     replaced = pairs.where(replacing).select("id")
-    count = replaced.count()
+    won, count = pairs.agg(F.count_if(first), F.count_if(replacing)).first()
     if count:
         rest = table.join(F.broadcast(replaced) if count <= jsonread.DUPLICATES_ON_DRIVER else replaced, "id",
                           "left_anti")
@@ -479,7 +480,7 @@ def _score_appended(spark: SparkSession, paths: OutputPaths, fitted: Fit, append
     else:
         written = _write_weights(spark, paths, winners, metadata, mode="append")
     summary.tables[paths.weights] = written.version
-    return winners.count()
+    return int(won)
 
 
 def select(spark: SparkSession, cfg: DselConfig, summary: Summary, fitted: Optional[Fit] = None,
