@@ -27,6 +27,7 @@ HASH_KINDS = ("murmur3", "sha256")
 EXPORT_FORMATS = ("jsonl", "parquet")
 REFIT_POLICIES = ("auto", "always", "never")
 JSON_READERS = ("auto", "spark")
+FEATURES_WRITERS = ("auto", "pyarrow", "spark")
 #: The reference's ``num_tokens_to_fit='auto'``: 100,000 n-gram features per bucket.
 AUTO_FIT_FEATURES_PER_BUCKET = 100_000
 #: The optional quality filters (off when None), in the order the run summary attributes removals.
@@ -66,6 +67,7 @@ class DselConfig:
     export_format: str = "jsonl"
     json_sampling_ratio: float = 1.0
     json_reader: str = "auto"
+    features_writer: str = "auto"
     strict: bool = False
     refit: str = "auto"
     refit_growth: float = 0.1
@@ -132,7 +134,8 @@ class DselConfig:
     def default_run_id(self, command: str, inputs: Any = None) -> str:
         """A hash of the command, the parameters and ``inputs`` (what the inputs hold now): rerunning the
         same run on the same data gets the same id, and so replaces and resumes rather than duplicates."""
-        ignored = ("run_id", "export", "export_format", "break_lock", "lock_timeout_hours", "json_reader")
+        ignored = ("run_id", "export", "export_format", "break_lock", "lock_timeout_hours", "json_reader",
+                   "features_writer")
         params = {k: v for k, v in self.to_dict().items() if k not in ignored
                   and not (k in QUALITY_FILTERS and v is None)}  # unset filters keep earlier run ids
         digest = hashlib.sha256(json.dumps([command, params, inputs], sort_keys=True, default=str).encode()).hexdigest()
@@ -167,6 +170,7 @@ class DselConfig:
                 raise ConfigError("pin_versions", "must map Delta input paths or table names to versions >= 0, "
                                   'e.g. {"/data/raw": 12}')
         _choice("json_reader", self.json_reader, JSON_READERS)
+        _choice("features_writer", self.features_writer, FEATURES_WRITERS)
         for key in ("text_column", "id_column"):
             value = getattr(self, key)
             if not isinstance(value, str) or not value or "`" in value:
@@ -258,6 +262,9 @@ FIELD_HELP: dict[str, str] = {
     'run_id': 'Defaults to a hash of the command, parameters and input state, so rerunning the same run on the same data replaces and resumes, never duplicates.',
     'strict': 'fail the run when any record is skipped (malformed, null, empty, too large, duplicate id)',
     'json_reader': "auto (default): JSON-lines files are read by pyarrow in the Python workers; spark: by Spark's JSON reader.",
+    'features_writer': "auto (default): the pyarrow reader's workers write a new OUT/features themselves (Parquet, "
+                       "then one conversion to Delta) when the raw input is 1 GiB or more and --out is a local "
+                       "directory; pyarrow: whatever the size; spark: always through Spark's Delta writer.",
     'json_sampling_ratio': 'Fraction of JSON lines Spark reads to infer the schema of the extra columns.',
     'raw_format': 'format of --raw: auto, json, parquet, delta or table',
     'target_format': 'format of --target: auto, json, parquet, delta or table',

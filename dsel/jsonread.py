@@ -51,11 +51,14 @@ from pyspark.sql import types as T
 
 from dsel.config import DselConfig
 from dsel.errors import DselError
+from dsel.featurize import FEATURES_SCHEMA
 from dsel.read import CORRUPT, ID, INTERNAL, _check_columns, detect_format
 from dsel.write import forget_commit
 
 #: Extra columns of a features table written by this reader (after FEATURES_SCHEMA's).
 EXTRA_SCHEMA = "line_start long, line_length long, id_from_text boolean, raw_types string"
+#: The columns of a features table this reader writes.
+FEATURES_COLUMNS = FEATURES_SCHEMA + ", " + EXTRA_SCHEMA
 #: Jackson's default StreamReadConstraints under Spark: longer strings, deeper nesting are malformed.
 MAX_STRING_CHARS = 20_000_000
 MAX_DEPTH = 1000
@@ -778,12 +781,21 @@ def _conf_bytes(spark: SparkSession, key: str, default: int) -> int:
 def features(spark: SparkSession, cfg: DselConfig, raw_plan: Plan, stats: Optional[bool] = None) -> DataFrame:
     """The features rows of every raw record, read by pyarrow in the workers (one pass); ``stats`` as
     in :func:`dsel.featurize.features`."""
-    from dsel.featurize import FEATURES_SCHEMA, kernel_params
+    return tasks_frame(spark, raw_plan).mapInArrow(features_function(cfg, raw_plan, stats), FEATURES_COLUMNS)
 
-    run = _task_function(raw_plan.tasks, cfg.text_column, cfg.id_column, cfg.max_doc_bytes, kernel_params(cfg, stats),
-                         BLOCK_BYTES)
+
+def features_function(cfg: DselConfig, raw_plan: Plan, stats: Optional[bool] = None):
+    """The mapInArrow function of :func:`features`: its input rows are task numbers (:func:`tasks_frame`)."""
+    from dsel.featurize import kernel_params
+
+    return _task_function(raw_plan.tasks, cfg.text_column, cfg.id_column, cfg.max_doc_bytes, kernel_params(cfg, stats),
+                          BLOCK_BYTES)
+
+
+def tasks_frame(spark: SparkSession, raw_plan: Plan) -> DataFrame:
+    """One row per task of the plan (its number), one task each."""
     num = len(raw_plan.tasks)
-    return spark.range(0, num, 1, num).mapInArrow(run, FEATURES_SCHEMA + ", " + EXTRA_SCHEMA)
+    return spark.range(0, num, 1, num)
 
 
 def is_fast(feats: DataFrame) -> bool:
@@ -1048,11 +1060,15 @@ def bin_counts(spark: SparkSession, feats: DataFrame, num_buckets: int, bins: in
 def _parquet_files(spark: SparkSession, feats: DataFrame) -> Optional[list[str]]:
     """The Parquet files of a features table, or None when Delta table defaults (deletion vectors,
     column mapping) could make them differ from the table."""
+    return sorted(feats.inputFiles()) if plain_parquet(spark) else None
+
+
+def plain_parquet(spark: SparkSession) -> bool:
+    """Whether the Delta tables this session writes hold their rows as their Parquet files do: no
+    table default (deletion vectors, column mapping) could make the two differ."""
     defaults = "spark.databricks.delta.properties.defaults."
-    if any(spark.conf.get(defaults + key, None) not in (None, "", "false", "none")
-           for key in ("enableDeletionVectors", "columnMapping.mode")):
-        return None
-    return sorted(feats.inputFiles())
+    return all(spark.conf.get(defaults + key, None) in (None, "", "false", "none")
+               for key in ("enableDeletionVectors", "columnMapping.mode"))
 
 
 def _per_file(spark: SparkSession, files: list[str], run, schema: str) -> DataFrame:

@@ -18,6 +18,7 @@ from typing import Optional
 
 from pyspark.sql import DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql.pandas.types import to_arrow_schema
 from pyspark.sql.types import StructType
 from delta.tables import DeltaTable
 
@@ -34,9 +35,9 @@ from dsel.select import (SMALL_K, Counts, Filters, carried_rows, filter_counts, 
 from dsel.evaluate import run_kl_reduction
 from dsel.featurize import LOCATION_COLUMNS, features as raw_features
 from dsel.runs import claim, record_run, release
-from dsel.write import (OutputPaths, check_outputs, commit_metadata, commit_stamp, export, last_commit, load_state,
-                        prefetch_commits, read_table, remembering, remembering_commits, write_table,
-                        Written)
+from dsel.write import (PARQUET_WRITER_SCHEMA, STAGING, OutputPaths, Written, check_outputs, commit_metadata,
+                        commit_stamp, export, last_commit, load_state, local_dir, parquet_writer, prefetch_commits,
+                        publish_parquet, read_table, remembering, remembering_commits, write_table)
 
 
 def read_raw(spark: SparkSession, cfg: DselConfig, schema: Optional[StructType] = None,
@@ -220,7 +221,9 @@ def _fast_featurize(spark: SparkSession, cfg: DselConfig, summary: Summary,
         print(f"[dsel] {len(changed):,} raw files changed or went since {paths.features} was built "
               f"(first: {changed[0]}); featurizing the whole input again", flush=True)
     if changed is None or changed:
-        written = _write_features(jsonread.features(spark, cfg, plan, stats), paths, metadata, change_feed=True)
+        written = _direct_features(spark, cfg, plan, stats, paths, metadata) if changed is None else None
+        if written is None:
+            written = _write_features(jsonread.features(spark, cfg, plan, stats), paths, metadata, change_feed=True)
     elif new:
         print(f"[dsel] featurizing the {len(new):,} raw files that {paths.features} does not hold yet", flush=True)
         written = _write_features(jsonread.features(spark, cfg, plan.only(spark, new), stats), paths, metadata,
@@ -241,6 +244,54 @@ def _fast_featurize(spark: SparkSession, cfg: DselConfig, summary: Summary,
     if written is not None:
         summary.stage("featurize", started)
     return spark.read.format("delta").load(paths.features)
+
+
+#: features_writer auto: the size of raw input from which the workers write a new OUT/features
+#: themselves.  Measured (2 GB): the JVM's share of featurize is about 20% of its CPU, while the
+#: conversion to Delta costs a fixed ~1.5 s; below about 1 GB the Spark writer is as fast.
+DIRECT_WRITE_MIN_BYTES = 1 << 30
+
+
+def _direct_features(spark: SparkSession, cfg: DselConfig, plan: jsonread.Plan, stats: bool, paths: OutputPaths,
+                     metadata: dict) -> Optional[Written]:
+    """A new ``OUT/features`` written by the workers with pyarrow and converted to Delta in place
+    (see :func:`dsel.write.parquet_writer`), or None when Spark's Delta writer writes it: a table (or
+    anything) is already there, ``--out`` is not a local directory, a Delta default would make the
+    files differ from the table, features_writer is 'spark', or (auto) the input is under
+    :data:`DIRECT_WRITE_MIN_BYTES`."""
+    local = local_dir(paths.features) if _local_files(spark, paths.features) else None
+    if (cfg.features_writer == "spark" or local is None or os.path.lexists(local) or not jsonread.plain_parquet(spark)
+            or (cfg.features_writer == "auto" and sum(plan.sizes.values()) < DIRECT_WRITE_MIN_BYTES)):
+        return None
+    staging = local_dir(paths.table(STAGING))
+    shutil.rmtree(staging, ignore_errors=True)  # left by a run that was killed while writing
+    os.makedirs(staging)
+    schema = to_arrow_schema(StructType.fromDDL(jsonread.FEATURES_COLUMNS))
+    try:
+        run = parquet_writer(jsonread.features_function(cfg, plan, stats), staging, schema)
+        parts = jsonread.tasks_frame(spark, plan).mapInArrow(run, PARQUET_WRITER_SCHEMA).collect()
+        written = {os.path.basename(r["file"]) for r in parts if r["file"]}
+        for name in set(os.listdir(staging)) - written:  # what failed attempts may have left
+            os.remove(os.path.join(staging, name))
+        version = publish_parquet(spark, staging, paths.features, metadata,
+                                  {"delta.enableChangeDataFeed": "true", "delta.dataSkippingNumIndexedCols": "0"})
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    print(f"[dsel] {paths.features} written by the workers ({len(written):,} Parquet files) and converted to Delta",
+          flush=True)
+    return Written(version, sum(int(r["rows"]) for r in parts))
+
+
+def _local_files(spark: SparkSession, path: str) -> bool:
+    """Whether Spark reads ``path`` from the local file system (a file:// path, or a plain one where the
+    default file system is local: not, say, dbfs: on Databricks)."""
+    if path.startswith("file://"):
+        return True
+    try:
+        default = spark.sparkContext._jsc.hadoopConfiguration().get("fs.defaultFS", "file:///")
+    except Exception:  # Spark Connect: no JVM in this process to ask
+        return False
+    return "://" not in path and str(default).startswith("file:")
 
 
 def _features_schema(spark: SparkSession, paths: OutputPaths) -> Optional[str]:

@@ -71,10 +71,15 @@ class OutputPaths:
             raise DselError(f"--out {self.out} is a file; give a directory for dsel's tables")
         if os.path.isdir(local) and os.listdir(local):
             # _staging_scored: a table earlier dsel versions left behind while scoring
-            foreign = [n for n in os.listdir(local) if n not in TABLES + ("_staging_scored",)]
+            foreign = [n for n in os.listdir(local) if n not in TABLES + ("_staging_scored", STAGING)]
             if foreign:
                 raise DselError(f"--out {self.out} already holds {', '.join(sorted(foreign)[:3])}, which dsel did "
                                 "not write; choose an empty or new directory for --out")
+
+
+#: Where the workers write a new table's Parquet files before it becomes a Delta table (see
+#: :func:`parquet_writer`); it is left behind only by a run that was killed, and the next one removes it.
+STAGING = "_staging_parquet"
 
 
 @dataclass(frozen=True)
@@ -266,6 +271,117 @@ def commit_metadata(spark: SparkSession, path: str) -> Optional[dict[str, Any]]:
     """The userMetadata of the latest commit of a Delta table, parsed from JSON."""
     raw = _latest(spark, path)["userMetadata"]
     return json.loads(raw) if raw else None
+
+
+def local_dir(path: str) -> Optional[str]:
+    """The local directory of ``path`` (a plain or file:// path), or None for other file systems."""
+    local = path[len("file://"):] if path.startswith("file://") else path
+    return None if "://" in local else local
+
+
+def parquet_writer(run: Callable[[Iterator[Any]], Iterator[Any]], directory: str, schema: Any) -> Callable:
+    """A ``mapInArrow`` function that writes what ``run`` yields for its task into
+    ``directory/part-NNNNN.parquet`` (NNNNN: the first task number in its input) with pyarrow, and
+    yields one row (file, rows): the JVM neither receives nor encodes the rows.
+
+    A task attempt writes a hidden temporary file and renames it, so a retried or speculative
+    attempt leaves exactly one file with the same rows.  ``schema`` (an Arrow schema) is the files'
+    schema; batches are cast to it.  No compression codec, as for ``OUT/features`` written by Spark
+    (see :func:`write_table`); row groups of up to :data:`ROW_GROUP_BYTES`; Parquet statistics (which
+    let Spark skip row groups, say where ``skip_reason`` is null) on all but the encoded counts;
+    dictionary encoding only for the columns that repeat (the rest would only try it and fall back)."""
+
+    def write(batches: Iterator[Any]) -> Iterator[Any]:
+        import uuid
+
+        import pyarrow as pa
+
+        held = list(batches)
+        tasks = [t for b in held for t in b.column(0).to_pylist()]
+        if not tasks:
+            return
+        name = f"{directory}/part-{tasks[0]:05d}.parquet"
+        partial = f"{directory}/.part-{tasks[0]:05d}.{uuid.uuid4().hex}.tmp"
+        rows, pending, size, writer = 0, [], 0, None
+        try:
+            for batch in run(iter(held)):
+                if batch.schema != schema:
+                    batch = pa.Table.from_batches([batch]).cast(schema).combine_chunks().to_batches()[0]
+                pending.append(batch)
+                size += batch.nbytes
+                rows += batch.num_rows
+                if size >= ROW_GROUP_BYTES:
+                    writer = _row_group(writer, partial, schema, pending)
+                    pending, size = [], 0
+            if pending:
+                writer = _row_group(writer, partial, schema, pending)
+            if writer is not None:
+                writer.close()
+                writer = None
+                os.replace(partial, name)
+        finally:
+            if writer is not None:
+                writer.close()
+            if os.path.exists(partial):
+                os.remove(partial)
+        yield pa.RecordBatch.from_pydict({"file": [name if rows else None], "rows": [rows]},
+                                         pa.schema([("file", pa.string()), ("rows", pa.int64())]))
+
+    return write
+
+
+#: Row groups of :func:`parquet_writer`: batches are gathered up to this many bytes (as Spark's writer
+#: makes row groups of up to 128 MB); a task holds at most this much beside the batch it is given.
+ROW_GROUP_BYTES = 64 << 20
+#: Columns of the tables written by :func:`parquet_writer` whose values repeat (dictionary-encoded), and
+#: those without statistics (the encoded counts: no reader filters on them, and they are most bytes).
+_REPEATING = ("skip_reason", "source_file", "fit_bin", "id_from_text")
+_UNFILTERED = ("features",)
+
+
+def _row_group(writer: Any, path: str, schema: Any, batches: list) -> Any:
+    """Write ``batches`` as one row group, opening the file first if need be; returns the writer."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if writer is None:
+        writer = pq.ParquetWriter(path, schema, compression="none",
+                                  use_dictionary=[f.name for f in schema if f.name in _REPEATING],
+                                  write_statistics=[f.name for f in schema if f.name not in _UNFILTERED])
+    table = pa.Table.from_batches(batches, schema)
+    writer.write_table(table, row_group_size=table.num_rows)
+    return writer
+PARQUET_WRITER_SCHEMA = "file string, rows long"
+
+
+def publish_parquet(spark: SparkSession, staging: str, path: str, metadata: dict[str, Any],
+                    properties: dict[str, str]) -> int:
+    """Make the Parquet files in local directory ``staging`` the new Delta table at local ``path``
+    (which must not exist): rename the directory, convert it in place (no statistics, as
+    ``delta.dataSkippingNumIndexedCols=0`` keeps none either) and set ``properties``; both commits
+    carry ``metadata``.  Returns the table's version.  On failure no directory is left at ``path``."""
+    import shutil
+
+    local = local_dir(path)
+    os.rename(staging, local)
+    quoted = path.replace("`", "``")
+    key = "spark.databricks.delta.commitInfo.userMetadata"
+    before = spark.conf.get(key, None)
+    spark.conf.set(key, json.dumps(metadata, sort_keys=True, default=str))
+    try:
+        spark.sql(f"CONVERT TO DELTA parquet.`{quoted}` NO STATISTICS")
+        settings = ", ".join(f"'{k}' = '{v}'" for k, v in properties.items())
+        spark.sql(f"ALTER TABLE delta.`{quoted}` SET TBLPROPERTIES ({settings})")
+    except BaseException:
+        shutil.rmtree(local, ignore_errors=True)
+        raise
+    finally:
+        if before is None:
+            spark.conf.unset(key)
+        else:
+            spark.conf.set(key, before)
+        forget_commit(path)
+    return last_commit(spark, path).version
 
 
 def export(df: DataFrame, path: str, fmt: str) -> None:

@@ -98,8 +98,9 @@ def data(tmp_path_factory):
             "count": len(raw)}
 
 
-def _submit(cluster: dict, data: dict, out: Path, log_dir: Path, *conf: str) -> subprocess.Popen:
-    """Start spark-submit in the background; its stdout and stderr go to files under log_dir."""
+def _submit(cluster: dict, data: dict, out: Path, log_dir: Path, *conf: str, args: tuple = ()) -> subprocess.Popen:
+    """Start spark-submit in the background (``args``: more dsel flags); its stdout and stderr go to files
+    under log_dir."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYSPARK_GATEWAY")}
     env.update({"SPARK_LOCAL_IP": "127.0.0.1", "PYTHONPATH": str(REPO), "PYSPARK_PYTHON": sys.executable,
                 "PYSPARK_DRIVER_PYTHON": sys.executable})
@@ -118,7 +119,7 @@ def _submit(cluster: dict, data: dict, out: Path, log_dir: Path, *conf: str) -> 
         *[arg for c in conf for arg in ("--conf", c)],
         str(REPO / "jobs" / "run.py"),
         "--raw", data["raw"], "--target", data["target"], "--out", str(out),
-        "--num-samples", str(NUM_SAMPLES), "--seed", str(SEED),
+        "--num-samples", str(NUM_SAMPLES), "--seed", str(SEED), *args,
     ]
     with open(log_dir / "submit.out", "w") as stdout, open(log_dir / "submit.err", "w") as stderr:
         return subprocess.Popen(cmd, env=env, cwd=str(data["root"]), stdout=stdout, stderr=stderr,
@@ -184,13 +185,15 @@ def test_spark_submit_to_standalone_matches_local_mode(spark, cluster, data):
 
 def test_an_executor_killed_mid_stage_leaves_the_same_output(spark, cluster, data):
     """Featurize tasks stall on their first attempt; one executor JVM is SIGKILLed while they do.
-    Spark reruns its tasks elsewhere, the worker starts a new executor, and the tables come out the same."""
+    Spark reruns its tasks elsewhere, the worker starts a new executor, and the tables come out the same.
+    The workers write OUT/features themselves here (features_writer pyarrow): each task's file once."""
     root = data["root"] / "executor-loss"
     markers = root / "markers"
     markers.mkdir(parents=True)
     out = root / "out"
     job = _submit(cluster, data, out, root, "spark.executorEnv.DSEL_FAULT_INJECTION=featurize:stall",
-                  f"spark.executorEnv.DSEL_FAULT_DIR={markers}", "spark.executorEnv.DSEL_FAULT_STALL=45")
+                  f"spark.executorEnv.DSEL_FAULT_DIR={markers}", "spark.executorEnv.DSEL_FAULT_STALL=45",
+                  args=("--features-writer", "pyarrow"))
     try:
         deadline = time.time() + 300
         while not list(markers.iterdir()) and time.time() < deadline and job.poll() is None:
@@ -208,6 +211,7 @@ def test_an_executor_killed_mid_stage_leaves_the_same_output(spark, cluster, dat
     stdout, stderr = (root / "submit.out").read_text(), (root / "submit.err").read_text()
     assert returncode == 0, f"spark-submit exited {returncode}:\n{stdout}\n{stderr[-8000:]}"
     assert "Lost executor" in stderr or "ExecutorLostFailure" in stderr, stderr[-5000:]
+    assert "written by the workers" in stdout, stdout[-3000:]
     local_out = _local_run(spark, data)
     assert _weights(spark, out) == _weights(spark, local_out)
     assert _selected(spark, out) == _selected(spark, local_out)

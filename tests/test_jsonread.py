@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import random
+import re
 
 import numpy as np
 import pyarrow as pa
@@ -111,14 +112,38 @@ def _same_outputs(spark, fast, slow):
     assert _meta(spark, fast, "weights")["raw_schema"] == _meta(spark, slow, "weights")["raw_schema"]
 
 
+def _same_direct(spark, direct, fast, fast_counts, direct_counts):
+    """A features table the workers wrote and converted (features_writer pyarrow) holds the rows and the
+    columns Spark's Delta writer wrote, has its table properties, and the run made the same selection."""
+    assert direct_counts == fast_counts
+    assert _table(spark, direct, "features") == _table(spark, fast, "features")
+    d, f = (spark.read.format("delta").load(str(o / "features")) for o in (direct, fast))
+    assert d.schema == f.schema
+    _same_outputs(spark, direct, fast)
+    history = DeltaTable.forPath(spark, str(direct / "features")).history().orderBy("version").collect()
+    assert [h["operation"] for h in history] == ["CONVERT", "SET TBLPROPERTIES"]
+    assert json.loads(history[-1]["userMetadata"])["input_files"] == _meta(spark, fast, "features")["input_files"]
+    detail = spark.sql(f"DESCRIBE DETAIL delta.`{direct / 'features'}`").first()
+    assert detail["properties"]["delta.enableChangeDataFeed"] == "true"
+    assert detail["numFiles"] > 5  # one file per task (maxPartitionBytes makes many)
+    assert not (direct / "_staging_parquet").exists()
+    names = [p.name for p in (direct / "features").iterdir() if p.name != "_delta_log"]
+    assert len(names) == detail["numFiles"] and all(re.fullmatch(r"part-\d{5}\.parquet", n) for n in names), names
+
+
 def test_fast_reader_matches_spark_reader(spark, inputs):
     previous = spark.conf.get("spark.sql.files.maxPartitionBytes")
     spark.conf.set("spark.sql.files.maxPartitionBytes", str(40_000))  # many splits inside a.jsonl
     try:
         fast, fast_summary = _run(spark, inputs, "fast")
+        left = inputs["root"] / "direct" / "_staging_parquet"  # as a run killed while writing leaves it
+        left.mkdir(parents=True)
+        (left / "part-00099.parquet").write_bytes(b"partial")
+        direct, direct_summary = _run(spark, inputs, "direct", features_writer="pyarrow")
     finally:
         spark.conf.set("spark.sql.files.maxPartitionBytes", previous)
     slow, slow_summary = _run(spark, inputs, "slow", json_reader="spark")
+    _same_direct(spark, direct, fast, fast_summary.counts(), direct_summary.counts())
     assert "line_start" in spark.read.format("delta").load(str(fast / "features")).columns  # the fast path ran
     assert "line_start" not in spark.read.format("delta").load(str(slow / "features")).columns
     assert fast_summary.counts() == slow_summary.counts()
@@ -259,10 +284,13 @@ def test_a_directory_that_gains_files_featurizes_only_those(spark, tmp_path, cap
     raw = tmp_path / "raw"
     write_jsonl(raw / "day1.jsonl", docs[:50])
     target = write_jsonl(tmp_path / "target.jsonl", sample_docs("sci_abstracts", 90, seed=21)[60:])
-    base = {"raw": [str(raw)], "target": [target], "num_samples": 20, "seed": 3, "min_length": 10}
+    # The workers write the first table (converted to Delta); Spark's writer appends to it and rebuilds it.
+    base = {"raw": [str(raw)], "target": [target], "num_samples": 20, "seed": 3, "min_length": 10,
+            "features_writer": "pyarrow"}
     out = tmp_path / "out"
     first = execute(spark, DselConfig.from_mapping({**base, "out": str(out), "run_id": "day1"}), "run")
     assert first.featurized == first.read == 50
+    assert "written by the workers" in capsys.readouterr().out
     before = {r["id"]: r for r in spark.read.format("delta").load(str(out / "weights")).collect()}
     # Day 2 brings a gzip file: new documents, a record of a stored id that comes before the stored one
     # (it replaces it), one of another stored id that comes after (it loses), and a null text.
