@@ -263,7 +263,7 @@ FIELD_HELP: dict[str, str] = {
     'strict': 'fail the run when any record is skipped (malformed, null, empty, too large, duplicate id)',
     'json_reader': "auto (default): JSON-lines files are read by pyarrow in the Python workers; spark: by Spark's JSON reader.",
     'features_writer': "auto (default): the pyarrow reader's workers write a new OUT/features themselves (Parquet, "
-                       "then one conversion to Delta) when the raw input is 1 GiB or more and --out is a local "
+                       "then one conversion to Delta) when the raw input is 2 GiB or more and --out is a local "
                        "directory; pyarrow: whatever the size; spark: always through Spark's Delta writer.",
     'json_sampling_ratio': 'Fraction of JSON lines Spark reads to infer the schema of the extra columns.',
     'raw_format': 'format of --raw: auto, json, parquet, delta or table',

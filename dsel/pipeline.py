@@ -247,9 +247,10 @@ def _fast_featurize(spark: SparkSession, cfg: DselConfig, summary: Summary,
 
 
 #: features_writer auto: the size of raw input from which the workers write a new OUT/features
-#: themselves.  Measured (2 GB): the JVM's share of featurize is about 20% of its CPU, while the
-#: conversion to Delta costs a fixed ~1.5 s; below about 1 GB the Spark writer is as fast.
-DIRECT_WRITE_MIN_BYTES = 1 << 30
+#: themselves.  The JVM's share of featurize is about a fifth of its CPU, the conversion to Delta a
+#: fixed ~1.5 s.  Measured, featurize with Spark's writer / the workers': 17.9 / 15.7 s at 2 GB,
+#: 13.5 / 14.1 s at 1.08 GB (the benchmark's 1 GB set), 148.4 / 117.3 s at 16 GB.
+DIRECT_WRITE_MIN_BYTES = 2 << 30
 
 
 def _direct_features(spark: SparkSession, cfg: DselConfig, plan: jsonread.Plan, stats: bool, paths: OutputPaths,
