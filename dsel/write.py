@@ -1,8 +1,10 @@
 """Write: Delta tables under the output directory, and exports.
 
-Every table is written whole with ``mode("overwrite")`` in one Delta commit (or, for incremental
-scoring, merged on the document id), so rerunning a run replaces its rows instead of adding to
-them, and a crash leaves the previous version intact.  Each commit carries the run's parameters as
+Every table is written whole with ``mode("overwrite")`` in one Delta commit (or appended to, for the
+records or files a growing input adds), so rerunning a run replaces its rows instead of adding to
+them, and a crash leaves the previous version intact.  A new ``OUT/features`` may instead be written
+by the tasks themselves into a staging directory and converted to Delta once they all succeeded
+(:func:`parquet_writer`, :func:`publish_parquet`).  Each commit carries the run's parameters as
 JSON in ``userMetadata``.  The run table and the lock are written by :mod:`dsel.runs`.
 """
 from __future__ import annotations
@@ -337,6 +339,8 @@ ROW_GROUP_BYTES = 64 << 20
 #: those without statistics (the encoded counts: no reader filters on them, and they are most bytes).
 _REPEATING = ("skip_reason", "source_file", "fit_bin", "id_from_text")
 _UNFILTERED = ("features",)
+#: The rows :func:`parquet_writer` yields, one per task: the file it wrote (null when it had no rows), its rows.
+PARQUET_WRITER_SCHEMA = "file string, rows long"
 
 
 def _row_group(writer: Any, path: str, schema: Any, batches: list) -> Any:
@@ -351,7 +355,6 @@ def _row_group(writer: Any, path: str, schema: Any, batches: list) -> Any:
     table = pa.Table.from_batches(batches, schema)
     writer.write_table(table, row_group_size=table.num_rows)
     return writer
-PARQUET_WRITER_SCHEMA = "file string, rows long"
 
 
 def publish_parquet(spark: SparkSession, staging: str, path: str, metadata: dict[str, Any],
