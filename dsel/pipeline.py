@@ -260,7 +260,7 @@ def _direct_features(spark: SparkSession, cfg: DselConfig, plan: jsonread.Plan, 
     anything) is already there, ``--out`` is not a local directory, a Delta default would make the
     files differ from the table, features_writer is 'spark', or (auto) the input is under
     :data:`DIRECT_WRITE_MIN_BYTES`."""
-    local = local_dir(paths.features) if _local_files(spark, paths.features) else None
+    local = _local_dir(spark, paths.features)
     if (cfg.features_writer == "spark" or local is None or os.path.lexists(local) or not jsonread.plain_parquet(spark)
             or (cfg.features_writer == "auto" and sum(plan.sizes.values()) < DIRECT_WRITE_MIN_BYTES)):
         return None
@@ -283,16 +283,17 @@ def _direct_features(spark: SparkSession, cfg: DselConfig, plan: jsonread.Plan, 
     return Written(version, sum(int(r["rows"]) for r in parts))
 
 
-def _local_files(spark: SparkSession, path: str) -> bool:
-    """Whether Spark reads ``path`` from the local file system (a file:// path, or a plain one where the
-    default file system is local: not, say, dbfs: on Databricks)."""
-    if path.startswith("file://"):
-        return True
+def _local_dir(spark: SparkSession, path: str) -> Optional[str]:
+    """:func:`dsel.write.local_dir` of ``path`` where Spark reads it from the local file system too: a
+    file:// path, or a plain one where the default file system is local (not, say, dbfs: on Databricks)."""
+    local = local_dir(path)
+    if local is None or path.startswith("file://"):
+        return local
     try:
         default = spark.sparkContext._jsc.hadoopConfiguration().get("fs.defaultFS", "file:///")
     except Exception:  # Spark Connect: no JVM in this process to ask
-        return False
-    return "://" not in path and str(default).startswith("file:")
+        return None
+    return local if str(default).startswith("file:") else None
 
 
 def _features_schema(spark: SparkSession, paths: OutputPaths) -> Optional[str]:
@@ -753,8 +754,8 @@ def execute(spark: SparkSession, cfg: DselConfig, command: str, **options: str) 
     summary = Summary(command=command, run_id=cfg.run_id or cfg.default_run_id(command, [inputs, options]))
     paths = OutputPaths(cfg.out)
     paths.check_owned()
-    local = cfg.out.removeprefix("file://")
-    fresh = "://" not in local and not os.path.exists(local)
+    local = local_dir(cfg.out)
+    fresh = local is not None and not os.path.exists(local)
     check_outputs(spark, paths)
     claim(spark, paths.lock, summary.run_id, cfg.lock_timeout_hours, force=cfg.break_lock)
     try:

@@ -66,9 +66,9 @@ class OutputPaths:
 
     def check_owned(self) -> None:
         """Refuse to write into a local directory that holds data dsel did not write."""
-        if "://" in self.out and not self.out.startswith("file://"):
+        local = local_dir(self.out)
+        if local is None:
             return
-        local = self.out[len("file://"):] if self.out.startswith("file://") else self.out
         if os.path.isfile(local):
             raise DselError(f"--out {self.out} is a file; give a directory for dsel's tables")
         if os.path.isdir(local) and os.listdir(local):
@@ -145,8 +145,8 @@ def check_table(spark: SparkSession, path: str, schema: Optional[T.StructType], 
     from delta.tables import DeltaTable
 
     name = path.rstrip("/").rsplit("/", 1)[-1]
-    local = path[len("file://"):] if path.startswith("file://") else path
-    if "://" not in local and os.path.exists(local) and not DeltaTable.isDeltaTable(spark, path):
+    local = local_dir(path)
+    if local is not None and os.path.exists(local) and not DeltaTable.isDeltaTable(spark, path):
         raise DselError(f"{path} exists but is not a Delta table; move it away or choose another --out")
     if not DeltaTable.isDeltaTable(spark, path):
         return
