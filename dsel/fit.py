@@ -104,15 +104,15 @@ def _dense(df: DataFrame, num_groups: int, num_buckets: int) -> np.ndarray:
 
 def fit_raw(raw_features: DataFrame, cfg: DselConfig,
             counted: Optional[tuple[np.ndarray, np.ndarray]] = None,
-            first_bins: Optional[Callable[[int], Optional[DataFrame]]] = None) -> tuple[np.ndarray, int]:
+            first_bins: Optional[Callable[[int], Optional[np.ndarray]]] = None) -> tuple[np.ndarray, int]:
     """Raw bucket counts under the cap, and the total usable raw features (all bins).
 
     ``raw_features`` comes from :func:`dsel.featurize.features`; its ``fit_bin`` column is
     ``pmod(xxhash64(id), 64)``.  ``counted``, when given, is (bucket counts of all usable records,
     features per fit bin), counted while featurizing: when the cap takes every bin, they are
     the answer and the features are not read again; when it takes fewer, ``first_bins(n)`` (if
-    given) counts the records of bins ``[0, n)`` (rows as :func:`dsel.featurize.feature_histograms`,
-    one group) more cheaply than decoding through Spark.
+    given) gives the bucket counts of the records of bins ``[0, n)`` more cheaply than decoding
+    through Spark (or None).
     """
     cap = cfg.fit_cap
     if counted is not None and counted[1].sum() > 0:
@@ -122,7 +122,7 @@ def fit_raw(raw_features: DataFrame, cfg: DselConfig,
             return every, int(per_bin_total.sum())
         fewer = first_bins(used) if first_bins is not None else None
         if fewer is not None:
-            return _dense(fewer, 1, cfg.num_buckets)[0], int(per_bin_total.sum())
+            return fewer, int(per_bin_total.sum())
     num_bins = 1 if cap is None else FIT_BINS
     group = F.lit(0) if cap is None else F.col("fit_bin")
     per_bin = _dense(feature_histograms(raw_features, group, num_bins, cfg.num_buckets), num_bins, cfg.num_buckets)
@@ -163,7 +163,7 @@ def fit_targets(targets: list[tuple[str, DataFrame]], cfg: DselConfig,
 
 def fit(raw_features: DataFrame, targets: list[tuple[str, DataFrame]], cfg: DselConfig,
         counted: Optional[tuple[np.ndarray, np.ndarray]] = None,
-        first_bins: Optional[Callable[[int], Optional[DataFrame]]] = None) -> Fit:
+        first_bins: Optional[Callable[[int], Optional[np.ndarray]]] = None) -> Fit:
     """Fit raw and target histograms.
 
     ``raw_features`` comes from :func:`dsel.featurize.features` (the raw text featurized once);

@@ -38,6 +38,7 @@ import hashlib
 import io
 import json
 import re
+import zlib
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Optional, Sequence
 
@@ -56,13 +57,17 @@ from dsel.read import CORRUPT, ID, INTERNAL, _check_columns, detect_format
 from dsel.write import forget_commit
 
 #: Extra columns of a features table written by this reader (after FEATURES_SCHEMA's).
-EXTRA_SCHEMA = "line_start long, line_length long, id_from_text boolean, raw_types string"
+EXTRA_SCHEMA = "line_start long, line_length long, id_from_text boolean, raw_types string, fit_counts binary"
 #: The columns of a features table this reader writes.
 FEATURES_COLUMNS = FEATURES_SCHEMA + ", " + EXTRA_SCHEMA
 #: Jackson's default StreamReadConstraints under Spark: longer strings, deeper nesting are malformed.
 MAX_STRING_CHARS = 20_000_000
 MAX_DEPTH = 1000
 BLOCK_BYTES = 16 << 20
+#: Up to this many buckets, each task keeps its n-gram counts per fit bin (FIT_BINS x B int64: 5 MB at
+#: the default 10,000) and stores them, compressed, on its summary row (``fit_counts``), so that a
+#: capped fit sums the first bins of every task instead of decoding every record again.
+FIT_COUNTS_MAX_BUCKETS = 1 << 16
 SPARK_SEED = 42
 _OTHER_CODECS = (".bz2", ".deflate", ".lz4", ".snappy", ".zst", ".br", ".lzo", ".xz", ".z")
 _ROW = re.compile(r"in row (\d+)")
@@ -306,26 +311,36 @@ class _Summary:
     malformed: int = 0
     id_from_text: int = 0
     fallback: list = field(default_factory=list)
-    counts: Optional[np.ndarray] = None  # int64 [B]: n-gram bucket counts of the usable records
+    counts: Optional[np.ndarray] = None  # int64 [1, B]: n-gram bucket counts of the usable records
     bins: np.ndarray = field(default_factory=lambda: np.zeros(64, np.int64))  # usable features per fit bin
+    by_bin: Optional[np.ndarray] = None  # in a task: int64 [FIT_BINS, B] (or [1, B], see FIT_COUNTS_MAX_BUCKETS)
 
     def count(self, batch: pa.RecordBatch, num_buckets: int) -> None:
-        """Add a features batch's usable records to ``counts`` and ``bins`` (unusable ones have no features)."""
+        """Add a features batch's usable records to ``by_bin`` and ``bins`` (unusable ones have no features)."""
         from dsel import kernel
+        from dsel.featurize import FIT_BINS
 
-        if self.counts is None:
-            self.counts = np.zeros((1, num_buckets), np.int64)
+        if self.by_bin is None:
+            self.by_bin = np.zeros((FIT_BINS if num_buckets <= FIT_COUNTS_MAX_BUCKETS else 1, num_buckets), np.int64)
         feats = batch.column(batch.schema.get_field_index("features"))
-        kernel.count_features(feats, np.zeros(len(feats), np.int64), self.counts)
         bins = batch.column(batch.schema.get_field_index("fit_bin")).to_numpy(zero_copy_only=False)
+        kernel.count_features(feats, bins if len(self.by_bin) > 1 else np.zeros(len(feats), np.int64), self.by_bin)
         weights = batch.column(batch.schema.get_field_index("num_features")).to_numpy(zero_copy_only=False)
         self.bins += np.bincount(bins, weights=weights, minlength=len(self.bins)).astype(np.int64)
 
     def to_json(self) -> str:
-        cells = np.flatnonzero(self.counts[0]) if self.counts is not None else np.zeros(0, np.int64)
+        total = self.by_bin.sum(axis=0) if self.by_bin is not None else np.zeros(0, np.int64)
+        cells = np.flatnonzero(total)
         return json.dumps({"types": self.types, "malformed": self.malformed, "id_from_text": self.id_from_text,
                            "fallback": sorted(set(self.fallback)), "bins": self.bins.tolist(),
-                           "cells": cells.tolist(), "counts": self.counts[0][cells].tolist() if len(cells) else []})
+                           "cells": cells.tolist(), "counts": total[cells].tolist()})
+
+    def fit_counts(self) -> Optional[bytes]:
+        """The task's counts per fit bin, zlib-compressed little-endian int64 [FIT_BINS, B] (b"" when it
+        had no usable record), or None when B is over :data:`FIT_COUNTS_MAX_BUCKETS`."""
+        if self.by_bin is None:
+            return b""
+        return zlib.compress(self.by_bin.astype("<i8").tobytes(), 1) if len(self.by_bin) > 1 else None
 
     def add(self, other: dict, num_buckets: int) -> None:
         self.types = _merge(self.types, other["types"])
@@ -640,14 +655,19 @@ def _block_batch(block: _Block, source: str, limit: int, params: tuple) -> Optio
     fit_bins = pa.array(np.mod(xxhash64(ids), FIT_BINS).astype(np.int32))
     sources = pa.array([source] * n, pa.string())
     batch = featurize_batch(ids, pa.array(xxhash64(texts)), usable, reason, sources, details, fit_bins, params)
-    extra = [pa.array(starts), pa.array(lengths), pa.array(from_text), pa.nulls(n, pa.string())]
+    extra = [pa.array(starts), pa.array(lengths), pa.array(from_text), pa.nulls(n, pa.string()),
+             pa.nulls(n, pa.binary())]
     return pa.RecordBatch.from_arrays(batch.columns + extra, names=batch.schema.names + [
-        "line_start", "line_length", "id_from_text", "raw_types"])
+        "line_start", "line_length", "id_from_text", "raw_types", "fit_counts"])
 
 
 def _with_summary(batch: pa.RecordBatch, summary: _Summary) -> pa.RecordBatch:
-    raw_types = pa.array([summary.to_json()] + [None] * (batch.num_rows - 1), pa.string())
-    return batch.set_column(batch.schema.get_field_index("raw_types"), "raw_types", raw_types)
+    """The task's last batch, its first row carrying the task's summary and counts per fit bin."""
+    rest = [None] * (batch.num_rows - 1)
+    batch = batch.set_column(batch.schema.get_field_index("raw_types"), "raw_types",
+                             pa.array([summary.to_json()] + rest, pa.string()))
+    return batch.set_column(batch.schema.get_field_index("fit_counts"), "fit_counts",
+                            pa.array([summary.fit_counts()] + rest, pa.binary()))
 
 
 def _task_function(tasks: list, text_col: str, id_col: str, limit: int, params: tuple, block_bytes: int):
@@ -1034,15 +1054,48 @@ def scored(spark: SparkSession, feats: DataFrame, log_ratios: np.ndarray,
     return _per_file(spark, files, run, SCORE_SCHEMA)
 
 
-def bin_counts(spark: SparkSession, feats: DataFrame, num_buckets: int, bins: int) -> Optional[DataFrame]:
-    """Bucket counts (rows group 0, bucket, count, as :func:`dsel.featurize.feature_histograms`) of the
-    usable records in fit bins ``[0, bins)`` of a features table this reader wrote, decoded by the
-    workers from its Parquet files (see :func:`scored`); None when the files may differ from the table."""
-    from dsel.featurize import HISTOGRAM_SCHEMA, _nonzero
-
+def bin_counts(spark: SparkSession, feats: DataFrame, num_buckets: int, bins: int) -> Optional[np.ndarray]:
+    """Bucket counts (int64 [B]) of the usable records in fit bins ``[0, bins)`` of a features table this
+    reader wrote: the sum of the first bins of every task's ``fit_counts`` when each task stored them,
+    else decoded by the workers from the table's Parquet files (see :func:`scored`); None when the
+    files may differ from the table."""
     files = _parquet_files(spark, feats)
     if files is None:
         return None
+    if "fit_counts" in feats.columns:
+        stored = _stored_bin_counts(spark, files, num_buckets, bins)
+        if stored is not None:
+            return stored
+    return _decoded_bin_counts(spark, files, num_buckets, bins)
+
+
+def _stored_bin_counts(spark: SparkSession, files: list[str], num_buckets: int, bins: int) -> Optional[np.ndarray]:
+    """:func:`bin_counts` from the tasks' ``fit_counts`` (only the summary rows' two columns are read),
+    or None when a task did not store them (more buckets than FIT_COUNTS_MAX_BUCKETS, or rows
+    appended by an earlier dsel)."""
+    from dsel.featurize import FIT_BINS, HISTOGRAM_SCHEMA, _nonzero
+    from dsel.fit import _dense
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        counts, missing = np.zeros((2, num_buckets), np.int64), 0
+        for part in _parquet_parts(files, batches, ["raw_types", "fit_counts"]):
+            for blob in part.filter(part.column(0).is_valid()).column(1).to_pylist():
+                if blob is None:
+                    missing += 1
+                elif blob:
+                    counts[0] += np.frombuffer(zlib.decompress(blob), "<i8").reshape(FIT_BINS, num_buckets)[:bins].sum(0)
+        counts[1, 0] = missing  # group 1 says how many tasks stored nothing
+        yield from _nonzero(counts)
+
+    # a few hundred kB per file: one task per core (a task per file cost as much as the reading)
+    dense = _dense(_per_file(spark, files, run, HISTOGRAM_SCHEMA, _parallelism(spark)).groupBy("group", "bucket")
+                   .agg(F.sum("count").alias("count")), 2, num_buckets)
+    return dense[0] if dense[1, 0] == 0 else None
+
+
+def _decoded_bin_counts(spark: SparkSession, files: list[str], num_buckets: int, bins: int) -> np.ndarray:
+    from dsel.featurize import HISTOGRAM_SCHEMA, _nonzero
+    from dsel.fit import _dense
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         from dsel import kernel
@@ -1054,7 +1107,8 @@ def bin_counts(spark: SparkSession, feats: DataFrame, num_buckets: int, bins: in
                 kernel.count_features(part.column(0), np.zeros(part.num_rows, np.int64), counts)
         yield from _nonzero(counts)
 
-    return _per_file(spark, files, run, HISTOGRAM_SCHEMA).groupBy("group", "bucket").agg(F.sum("count").alias("count"))
+    frame = _per_file(spark, files, run, HISTOGRAM_SCHEMA).groupBy("group", "bucket").agg(F.sum("count").alias("count"))
+    return _dense(frame, 1, num_buckets)[0]
 
 
 def _parquet_files(spark: SparkSession, feats: DataFrame) -> Optional[list[str]]:
@@ -1071,9 +1125,10 @@ def plain_parquet(spark: SparkSession) -> bool:
                for key in ("enableDeletionVectors", "columnMapping.mode"))
 
 
-def _per_file(spark: SparkSession, files: list[str], run, schema: str) -> DataFrame:
-    """``run`` (reading its files with :func:`_parquet_parts`) in one task per Parquet file."""
-    return spark.range(0, len(files), 1, max(1, len(files))).mapInArrow(run, schema)
+def _per_file(spark: SparkSession, files: list[str], run, schema: str, tasks: Optional[int] = None) -> DataFrame:
+    """``run`` (reading its files with :func:`_parquet_parts`) in one task per Parquet file, or in
+    ``tasks`` tasks."""
+    return spark.range(0, len(files), 1, max(1, min(len(files), tasks or len(files)))).mapInArrow(run, schema)
 
 
 def _parquet_parts(files: list[str], batches: Iterator[pa.RecordBatch], columns: list[str]) -> Iterator[pa.RecordBatch]:

@@ -659,10 +659,12 @@ def _get_varint(buf, pos):
 
 
 @njit(cache=True, nogil=True)
-def _decode(buf, offsets, mode, lr_t, weights, groups, counts):
-    """mode 0: weights[d, t] = sum of count * lr_t[bucket, t]; mode 1: counts[groups[d], bucket] += count."""
+def _decode(buf, offsets, mode, lr_t, weights, groups, counts, order):
+    """mode 0: weights[d, t] = sum of count * lr_t[bucket, t]; mode 1: counts[groups[d], bucket] += count.
+    The documents are taken in ``order`` (their indexes) when it is not empty."""
     num_t = lr_t.shape[1]
-    for d in range(offsets.shape[0] - 1):
+    for i in range(offsets.shape[0] - 1):
+        d = order[i] if order.shape[0] else i
         pos = offsets[d]
         end = offsets[d + 1]
         while pos < end:
@@ -679,6 +681,7 @@ def _decode(buf, offsets, mode, lr_t, weights, groups, counts):
 # Python wrappers.
 
 _EMPTY = np.frombuffer(b"\0", dtype=np.uint8)  # read-only, like Arrow buffers
+_NONE = np.zeros(0, np.int64)
 
 
 def _check(n: int, num_buckets: int, seed: int, hash_kind: str) -> None:
@@ -1095,16 +1098,22 @@ def score_features(features, log_ratios: np.ndarray) -> np.ndarray:
     row = 0
     for data, off in _binary_parts(features):
         rows = len(off) - 1
-        _decode(data, off, 0, lr_t, weights[row:row + rows], np.zeros(1, np.int64), np.zeros((1, 1), np.int64))
+        _decode(data, off, 0, lr_t, weights[row:row + rows], _NONE, np.zeros((1, 1), np.int64), _NONE)
         row += rows
     return weights
 
 
 def count_features(features, groups: np.ndarray, counts: np.ndarray) -> None:
-    """Add encoded features into counts[groups[i], :] in place (counts int64 [G, B])."""
+    """Add encoded features into counts[groups[i], :] in place (counts int64 [G, B]).
+
+    With several groups the documents are counted group by group, so that one group's row of
+    counts stays in cache (counting 64 fit bins of 10,000 buckets in document order cost ~3% more
+    of a featurize pass)."""
     groups = np.ascontiguousarray(groups, dtype=np.int64)
     row = 0
     for data, off in _binary_parts(features):
         rows = len(off) - 1
-        _decode(data, off, 1, np.zeros((1, 1)), np.zeros((1, 1)), groups[row:row + rows], counts)
+        part = groups[row:row + rows]
+        order = np.argsort(part, kind="stable") if counts.shape[0] > 1 else _NONE
+        _decode(data, off, 1, np.zeros((1, 1)), np.zeros((1, 1)), part, counts, order)
         row += rows

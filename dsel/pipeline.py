@@ -226,8 +226,10 @@ def _fast_featurize(spark: SparkSession, cfg: DselConfig, summary: Summary,
             written = _write_features(jsonread.features(spark, cfg, plan, stats), paths, metadata, change_feed=True)
     elif new:
         print(f"[dsel] featurizing the {len(new):,} raw files that {paths.features} does not hold yet", flush=True)
-        written = _write_features(jsonread.features(spark, cfg, plan.only(spark, new), stats), paths, metadata,
-                                  mode="append")
+        rows = jsonread.features(spark, cfg, plan.only(spark, new), stats)
+        held = spark.read.format("delta").load(paths.features).columns
+        written = _write_features(rows.select(*[c for c in rows.columns if c in held]), paths, metadata,
+                                  mode="append")  # as the table's columns (one an earlier dsel wrote lacks fit_counts)
     if written is not None:
         summary.tables[paths.features] = written.version
     feats = spark.read.format("delta").load(paths.features)

@@ -338,7 +338,7 @@ ROW_GROUP_BYTES = 64 << 20
 #: Columns of the tables written by :func:`parquet_writer` whose values repeat (dictionary-encoded), and
 #: those without statistics (the encoded counts: no reader filters on them, and they are most bytes).
 _REPEATING = ("skip_reason", "source_file", "fit_bin", "id_from_text")
-_UNFILTERED = ("features",)
+_UNFILTERED = ("features", "fit_counts")
 #: The rows :func:`parquet_writer` yields, one per task: the file it wrote (null when it had no rows), its rows.
 PARQUET_WRITER_SCHEMA = "file string, rows long"
 

@@ -185,15 +185,41 @@ def test_fit_bins_counted_from_the_parquet_files_equal_spark_decoding(spark, inp
         _run(spark, inputs, "fast")
     feats = spark.read.format("delta").load(str(out / "features"))
     per_bin = _dense(feature_histograms(feats, F.col("fit_bin"), FIT_BINS, 10_000), FIT_BINS, 10_000)
+    files = sorted(feats.inputFiles())
     for bins in (1, 7, 40, FIT_BINS):
-        counted = _dense(jsonread.bin_counts(spark, feats, 10_000, bins), 1, 10_000)[0]
-        assert np.array_equal(counted, per_bin[:bins].sum(axis=0)), bins
+        # from the counts per fit bin each task stored, and decoded from every record: the same
+        stored = jsonread._stored_bin_counts(spark, files, 10_000, bins)
+        assert stored is not None and np.array_equal(stored, per_bin[:bins].sum(axis=0)), bins
+        assert np.array_equal(jsonread._decoded_bin_counts(spark, files, 10_000, bins), stored), bins
+        assert np.array_equal(jsonread.bin_counts(spark, feats, 10_000, bins), stored), bins
     # and a fit capped at 7 bins gets the same raw counts both ways
     totals = per_bin.sum(axis=1)
     cfg = DselConfig.from_mapping({"raw": [inputs["raw"]], "out": str(out), "num_tokens_to_fit": int(np.cumsum(totals)[6])})
     fast = fit_raw(feats, cfg, (per_bin.sum(axis=0), totals), lambda bins: jsonread.bin_counts(spark, feats, 10_000, bins))
     assert np.array_equal(fast[0], fit_raw(feats, cfg)[0]) and np.array_equal(fast[0], per_bin[:7].sum(axis=0))
     assert fast[1] == int(totals.sum()) and 0 < per_bin[:7].sum() < per_bin.sum()
+
+
+def test_stored_fit_counts_are_not_used_when_a_task_lacks_them(spark, tmp_path):
+    # Rows appended by an earlier dsel (or with more buckets than are stored) have no fit_counts on
+    # their summary row: then the first bins are decoded from the records instead.
+    import zlib
+
+    import pyarrow.parquet as pq
+
+    from dsel.featurize import FIT_BINS
+
+    counts = np.arange(FIT_BINS * 5, dtype=np.int64).reshape(FIT_BINS, 5)
+    blob = zlib.compress(counts.astype("<i8").tobytes())
+    for name, rows in (("a", [None, "{}", None]), ("b", ["{}"]), ("c", ["{}"])):
+        blobs = [blob if r and name != "c" else (b"" if r else None) for r in rows]
+        pq.write_table(pa.table({"raw_types": pa.array(rows, pa.string()), "fit_counts": pa.array(blobs, pa.binary())}),
+                       tmp_path / f"{name}.parquet")
+    files = [(tmp_path / f"{n}.parquet").as_uri() for n in ("a", "b", "c")]
+    assert np.array_equal(jsonread._stored_bin_counts(spark, files, 5, 3), 2 * counts[:3].sum(axis=0))
+    pq.write_table(pa.table({"raw_types": pa.array(["{}"]), "fit_counts": pa.nulls(1, pa.binary())}),
+                   tmp_path / "d.parquet")
+    assert jsonread._stored_bin_counts(spark, files + [(tmp_path / "d.parquet").as_uri()], 5, 3) is None
 
 
 def test_reselect_reads_back_only_the_chosen_lines(spark, inputs):
@@ -330,3 +356,40 @@ def test_a_directory_that_gains_files_featurizes_only_those(spark, tmp_path, cap
     again = execute(spark, DselConfig.from_mapping({**base, "out": str(out), "run_id": "day3"}), "run")
     assert "1 raw files changed or went" in capsys.readouterr().out
     assert again.featurized == again.read == 49 + len(day2)
+
+
+def test_a_table_without_fit_counts_still_appends_and_fits_capped(spark, tmp_path):
+    # A features table an earlier dsel wrote has no fit_counts column: new files are appended to it as
+    # it is, and a capped fit decodes its first bins; both give what a fresh run over all files gives.
+    from dsel.write import forget_commit
+
+    docs = sample_docs("movie_reviews", 30, seed=5) + sample_docs("python_peps", 30, seed=5)
+    raw = tmp_path / "raw"
+    write_jsonl(raw / "day1.jsonl", docs[:35])
+    target = write_jsonl(tmp_path / "target.jsonl", sample_docs("python_peps", 50, seed=6)[30:])
+    base = {"raw": [str(raw)], "target": [target], "num_samples": 10, "seed": 4, "features_writer": "pyarrow",
+            "num_tokens_to_fit": 4000, "refit": "always"}
+    out, fresh = tmp_path / "out", tmp_path / "fresh"
+    execute(spark, DselConfig.from_mapping({**base, "out": str(out), "run_id": "day1"}), "run")
+    features = str(out / "features")
+    key = "spark.databricks.delta.commitInfo.userMetadata"
+    spark.conf.set(key, DeltaTable.forPath(spark, features).history(1).first()["userMetadata"])
+    try:
+        (spark.read.format("delta").load(features).drop("fit_counts").write.format("delta").mode("overwrite")
+         .option("overwriteSchema", "true").save(features))
+    finally:
+        spark.conf.unset(key)
+        forget_commit(features)
+    write_jsonl(raw / "day2.jsonl", docs[35:])
+    second = execute(spark, DselConfig.from_mapping({**base, "out": str(out), "run_id": "day2"}), "run")
+    assert second.featurized == 25 and second.read == 60
+    assert "fit_counts" not in spark.read.format("delta").load(features).columns
+    execute(spark, DselConfig.from_mapping({**base, "out": str(fresh), "run_id": "day2"}), "run")
+    assert "fit_counts" in spark.read.format("delta").load(str(fresh / "features")).columns
+    # the cap took some bins, not all
+    capped = spark.read.format("delta").load(str(fresh / "log_ratios")).agg(F.sum("raw_count")).first()[0]
+    usable = spark.read.format("delta").load(str(fresh / "features")).where("skip_reason is null")
+    assert 0 < capped < usable.agg(F.sum("num_features")).first()[0]
+    for name in ("log_ratios", "weights", "skipped"):
+        columns = WEIGHT_COLUMNS if name == "weights" else None
+        assert _table(spark, out, name, columns) == _table(spark, fresh, name, columns), name
