@@ -329,7 +329,10 @@ class _Summary:
         self.bins += np.bincount(bins, weights=weights, minlength=len(self.bins)).astype(np.int64)
 
     def to_json(self) -> str:
-        total = self.by_bin.sum(axis=0) if self.by_bin is not None else np.zeros(0, np.int64)
+        if self.by_bin is not None:  # a task's
+            total = self.by_bin.sum(axis=0)
+        else:  # merged ones
+            total = self.counts[0] if self.counts is not None else np.zeros(0, np.int64)
         cells = np.flatnonzero(total)
         return json.dumps({"types": self.types, "malformed": self.malformed, "id_from_text": self.id_from_text,
                            "fallback": sorted(set(self.fallback)), "bins": self.bins.tolist(),
@@ -824,9 +827,24 @@ def is_fast(feats: DataFrame) -> bool:
 
 
 def summary(feats: DataFrame, num_buckets: int) -> _Summary:
-    """The merged summaries the tasks left in ``raw_types``."""
+    """The merged summaries the tasks left in ``raw_types``.
+
+    Each holds up to B bucket counts, and a table has one per task that wrote it, so they are merged
+    in at most one task per core and the driver merges those few: its memory does not grow with the
+    raw input."""
+
+    def merge(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        part, seen = _Summary(), False
+        for batch in batches:
+            for text in batch.column(0).to_pylist():
+                part.add(json.loads(text), num_buckets)
+                seen = True
+        if seen:
+            yield pa.RecordBatch.from_pydict({"raw_types": [part.to_json()]})
+
+    rows = feats.where(F.col("raw_types").isNotNull()).select("raw_types")
     total = _Summary()
-    for row in feats.where(F.col("raw_types").isNotNull()).select("raw_types").collect():
+    for row in rows.coalesce(_parallelism(feats.sparkSession)).mapInArrow(merge, "raw_types string").collect():
         total.add(json.loads(row[0]), num_buckets)
     return total
 
