@@ -340,7 +340,7 @@ class _Summary:
 
     def fit_counts(self) -> Optional[bytes]:
         """The task's counts per fit bin, zlib-compressed little-endian int64 [FIT_BINS, B] (b"" when it
-        had no usable record), or None when B is over :data:`FIT_COUNTS_MAX_BUCKETS`."""
+        counted nothing), or None when B is over :data:`FIT_COUNTS_MAX_BUCKETS`."""
         if self.by_bin is None:
             return b""
         return zlib.compress(self.by_bin.astype("<i8").tobytes(), 1) if len(self.by_bin) > 1 else None
@@ -826,12 +826,18 @@ def is_fast(feats: DataFrame) -> bool:
     return "line_start" in feats.columns
 
 
-def summary(feats: DataFrame, num_buckets: int) -> _Summary:
+#: Up to this many files in a features table, the driver merges the tasks' summaries itself (each up to
+#: B counts, one per task); beyond, they are first merged on the executors.
+SUMMARIES_ON_DRIVER = 256
+
+
+def summary(feats: DataFrame, num_buckets: int, on_driver: int = SUMMARIES_ON_DRIVER) -> _Summary:
     """The merged summaries the tasks left in ``raw_types``.
 
-    Each holds up to B bucket counts, and a table has one per task that wrote it, so they are merged
-    in at most one task per core and the driver merges those few: its memory does not grow with the
-    raw input."""
+    Each holds up to B bucket counts, and a table has one per task that wrote it.  Up to ``on_driver``
+    files the driver collects them; beyond, they are merged in one task per core first and the driver
+    merges those few, so its memory does not grow with the raw input (the extra Python stage cost
+    ~0.7 s of a 13 s featurize at 1 GB)."""
 
     def merge(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         part, seen = _Summary(), False
@@ -843,8 +849,10 @@ def summary(feats: DataFrame, num_buckets: int) -> _Summary:
             yield pa.RecordBatch.from_pydict({"raw_types": [part.to_json()]})
 
     rows = feats.where(F.col("raw_types").isNotNull()).select("raw_types")
+    if len(feats.inputFiles()) > on_driver:
+        rows = rows.coalesce(_parallelism(feats.sparkSession)).mapInArrow(merge, "raw_types string")
     total = _Summary()
-    for row in rows.coalesce(_parallelism(feats.sparkSession)).mapInArrow(merge, "raw_types string").collect():
+    for row in rows.collect():
         total.add(json.loads(row[0]), num_buckets)
     return total
 
