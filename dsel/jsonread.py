@@ -40,7 +40,7 @@ import json
 import re
 import zlib
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -839,22 +839,21 @@ def summary(feats: DataFrame, num_buckets: int, on_driver: int = SUMMARIES_ON_DR
     merges those few, so its memory does not grow with the raw input (a few hundred summaries are
     not worth the extra Python stage)."""
 
+    def merged(texts: Iterable[str]) -> _Summary:
+        total = _Summary()
+        for text in texts:
+            total.add(json.loads(text), num_buckets)
+        return total
+
     def merge(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        part, seen = _Summary(), False
-        for batch in batches:
-            for text in batch.column(0).to_pylist():
-                part.add(json.loads(text), num_buckets)
-                seen = True
-        if seen:
-            yield pa.RecordBatch.from_pydict({"raw_types": [part.to_json()]})
+        texts = [t for batch in batches for t in batch.column(0).to_pylist()]
+        if texts:
+            yield pa.RecordBatch.from_pydict({"raw_types": [merged(texts).to_json()]})
 
     rows = feats.where(F.col("raw_types").isNotNull()).select("raw_types")
     if len(feats.inputFiles()) > on_driver:
         rows = rows.coalesce(_parallelism(feats.sparkSession)).mapInArrow(merge, "raw_types string")
-    total = _Summary()
-    for row in rows.collect():
-        total.add(json.loads(row[0]), num_buckets)
-    return total
+    return merged(row[0] for row in rows.collect())
 
 
 def raw_schema(seen: _Summary) -> T.StructType:
@@ -1099,8 +1098,7 @@ def _stored_bin_counts(spark: SparkSession, files: list[str], num_buckets: int, 
     """:func:`bin_counts` from the tasks' ``fit_counts`` (only the summary rows' two columns are read),
     or None when a task did not store them (more buckets than FIT_COUNTS_MAX_BUCKETS, or rows
     appended by an earlier dsel)."""
-    from dsel.featurize import FIT_BINS, HISTOGRAM_SCHEMA, _nonzero
-    from dsel.fit import _dense
+    from dsel.featurize import FIT_BINS, _nonzero
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         counts, missing = np.zeros((2, num_buckets), np.int64), 0
@@ -1114,14 +1112,13 @@ def _stored_bin_counts(spark: SparkSession, files: list[str], num_buckets: int, 
         yield from _nonzero(counts)
 
     # a few hundred kB per file: one task per core (a task per file cost as much as the reading)
-    dense = _dense(_per_file(spark, files, run, HISTOGRAM_SCHEMA, _parallelism(spark)).groupBy("group", "bucket")
-                   .agg(F.sum("count").alias("count")), 2, num_buckets)
+    dense = _file_histograms(spark, files, run, 2, num_buckets, _parallelism(spark))
     return dense[0] if dense[1, 0] == 0 else None
 
 
 def _decoded_bin_counts(spark: SparkSession, files: list[str], num_buckets: int, bins: int) -> np.ndarray:
-    from dsel.featurize import HISTOGRAM_SCHEMA, _nonzero
-    from dsel.fit import _dense
+    """:func:`bin_counts` decoded from the ``features`` of every usable record in those bins."""
+    from dsel.featurize import _nonzero
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         from dsel import kernel
@@ -1133,8 +1130,18 @@ def _decoded_bin_counts(spark: SparkSession, files: list[str], num_buckets: int,
                 kernel.count_features(part.column(0), np.zeros(part.num_rows, np.int64), counts)
         yield from _nonzero(counts)
 
-    frame = _per_file(spark, files, run, HISTOGRAM_SCHEMA).groupBy("group", "bucket").agg(F.sum("count").alias("count"))
-    return _dense(frame, 1, num_buckets)[0]
+    return _file_histograms(spark, files, run, 1, num_buckets)[0]
+
+
+def _file_histograms(spark: SparkSession, files: list[str], run, groups: int, num_buckets: int,
+                     tasks: Optional[int] = None) -> np.ndarray:
+    """The (group, bucket, count) rows ``run`` yields over ``files`` (see :func:`_per_file`), summed into
+    int64 [groups, B]."""
+    from dsel.featurize import HISTOGRAM_SCHEMA
+    from dsel.fit import _dense
+
+    rows = _per_file(spark, files, run, HISTOGRAM_SCHEMA, tasks).groupBy("group", "bucket")
+    return _dense(rows.agg(F.sum("count").alias("count")), groups, num_buckets)
 
 
 def _parquet_files(spark: SparkSession, feats: DataFrame) -> Optional[list[str]]:
