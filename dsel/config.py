@@ -264,7 +264,8 @@ FIELD_HELP: dict[str, str] = {
     'json_reader': "auto (default): JSON-lines files are read by pyarrow in the Python workers; spark: by Spark's JSON reader.",
     'features_writer': "auto (default): the pyarrow reader's workers write a new OUT/features themselves (Parquet, "
                        "then one conversion to Delta) when the raw input is 2 GiB or more and --out is a local "
-                       "directory; pyarrow: whatever the size; spark: always through Spark's Delta writer.",
+                       "directory, and the workers that score it write a new OUT/weights when the features are "
+                       "1 GiB or more; pyarrow: whatever the size; spark: always through Spark's Delta writer.",
     'json_sampling_ratio': 'Fraction of JSON lines Spark reads to infer the schema of the extra columns.',
     'raw_format': 'format of --raw: auto, json, parquet, delta or table',
     'target_format': 'format of --target: auto, json, parquet, delta or table',

@@ -1045,11 +1045,18 @@ def scored(spark: SparkSession, feats: DataFrame, log_ratios: np.ndarray,
     JVM neither reads nor ships the encoded features.  The records ``drop`` names (id, source_file,
     line_start; see :func:`duplicates`) are left out.  None when Delta table defaults (deletion
     vectors, column mapping) could make the files differ from the table."""
-    from dsel.featurize import LINE_COLUMNS, SCORE_SCHEMA, STAT_COLUMNS
+    from dsel.featurize import SCORE_SCHEMA
 
-    files = _parquet_files(spark, feats)
+    files = parquet_files(spark, feats)
     if files is None:
         return None
+    return per_file(spark, files, score_function(files, log_ratios, drop), SCORE_SCHEMA)
+
+
+def score_function(files: list[str], log_ratios: np.ndarray, drop: Sequence[tuple[str, str, int]] = ()):
+    """The mapInArrow function of :func:`scored`: each input row is the index of a file of ``files``."""
+    from dsel.featurize import LINE_COLUMNS, STAT_COLUMNS
+
     table = np.ascontiguousarray(log_ratios, dtype=np.float64)
     columns = [ID, "_dsel_hash", "num_words", "num_features", "skip_reason", "source_file", "detail", "features",
                *STAT_COLUMNS, *LINE_COLUMNS]
@@ -1076,7 +1083,7 @@ def scored(spark: SparkSession, feats: DataFrame, log_ratios: np.ndarray,
                 names=[ID, "_dsel_hash", "num_words", "log_weights", "num_features", "skip_reason",
                        "source_file", "detail", *STAT_COLUMNS, *LINE_COLUMNS])
 
-    return _per_file(spark, files, run, SCORE_SCHEMA)
+    return run
 
 
 def bin_counts(spark: SparkSession, feats: DataFrame, num_buckets: int, bins: int) -> Optional[np.ndarray]:
@@ -1084,7 +1091,7 @@ def bin_counts(spark: SparkSession, feats: DataFrame, num_buckets: int, bins: in
     reader wrote: the sum of the first bins of every task's ``fit_counts`` when each task stored them,
     else decoded by the workers from the table's Parquet files (see :func:`scored`); None when the
     files may differ from the table."""
-    files = _parquet_files(spark, feats)
+    files = parquet_files(spark, feats)
     if files is None:
         return None
     if "fit_counts" in feats.columns:
@@ -1135,16 +1142,16 @@ def _decoded_bin_counts(spark: SparkSession, files: list[str], num_buckets: int,
 
 def _file_histograms(spark: SparkSession, files: list[str], run, groups: int, num_buckets: int,
                      tasks: Optional[int] = None) -> np.ndarray:
-    """The (group, bucket, count) rows ``run`` yields over ``files`` (see :func:`_per_file`), summed into
+    """The (group, bucket, count) rows ``run`` yields over ``files`` (see :func:`per_file`), summed into
     int64 [groups, B]."""
     from dsel.featurize import HISTOGRAM_SCHEMA
     from dsel.fit import _dense
 
-    rows = _per_file(spark, files, run, HISTOGRAM_SCHEMA, tasks).groupBy("group", "bucket")
+    rows = per_file(spark, files, run, HISTOGRAM_SCHEMA, tasks).groupBy("group", "bucket")
     return _dense(rows.agg(F.sum("count").alias("count")), groups, num_buckets)
 
 
-def _parquet_files(spark: SparkSession, feats: DataFrame) -> Optional[list[str]]:
+def parquet_files(spark: SparkSession, feats: DataFrame) -> Optional[list[str]]:
     """The Parquet files of a features table, or None when Delta table defaults (deletion vectors,
     column mapping) could make them differ from the table."""
     return sorted(feats.inputFiles()) if plain_parquet(spark) else None
@@ -1158,7 +1165,7 @@ def plain_parquet(spark: SparkSession) -> bool:
                for key in ("enableDeletionVectors", "columnMapping.mode"))
 
 
-def _per_file(spark: SparkSession, files: list[str], run, schema: str, tasks: Optional[int] = None) -> DataFrame:
+def per_file(spark: SparkSession, files: list[str], run, schema: str, tasks: Optional[int] = None) -> DataFrame:
     """``run`` (reading its files with :func:`_parquet_parts`) in one task per Parquet file, or in
     ``tasks`` tasks."""
     return spark.range(0, len(files), 1, max(1, min(len(files), tasks or len(files)))).mapInArrow(run, schema)

@@ -14,7 +14,7 @@ import socket
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor, wait
-from typing import Optional
+from typing import Callable, Optional
 
 from pyspark.sql import DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
@@ -28,7 +28,7 @@ from dsel.errors import DselError
 from dsel.fit import Fit, fit as fit_histograms
 from dsel.read import DETAIL, HASH, ID, INTERNAL, file_states, files_digest, fingerprint, prepare, read_input
 from dsel.report import Summary
-from dsel.score import (score as score_records, skipped as skipped_records, unique_weights,
+from dsel.score import (score as score_records, skipped as skipped_records, unique_weights, unique_weights_batch,
                         weights as weight_records)
 from dsel.select import (SMALL_K, Counts, Filters, carried_rows, filter_counts, select as select_documents,
                          with_raw_columns)
@@ -266,22 +266,30 @@ def _direct_features(spark: SparkSession, cfg: DselConfig, plan: jsonread.Plan, 
     if (cfg.features_writer == "spark" or local is None or os.path.lexists(local) or not jsonread.plain_parquet(spark)
             or (cfg.features_writer == "auto" and sum(plan.sizes.values()) < DIRECT_WRITE_MIN_BYTES)):
         return None
+    schema = to_arrow_schema(StructType.fromDDL(jsonread.FEATURES_COLUMNS))
+    return _written_by_workers(
+        spark, paths, paths.features,
+        lambda staging: jsonread.tasks_frame(spark, plan).mapInArrow(
+            parquet_writer(jsonread.features_function(cfg, plan, stats), staging, schema), PARQUET_WRITER_SCHEMA),
+        metadata, {"delta.enableChangeDataFeed": "true", "delta.dataSkippingNumIndexedCols": "0"})
+
+
+def _written_by_workers(spark: SparkSession, paths: OutputPaths, path: str, writing: Callable[[str], DataFrame],
+                        metadata: dict, properties: dict[str, str]) -> Written:
+    """The new Delta table at local ``path`` from the Parquet files that the tasks of ``writing(staging)``
+    (a :func:`dsel.write.parquet_writer` frame) write into a staging directory, converted in place."""
     staging = local_dir(paths.table(STAGING))
     shutil.rmtree(staging, ignore_errors=True)  # left by a run that was killed while writing
     os.makedirs(staging)
-    schema = to_arrow_schema(StructType.fromDDL(jsonread.FEATURES_COLUMNS))
     try:
-        run = parquet_writer(jsonread.features_function(cfg, plan, stats), staging, schema)
-        parts = jsonread.tasks_frame(spark, plan).mapInArrow(run, PARQUET_WRITER_SCHEMA).collect()
+        parts = writing(staging).collect()
         written = {os.path.basename(r["file"]) for r in parts if r["file"]}
         for name in set(os.listdir(staging)) - written:  # what failed attempts may have left
             os.remove(os.path.join(staging, name))
-        version = publish_parquet(spark, staging, paths.features, metadata,
-                                  {"delta.enableChangeDataFeed": "true", "delta.dataSkippingNumIndexedCols": "0"})
+        version = publish_parquet(spark, staging, path, metadata, properties)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    print(f"[dsel] {paths.features} written by the workers ({len(written):,} Parquet files) and converted to Delta",
-          flush=True)
+    print(f"[dsel] {path} written by the workers ({len(written):,} Parquet files) and converted to Delta", flush=True)
     return Written(version, sum(int(r["rows"]) for r in parts))
 
 
@@ -436,7 +444,7 @@ def score(spark: SparkSession, cfg: DselConfig, summary: Summary, fitted: Option
     elif appended is not None:
         summary.scored_now = _score_appended(spark, paths, fitted, appended, metadata, summary)
     else:
-        _score_all(spark, paths, fitted, feats, metadata, summary)
+        _score_all(spark, cfg, paths, fitted, feats, metadata, summary)
     summary.scored = _count(spark, paths.weights)
     summary.skipped = _skipped_counts(spark, paths.skipped)
     if cfg.strict and summary.skipped:
@@ -449,17 +457,19 @@ def score(spark: SparkSession, cfg: DselConfig, summary: Summary, fitted: Option
     summary.stage("score", started)
 
 
-def _score_all(spark: SparkSession, paths: OutputPaths, fitted: Fit, feats: DataFrame, metadata: dict,
-               summary: Summary) -> None:
+def _score_all(spark: SparkSession, cfg: DselConfig, paths: OutputPaths, fitted: Fit, feats: DataFrame,
+               metadata: dict, summary: Summary) -> None:
     # The weights decode the stored features of usable records (no text is read); the skipped
     # records need no weights, only the narrow columns of the features table.  The weights are
     # written last: their commit records what was scored, so a crash before it redoes both.
-    weights, duplicates = _fast_weights(spark, paths, fitted, feats)
+    weights, duplicates, drop = _fast_weights(spark, paths, fitted, feats)
     if weights is None:
         weights = weight_records(score_records(feats.where(F.col("skip_reason").isNull()), fitted))
     written = write_table(skipped_records(feats, duplicates), paths.skipped, metadata)
     summary.tables[paths.skipped] = written.version
-    written = _write_weights(spark, paths, weights, metadata)
+    written = None if drop is None else _direct_weights(spark, cfg, paths, fitted, feats, weights.schema, drop,
+                                                        metadata)
+    written = written or _write_weights(spark, paths, weights, metadata)
     summary.tables[paths.weights], summary.scored_now = written.version, written.rows
 
 
@@ -474,21 +484,65 @@ def _write_weights(spark: SparkSession, paths: OutputPaths, weights: DataFrame, 
 
 
 def _fast_weights(spark: SparkSession, paths: OutputPaths, fitted: Fit,
-                  feats: DataFrame) -> tuple[Optional[DataFrame], Optional[DataFrame]]:
+                  feats: DataFrame) -> tuple[Optional[DataFrame], Optional[DataFrame], Optional[list]]:
     """The weights of the pyarrow reader's features table, unchanged since it was checked, decoded in
-    Python, and the ``duplicate_id`` rows of ``OUT/skipped`` when they were settled on the driver
-    (then the weights need no shuffle); (None, None) for any other table."""
+    Python, and when the duplicate ids were settled on the driver (then the weights need no shuffle)
+    the ``duplicate_id`` rows of ``OUT/skipped`` and the records they leave out (see
+    :func:`dsel.jsonread.duplicates`); (None, None, None) for any other table."""
     if _COUNTED.get(paths.features) is None:
-        return None, None
+        return None, None, None
     drop = jsonread.duplicates(feats)
     usable = jsonread.scored(spark, feats, fitted.log_ratios, drop or ())
     if usable is None:
-        return None, None
+        return None, None, None
     if drop is None:
-        return weight_records(usable), None
+        return weight_records(usable), None, None
     rows = spark.createDataFrame([(i, "duplicate_id", source, None) for i, source, _ in drop],
                                  "id string, reason string, source_file string, detail string")
-    return unique_weights(usable), rows
+    return unique_weights(usable), rows, drop
+
+
+#: features_writer auto: the bytes of ``OUT/features`` from which the workers write a new
+#: ``OUT/weights`` themselves (the features are about half the bytes of the raw input they encode).
+DIRECT_WEIGHTS_MIN_BYTES = 1 << 30
+#: A weights-writing task scores at most about this many bytes of ``OUT/features``: it holds all its
+#: weights rows to order them (1 GiB of the benchmark's features: about 780,000 rows, 150 MB).
+WEIGHTS_TASK_BYTES = 1 << 30
+
+
+def _direct_weights(spark: SparkSession, cfg: DselConfig, paths: OutputPaths, fitted: Fit, feats: DataFrame,
+                    schema: StructType, drop: list, metadata: dict) -> Optional[Written]:
+    """A new ``OUT/weights`` (``schema``) written by the workers that score the features, as the
+    workers write a new ``OUT/features`` (see :func:`_direct_features`), or None when Spark's Delta
+    writer writes it: a table (or anything) is already there, ``--out`` is not a local directory, a
+    Delta default would make the files differ from the table, features_writer is 'spark', or (auto)
+    the features are under :data:`DIRECT_WEIGHTS_MIN_BYTES`.
+
+    As :func:`_write_weights` writes them: each file in descending ``log_weight`` (with Parquet's page
+    index), at least four files per core, and more when the features are large, so that no task
+    orders more than the weights of :data:`WEIGHTS_TASK_BYTES` of features."""
+    from pyarrow import fs
+
+    local = _local_dir(spark, paths.weights)
+    files = jsonread.parquet_files(spark, feats)
+    if cfg.features_writer == "spark" or local is None or os.path.lexists(local) or not files:
+        return None
+    filesystem = fs.FileSystem.from_uri(files[0])[0]
+    size = sum(i.size or 0 for i in filesystem.get_file_info([fs.FileSystem.from_uri(f)[1] for f in files]))
+    if cfg.features_writer == "auto" and size < DIRECT_WEIGHTS_MIN_BYTES:
+        return None
+    scoring = jsonread.score_function(files, fitted.log_ratios, drop)
+    tasks = max(4 * spark.sparkContext.defaultParallelism, -(-size // WEIGHTS_TASK_BYTES))
+
+    def rows(batches):
+        return (unique_weights_batch(b) for b in scoring(batches))
+
+    return _written_by_workers(
+        spark, paths, paths.weights,
+        lambda staging: jsonread.per_file(spark, files, parquet_writer(
+            rows, staging, to_arrow_schema(schema), order="log_weight", compression="snappy"),
+            PARQUET_WRITER_SCHEMA, tasks),
+        metadata, {"delta.dataSkippingNumIndexedCols": "0"})
 
 
 def _score_appended(spark: SparkSession, paths: OutputPaths, fitted: Fit, appended: DataFrame, metadata: dict,

@@ -11,6 +11,10 @@ from __future__ import annotations
 
 from typing import Callable, Optional
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
@@ -62,6 +66,17 @@ def weights(scored: DataFrame) -> DataFrame:
 def unique_weights(scored: DataFrame) -> DataFrame:
     """:func:`weights` of score rows already one per id (the duplicates settled before): no shuffle."""
     return scored.where(F.col("skip_reason").isNull()).select(*_weight_columns(F.col))
+
+
+def unique_weights_batch(scored: pa.RecordBatch) -> pa.RecordBatch:
+    """:func:`unique_weights` of a batch of usable score rows, in pyarrow (for the workers that write
+    the weights themselves): the same columns in the same order."""
+    per_target = pc.list_flatten(scored.column("log_weights")).to_numpy(zero_copy_only=False)
+    top = per_target.reshape(scored.num_rows, -1).max(axis=1) if scored.num_rows else np.empty(0)
+    names = ["id", "doc_hash", "num_words", "log_weight", "log_weights", *STAT_COLUMNS, *LOCATION_COLUMNS]
+    columns = [scored.column(ID), scored.column(HASH), scored.column("num_words"), pa.array(top, pa.float64()),
+               scored.column("log_weights"), *[scored.column(c) for c in (*STAT_COLUMNS, *LOCATION_COLUMNS)]]
+    return pa.RecordBatch.from_arrays(columns, names=names)
 
 
 def skipped(scored: DataFrame, duplicates: Optional[DataFrame] = None) -> DataFrame:

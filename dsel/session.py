@@ -56,6 +56,9 @@ def local_conf(master: Optional[str]) -> dict[str, str]:
       each time one of dsel's small tables is loaded; one task per core does the same for a few hundred ms.
     * The JVM's C1 compiler only (``TieredStopAtLevel=1``) and the serial collector: measured at about
       half the JVM's CPU of a run, since little Spark code runs hot enough to repay C2 compilation.
+      With C1 alone the JVM reserves only 48 MB for compiled code, which a long session fills (the test
+      suite's within 30 s, a 16 GB run's at times during its score stage); the JVM then stops compiling
+      and runs all new code interpreted.  ``ReservedCodeCacheSize=240m`` is the tiered default.
     * Four shuffle partitions per core (at least 8) instead of 200: below 200, every map task of a
       shuffle writes one file per partition (Spark's bypass-merge writer), and dsel's shuffles are
       small aggregations over many tasks (the fit's histograms, the duplicate ids, the eligibility
@@ -69,7 +72,7 @@ def local_conf(master: Optional[str]) -> dict[str, str]:
     cores = (os.cpu_count() or 2) if inside in ("*", "") else int(inside)
     return {"spark.databricks.delta.snapshotPartitions": str(max(1, cores)),
             "spark.sql.shuffle.partitions": str(max(8, 4 * cores)),
-            "spark.driver.extraJavaOptions": "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"}
+            "spark.driver.extraJavaOptions": "-XX:TieredStopAtLevel=1 -XX:ReservedCodeCacheSize=240m -XX:+UseSerialGC"}
 
 
 def parse_conf(pairs: Iterable[str]) -> dict[str, str]:

@@ -281,7 +281,8 @@ def local_dir(path: str) -> Optional[str]:
     return None if "://" in local else local
 
 
-def parquet_writer(run: Callable[[Iterator[Any]], Iterator[Any]], directory: str, schema: Any) -> Callable:
+def parquet_writer(run: Callable[[Iterator[Any]], Iterator[Any]], directory: str, schema: Any,
+                   order: Optional[str] = None, compression: str = "none") -> Callable:
     """A ``mapInArrow`` function that writes what ``run`` yields for its task into
     ``directory/part-NNNNN.parquet`` (NNNNN: the first task number in its input) with pyarrow, and
     yields one row (file, rows): the JVM neither receives nor encodes the rows.
@@ -291,7 +292,11 @@ def parquet_writer(run: Callable[[Iterator[Any]], Iterator[Any]], directory: str
     schema; batches are cast to it.  No compression codec, as for ``OUT/features`` written by Spark
     (see :func:`write_table`); row groups of up to :data:`ROW_GROUP_BYTES`; Parquet statistics (which
     let Spark skip row groups, say where ``skip_reason`` is null) on all but the encoded counts;
-    dictionary encoding only for the columns that repeat (the rest would only try it and fall back)."""
+    dictionary encoding only for the columns that repeat (the rest would only try it and fall back).
+
+    ``order``: a column to write each task's rows in descending order of (a task then holds all its
+    rows: give it a bounded share of the input), with Parquet's page index, so that a reader filtering
+    on a lower bound of that column skips the pages below it.  ``compression``: the codec."""
 
     def write(batches: Iterator[Any]) -> Iterator[Any]:
         import uuid
@@ -305,18 +310,19 @@ def parquet_writer(run: Callable[[Iterator[Any]], Iterator[Any]], directory: str
         name = f"{directory}/part-{tasks[0]:05d}.parquet"
         partial = f"{directory}/.part-{tasks[0]:05d}.{uuid.uuid4().hex}.tmp"
         rows, pending, size, writer = 0, [], 0, None
+        options = {"compression": compression, "write_page_index": order is not None}
         try:
-            for batch in run(iter(held)):
+            for batch in _ordered(run(iter(held)), schema, order):
                 if batch.schema != schema:
                     batch = pa.Table.from_batches([batch]).cast(schema).combine_chunks().to_batches()[0]
                 pending.append(batch)
                 size += batch.nbytes
                 rows += batch.num_rows
                 if size >= ROW_GROUP_BYTES:
-                    writer = _row_group(writer, partial, schema, pending)
+                    writer = _row_group(writer, partial, schema, pending, options)
                     pending, size = [], 0
             if pending:
-                writer = _row_group(writer, partial, schema, pending)
+                writer = _row_group(writer, partial, schema, pending, options)
             if writer is not None:
                 writer.close()
                 writer = None
@@ -339,19 +345,34 @@ ROW_GROUP_BYTES = 64 << 20
 #: those without statistics (the encoded counts: no reader filters on them, and they are most bytes).
 _REPEATING = ("skip_reason", "source_file", "fit_bin", "id_from_text")
 _UNFILTERED = ("features", "fit_counts")
+#: Batch size of an ordered task's rows (see :func:`parquet_writer`).
+ORDERED_BATCH_ROWS = 1 << 16
 #: The rows :func:`parquet_writer` yields, one per task: the file it wrote (null when it had no rows), its rows.
 PARQUET_WRITER_SCHEMA = "file string, rows long"
 
 
-def _row_group(writer: Any, path: str, schema: Any, batches: list) -> Any:
+def _ordered(batches: Iterator[Any], schema: Any, order: Optional[str]) -> Iterator[Any]:
+    """``batches`` as they come, or (``order``) all of them in descending order of that column, in
+    batches of at most :data:`ORDERED_BATCH_ROWS` rows."""
+    if order is None:
+        yield from batches
+        return
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    table = pa.Table.from_batches(list(batches), schema)
+    table = table.take(pc.sort_indices(table, sort_keys=[(order, "descending")]))
+    yield from table.to_batches(max_chunksize=ORDERED_BATCH_ROWS)
+
+
+def _row_group(writer: Any, path: str, schema: Any, batches: list, options: dict) -> Any:
     """Write ``batches`` as one row group, opening the file first if need be; returns the writer."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     if writer is None:
-        writer = pq.ParquetWriter(path, schema, compression="none",
-                                  use_dictionary=[f.name for f in schema if f.name in _REPEATING],
-                                  write_statistics=[f.name for f in schema if f.name not in _UNFILTERED])
+        writer = pq.ParquetWriter(path, schema, use_dictionary=[f.name for f in schema if f.name in _REPEATING],
+                                  write_statistics=[f.name for f in schema if f.name not in _UNFILTERED], **options)
     table = pa.Table.from_batches(batches, schema)
     writer.write_table(table, row_group_size=table.num_rows)
     return writer

@@ -9,6 +9,7 @@ import re
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from delta.tables import DeltaTable
 from pyspark.sql import functions as F
@@ -129,6 +130,23 @@ def _same_direct(spark, direct, fast, fast_counts, direct_counts):
     assert not (direct / "_staging_parquet").exists()
     names = [p.name for p in (direct / "features").iterdir() if p.name != "_delta_log"]
     assert len(names) == detail["numFiles"] and all(re.fullmatch(r"part-\d{5}\.parquet", n) for n in names), names
+    # The scoring workers wrote OUT/weights too: Spark's columns, each file in descending log_weight with
+    # a page index on it (a re-select's bound skips pages), snappy as Spark's writer compresses.
+    d, f = (spark.read.format("delta").load(str(o / "weights")) for o in (direct, fast))
+    assert d.schema == f.schema
+    history = DeltaTable.forPath(spark, str(direct / "weights")).history().orderBy("version").collect()
+    assert [h["operation"] for h in history] == ["CONVERT", "SET TBLPROPERTIES"]
+    assert json.loads(history[-1]["userMetadata"])["features_version"] == 1  # the features' CONVERT, then properties
+    detail = spark.sql(f"DESCRIBE DETAIL delta.`{direct / 'weights'}`").first()
+    assert detail["properties"]["delta.dataSkippingNumIndexedCols"] == "0"
+    files = sorted((direct / "weights").glob("part-*.parquet"))
+    assert len(files) == detail["numFiles"] > 1
+    for path in files:
+        meta = pq.ParquetFile(path).metadata
+        weights = pq.read_table(path, columns=["log_weight"]).column(0).to_numpy()
+        assert (np.diff(weights) <= 0).all() and meta.num_rows == len(weights) > 0
+        column = meta.row_group(0).column(meta.schema.names.index("log_weight"))
+        assert column.has_column_index and column.compression == "SNAPPY"
 
 
 def test_fast_reader_matches_spark_reader(spark, inputs):
