@@ -265,7 +265,7 @@ FIELD_HELP: dict[str, str] = {
     'features_writer': "auto (default): the pyarrow reader's workers write a new OUT/features themselves (Parquet, "
                        "then one conversion to Delta) when the raw input is 2 GiB or more and --out is a local "
                        "directory, and the workers that score it write a new OUT/weights when the features are "
-                       "1 GiB or more; pyarrow: whatever the size; spark: always through Spark's Delta writer.",
+                       "1.5 GiB or more; pyarrow: whatever the size; spark: always through Spark's Delta writer.",
     'json_sampling_ratio': 'Fraction of JSON lines Spark reads to infer the schema of the extra columns.',
     'raw_format': 'format of --raw: auto, json, parquet, delta or table',
     'target_format': 'format of --target: auto, json, parquet, delta or table',

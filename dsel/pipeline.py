@@ -504,7 +504,11 @@ def _fast_weights(spark: SparkSession, paths: OutputPaths, fitted: Fit,
 
 #: features_writer auto: the bytes of ``OUT/features`` from which the workers write a new
 #: ``OUT/weights`` themselves (the features are about half the bytes of the raw input they encode).
-DIRECT_WEIGHTS_MIN_BYTES = 1 << 30
+#: The JVM's sort and write of the weights grows with the rows, the conversion to Delta is a fixed
+#: ~1.5 s.  Measured, the score stage with Spark's writer / the workers' (two runs each, 1, 2 and 4
+#: files of the 16 GB benchmark set): 5.3, 5.8 / 7.6, 8.0 s at 0.54 GB of features; 8.6, 8.4 / 9.0,
+#: 8.9 s at 1.08 GB; 12.3, 12.7 / 10.1, 10.6 s at 2.2 GB; 45.8 / 26.7 s at 8.6 GB (one run each).
+DIRECT_WEIGHTS_MIN_BYTES = 3 << 29
 #: A weights-writing task scores at most about this many bytes of ``OUT/features``: it holds all its
 #: weights rows to order them (1 GiB of the benchmark's features: about 780,000 rows, 150 MB).
 WEIGHTS_TASK_BYTES = 1 << 30

@@ -310,7 +310,7 @@ def parquet_writer(run: Callable[[Iterator[Any]], Iterator[Any]], directory: str
         name = f"{directory}/part-{tasks[0]:05d}.parquet"
         partial = f"{directory}/.part-{tasks[0]:05d}.{uuid.uuid4().hex}.tmp"
         rows, pending, size, writer = 0, [], 0, None
-        options = {"compression": compression, "write_page_index": order is not None}
+        options = _writer_options(compression, order is not None)
         try:
             for batch in _ordered(run(iter(held)), schema, order):
                 if batch.schema != schema:
@@ -345,10 +345,26 @@ ROW_GROUP_BYTES = 64 << 20
 #: those without statistics (the encoded counts: no reader filters on them, and they are most bytes).
 _REPEATING = ("skip_reason", "source_file", "fit_bin", "id_from_text")
 _UNFILTERED = ("features", "fit_counts")
+#: Rows per Parquet page of an ordered file (``parquet.page.row.count.limit``, Spark's default): a reader
+#: bounding the ordered column reads the pages that can reach the bound, a few of these rows at most each.
+PAGE_ROWS = 20_000
 #: Batch size of an ordered task's rows (see :func:`parquet_writer`).
 ORDERED_BATCH_ROWS = 1 << 16
 #: The rows :func:`parquet_writer` yields, one per task: the file it wrote (null when it had no rows), its rows.
 PARQUET_WRITER_SCHEMA = "file string, rows long"
+
+
+def _writer_options(compression: str, indexed: bool) -> dict:
+    """pyarrow ParquetWriter options: the codec, and (``indexed``) the page index, with pages of at most
+    :data:`PAGE_ROWS` rows as Spark's Parquet writer makes them (pyarrow's default from version 21 on)."""
+    import inspect
+
+    import pyarrow.parquet as pq
+
+    options: dict[str, Any] = {"compression": compression, "write_page_index": indexed}
+    if indexed and "max_rows_per_page" in inspect.signature(pq.ParquetWriter.__init__).parameters:
+        options["max_rows_per_page"] = PAGE_ROWS
+    return options
 
 
 def _ordered(batches: Iterator[Any], schema: Any, order: Optional[str]) -> Iterator[Any]:

@@ -149,7 +149,7 @@ def _same_direct(spark, direct, fast, fast_counts, direct_counts):
         assert column.has_column_index and column.compression == "SNAPPY"
 
 
-def test_fast_reader_matches_spark_reader(spark, inputs):
+def test_fast_reader_matches_spark_reader(spark, inputs, monkeypatch):
     previous = spark.conf.get("spark.sql.files.maxPartitionBytes")
     spark.conf.set("spark.sql.files.maxPartitionBytes", str(40_000))  # many splits inside a.jsonl
     try:
@@ -182,8 +182,11 @@ def test_fast_reader_matches_spark_reader(spark, inputs):
     slow_lines = spark.read.format("delta").load(str(slow / "weights")).where("line_start is not null").count()
     assert slow_lines == 0
     # the fast path settled the two duplicate records on the driver (no shuffle of the weights)
-    settled = jsonread.duplicates(spark.read.format("delta").load(str(fast / "features")))
+    feats = spark.read.format("delta").load(str(fast / "features"))
+    settled = jsonread.duplicates(feats)
     assert settled is not None and len(settled) == 2
+    monkeypatch.setattr(jsonread, "DUPLICATES_ON_DRIVER", 1)
+    assert jsonread.duplicates(feats) is None  # too many for the driver: Spark de-duplicates the weights
     schema = json.loads(_meta(spark, fast, "weights")["raw_schema"])
     types = {f["name"]: f["type"] for f in schema["fields"]}
     assert types["score"] == "string" and types["id"] == "string" and "" not in types and "e" not in types

@@ -1,10 +1,12 @@
 """Selection on synthetic weights: the large-k threshold path equals the plain top-k path exactly."""
 from __future__ import annotations
 
+import pyarrow as pa
 import pytest
 from pyspark.sql import functions as F
 
 from dsel import select as S
+from dsel.write import parquet_writer, publish_parquet
 
 
 @pytest.fixture(scope="module")
@@ -109,10 +111,19 @@ def test_top_k_reads_only_the_pages_of_a_weights_file_that_can_reach_the_bound(s
     ).withColumn("log_weight", F.array_max("log_weights"))
     rows.coalesce(1).sortWithinPartitions(F.col("log_weight").desc()).write.format("delta").save(str(tmp_path / "s"))
     rows.coalesce(1).write.format("delta").save(str(tmp_path / "u"))
+    # the same rows as the scoring workers write a new weights table: pyarrow, ordered, converted to Delta
+    arrow = rows.toArrow()
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    writer = parquet_writer(lambda _: iter(arrow.to_batches()), str(staging), arrow.schema, order="log_weight",
+                            compression="snappy")
+    assert [r["rows"] for r in (b.to_pylist()[0] for b in writer(iter([pa.record_batch({"task": [0]})])))] == [n]
+    publish_parquet(spark, str(staging), str(tmp_path / "p"), {}, {"delta.dataSkippingNumIndexedCols": "0"})
     picked = {}
-    for name in ("s", "u"):
+    for name in ("s", "u", "p"):
         table = spark.read.format("delta").load(str(tmp_path / name))
         chosen = S.select(table, ["a"], [1.0], num_samples=300, seed=2, counts=S.filter_counts(table, 100)).chosen
         picked[name] = (sorted((r["rank"], r["id"]) for r in chosen.collect()), _scanned_rows(chosen))
     assert picked["s"][0] == picked["u"][0] and len(picked["s"][0]) == 300
     assert picked["u"][1] == n and picked["s"][1] <= n // 2, picked
+    assert picked["p"][0] == picked["s"][0] and picked["p"][1] <= n // 2, picked
