@@ -520,7 +520,8 @@ def _direct_weights(spark: SparkSession, cfg: DselConfig, paths: OutputPaths, fi
     workers write a new ``OUT/features`` (see :func:`_direct_features`), or None when Spark's Delta
     writer writes it: a table (or anything) is already there, ``--out`` is not a local directory, a
     Delta default would make the files differ from the table, features_writer is 'spark', or (auto)
-    the features are under :data:`DIRECT_WEIGHTS_MIN_BYTES`.
+    the features are under :data:`DIRECT_WEIGHTS_MIN_BYTES`.  Only with the duplicate ids settled on
+    the driver (``drop``): otherwise Spark's shuffle keeps one record per id.
 
     As :func:`_write_weights` writes them: each file in descending ``log_weight`` (with Parquet's page
     index), at least four files per core, and more when the features are large, so that no task

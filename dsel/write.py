@@ -312,9 +312,7 @@ def parquet_writer(run: Callable[[Iterator[Any]], Iterator[Any]], directory: str
         rows, pending, size, writer = 0, [], 0, None
         options = _writer_options(compression, order is not None)
         try:
-            for batch in _ordered(run(iter(held)), schema, order):
-                if batch.schema != schema:
-                    batch = pa.Table.from_batches([batch]).cast(schema).combine_chunks().to_batches()[0]
+            for batch in _ordered((_as(b, schema) for b in run(iter(held))), schema, order):
                 pending.append(batch)
                 size += batch.nbytes
                 rows += batch.num_rows
@@ -354,9 +352,19 @@ ORDERED_BATCH_ROWS = 1 << 16
 PARQUET_WRITER_SCHEMA = "file string, rows long"
 
 
+def _as(batch: Any, schema: Any) -> Any:
+    """``batch`` cast to ``schema`` (names, types, nullability) when it differs."""
+    import pyarrow as pa
+
+    if batch.schema == schema:
+        return batch
+    return pa.Table.from_batches([batch]).cast(schema).combine_chunks().to_batches()[0]
+
+
 def _writer_options(compression: str, indexed: bool) -> dict:
     """pyarrow ParquetWriter options: the codec, and (``indexed``) the page index, with pages of at most
-    :data:`PAGE_ROWS` rows as Spark's Parquet writer makes them (pyarrow's default from version 21 on)."""
+    :data:`PAGE_ROWS` rows as Spark's Parquet writer makes them (set explicitly: not every pyarrow
+    version that dsel accepts limits the rows of a page by default, and older ones cannot)."""
     import inspect
 
     import pyarrow.parquet as pq
@@ -368,8 +376,8 @@ def _writer_options(compression: str, indexed: bool) -> dict:
 
 
 def _ordered(batches: Iterator[Any], schema: Any, order: Optional[str]) -> Iterator[Any]:
-    """``batches`` as they come, or (``order``) all of them in descending order of that column, in
-    batches of at most :data:`ORDERED_BATCH_ROWS` rows."""
+    """``batches`` (of ``schema``) as they come, or (``order``) all of them in descending order of that
+    column, in batches of at most :data:`ORDERED_BATCH_ROWS` rows."""
     if order is None:
         yield from batches
         return

@@ -115,7 +115,8 @@ def _same_outputs(spark, fast, slow):
 
 def _same_direct(spark, direct, fast, fast_counts, direct_counts):
     """A features table the workers wrote and converted (features_writer pyarrow) holds the rows and the
-    columns Spark's Delta writer wrote, has its table properties, and the run made the same selection."""
+    columns Spark's Delta writer wrote, has its table properties, and the run made the same selection;
+    so does the weights table the scoring workers wrote."""
     assert direct_counts == fast_counts
     assert _table(spark, direct, "features") == _table(spark, fast, "features")
     d, f = (spark.read.format("delta").load(str(o / "features")) for o in (direct, fast))
@@ -187,6 +188,11 @@ def test_fast_reader_matches_spark_reader(spark, inputs, monkeypatch):
     assert settled is not None and len(settled) == 2
     monkeypatch.setattr(jsonread, "DUPLICATES_ON_DRIVER", 1)
     assert jsonread.duplicates(feats) is None  # too many for the driver: Spark de-duplicates the weights
+    shuffled, shuffled_summary = _run(spark, inputs, "shuffled", features_writer="pyarrow")
+    assert shuffled_summary.counts() == fast_summary.counts()
+    _same_outputs(spark, shuffled, fast)
+    history = DeltaTable.forPath(spark, str(shuffled / "weights")).history().collect()
+    assert "CONVERT" not in [h["operation"] for h in history]  # Spark's writer, after its shuffle of the ids
     schema = json.loads(_meta(spark, fast, "weights")["raw_schema"])
     types = {f["name"]: f["type"] for f in schema["fields"]}
     assert types["score"] == "string" and types["id"] == "string" and "" not in types and "e" not in types

@@ -115,10 +115,13 @@ def test_top_k_reads_only_the_pages_of_a_weights_file_that_can_reach_the_bound(s
     arrow = rows.toArrow()
     staging = tmp_path / "staging"
     staging.mkdir()
-    writer = parquet_writer(lambda _: iter(arrow.to_batches()), str(staging), arrow.schema, order="log_weight",
-                            compression="snappy")
+    narrow = arrow.set_column(2, "num_words", arrow.column(2).cast(pa.int32()))  # cast back to the schema's long
+    writer = parquet_writer(lambda _: iter(narrow.to_batches(max_chunksize=7_000)), str(staging), arrow.schema,
+                            order="log_weight", compression="snappy")
     assert [r["rows"] for r in (b.to_pylist()[0] for b in writer(iter([pa.record_batch({"task": [0]})])))] == [n]
     publish_parquet(spark, str(staging), str(tmp_path / "p"), {}, {"delta.dataSkippingNumIndexedCols": "0"})
+    stored = spark.read.format("delta").load(str(tmp_path / "p"))
+    assert stored.schema == spark.read.format("delta").load(str(tmp_path / "s")).schema
     picked = {}
     for name in ("s", "u", "p"):
         table = spark.read.format("delta").load(str(tmp_path / name))
