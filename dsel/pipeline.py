@@ -262,9 +262,7 @@ def _direct_features(spark: SparkSession, cfg: DselConfig, plan: jsonread.Plan, 
     anything) is already there, ``--out`` is not a local directory, a Delta default would make the
     files differ from the table, features_writer is 'spark', or (auto) the input is under
     :data:`DIRECT_WRITE_MIN_BYTES`."""
-    local = _local_dir(spark, paths.features)
-    if (cfg.features_writer == "spark" or local is None or os.path.lexists(local) or not jsonread.plain_parquet(spark)
-            or (cfg.features_writer == "auto" and sum(plan.sizes.values()) < DIRECT_WRITE_MIN_BYTES)):
+    if not _workers_write(spark, cfg, paths.features, sum(plan.sizes.values()), DIRECT_WRITE_MIN_BYTES):
         return None
     schema = to_arrow_schema(StructType.fromDDL(jsonread.FEATURES_COLUMNS))
     return _written_by_workers(
@@ -272,6 +270,16 @@ def _direct_features(spark: SparkSession, cfg: DselConfig, plan: jsonread.Plan, 
         lambda staging: jsonread.tasks_frame(spark, plan).mapInArrow(
             parquet_writer(jsonread.features_function(cfg, plan, stats), staging, schema), PARQUET_WRITER_SCHEMA),
         metadata, {"delta.enableChangeDataFeed": "true", "delta.dataSkippingNumIndexedCols": "0"})
+
+
+def _workers_write(spark: SparkSession, cfg: DselConfig, path: str, size: int, min_bytes: int) -> bool:
+    """Whether the workers write the new table at ``path`` themselves (see :func:`_written_by_workers`):
+    not when a table (or anything) is already there, ``--out`` is not a local directory, a Delta default
+    would make the files differ from the table, features_writer is 'spark', or (auto) ``size`` is under
+    ``min_bytes``."""
+    local = _local_dir(spark, path)
+    return not (cfg.features_writer == "spark" or local is None or os.path.lexists(local)
+                or not jsonread.plain_parquet(spark) or (cfg.features_writer == "auto" and size < min_bytes))
 
 
 def _written_by_workers(spark: SparkSession, paths: OutputPaths, path: str, writing: Callable[[str], DataFrame],
@@ -528,13 +536,12 @@ def _direct_weights(spark: SparkSession, cfg: DselConfig, paths: OutputPaths, fi
     orders more than the weights of :data:`WEIGHTS_TASK_BYTES` of features."""
     from pyarrow import fs
 
-    local = _local_dir(spark, paths.weights)
     files = jsonread.parquet_files(spark, feats)
-    if cfg.features_writer == "spark" or local is None or os.path.lexists(local) or not files:
+    if not files:
         return None
     filesystem = fs.FileSystem.from_uri(files[0])[0]
     size = sum(i.size or 0 for i in filesystem.get_file_info([fs.FileSystem.from_uri(f)[1] for f in files]))
-    if cfg.features_writer == "auto" and size < DIRECT_WEIGHTS_MIN_BYTES:
+    if not _workers_write(spark, cfg, paths.weights, size, DIRECT_WEIGHTS_MIN_BYTES):
         return None
     scoring = jsonread.score_function(files, fitted.log_ratios, drop)
     tasks = max(4 * spark.sparkContext.defaultParallelism, -(-size // WEIGHTS_TASK_BYTES))

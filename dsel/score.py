@@ -43,10 +43,15 @@ def _winners(scored: DataFrame) -> DataFrame:
     return usable.groupBy(ID).agg(F.count("*").alias("_dsel_n"), F.min_by(kept, order).alias("_dsel_keep"))
 
 
+#: The weights table's columns, each with the score column it comes from (``log_weight``: None, the
+#: largest of ``log_weights``).
+_WEIGHTS_FROM = (("id", ID), ("doc_hash", HASH), ("num_words", "num_words"), ("log_weight", None),
+                 ("log_weights", "log_weights"), *((c, c) for c in (*STAT_COLUMNS, *LOCATION_COLUMNS)))
+
+
 def _weight_columns(field: Callable[[str], Column]) -> list[Column]:
-    return [F.col(ID).alias("id"), field(HASH).alias("doc_hash"), field("num_words").alias("num_words"),
-            F.array_max(field("log_weights")).alias("log_weight"), field("log_weights").alias("log_weights"),
-            *[field(c).alias(c) for c in (*STAT_COLUMNS, *LOCATION_COLUMNS)]]
+    return [(F.array_max(field("log_weights")) if source is None else field(source)).alias(name)
+            for name, source in _WEIGHTS_FROM]
 
 
 def weights(scored: DataFrame) -> DataFrame:
@@ -72,11 +77,9 @@ def unique_weights_batch(scored: pa.RecordBatch) -> pa.RecordBatch:
     """:func:`unique_weights` of a batch of usable score rows, in pyarrow (for the workers that write
     the weights themselves): the same columns in the same order."""
     per_target = pc.list_flatten(scored.column("log_weights")).to_numpy(zero_copy_only=False)
-    top = per_target.reshape(scored.num_rows, -1).max(axis=1) if scored.num_rows else np.empty(0)
-    names = ["id", "doc_hash", "num_words", "log_weight", "log_weights", *STAT_COLUMNS, *LOCATION_COLUMNS]
-    columns = [scored.column(ID), scored.column(HASH), scored.column("num_words"), pa.array(top, pa.float64()),
-               scored.column("log_weights"), *[scored.column(c) for c in (*STAT_COLUMNS, *LOCATION_COLUMNS)]]
-    return pa.RecordBatch.from_arrays(columns, names=names)
+    top = pa.array(per_target.reshape(scored.num_rows, -1).max(axis=1) if scored.num_rows else np.empty(0))
+    return pa.RecordBatch.from_arrays([top if source is None else scored.column(source) for _, source in _WEIGHTS_FROM],
+                                      names=[name for name, _ in _WEIGHTS_FROM])
 
 
 def skipped(scored: DataFrame, duplicates: Optional[DataFrame] = None) -> DataFrame:
