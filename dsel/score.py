@@ -50,8 +50,12 @@ _WEIGHTS_FROM = (("id", ID), ("doc_hash", HASH), ("num_words", "num_words"), ("l
 
 
 def _weight_columns(field: Callable[[str], Column]) -> list[Column]:
-    return [(F.array_max(field("log_weights")) if source is None else field(source)).alias(name)
-            for name, source in _WEIGHTS_FROM]
+    def column(source: Optional[str]) -> Column:
+        if source is None:
+            return F.array_max(field("log_weights"))
+        return F.col(ID) if source == ID else field(source)  # the id: the grouping key, not a kept field
+
+    return [column(source).alias(name) for name, source in _WEIGHTS_FROM]
 
 
 def weights(scored: DataFrame) -> DataFrame:
