@@ -533,7 +533,7 @@ def _direct_weights(spark: SparkSession, cfg: DselConfig, paths: OutputPaths, fi
 
     As :func:`_write_weights` writes them: each file in descending ``log_weight`` (with Parquet's page
     index), at least four files per core, and more when the features are large, so that no task
-    orders more than the weights of :data:`WEIGHTS_TASK_BYTES` of features."""
+    orders more than the weights of :data:`WEIGHTS_TASK_BYTES` of features, in a multiple of the cores."""
     from pyarrow import fs
 
     files = jsonread.parquet_files(spark, feats)
@@ -544,7 +544,9 @@ def _direct_weights(spark: SparkSession, cfg: DselConfig, paths: OutputPaths, fi
     if not _workers_write(spark, cfg, paths.weights, size, DIRECT_WEIGHTS_MIN_BYTES):
         return None
     scoring = jsonread.score_function(files, fitted.log_ratios, drop)
-    tasks = max(4 * spark.sparkContext.defaultParallelism, -(-size // WEIGHTS_TASK_BYTES))
+    cores = spark.sparkContext.defaultParallelism
+    # whole waves (just over 8 GiB of features made 9 tasks: one core idle for the last task's 1.3 s)
+    tasks = cores * -(-max(4 * cores, -(-size // WEIGHTS_TASK_BYTES)) // cores)
 
     def rows(batches):
         return (unique_weights_batch(b) for b in scoring(batches))
