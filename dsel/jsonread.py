@@ -931,11 +931,14 @@ def _update_missing_ids(spark: SparkSession, path: str) -> None:
     from delta.tables import DeltaTable
 
     keep = F.col("skip_reason").isin("malformed_json", "null_text")
-    DeltaTable.forPath(spark, path).update(F.col("id_from_text"), {
+    table = DeltaTable.forPath(spark, path)
+    values = {
         ID: F.lit(None).cast("string"), "skip_reason": F.when(keep, F.col("skip_reason")).otherwise(F.lit("null_id")),
         "features": F.lit(b"").cast("binary"), "num_words": F.lit(0).cast("long"),
-        "num_features": F.lit(0).cast("long"), "fit_bin": F.lit(SPARK_SEED % 64),
-        "id_key": F.lit(SPARK_SEED).cast("long"), "id_from_text": F.lit(False)})
+        "num_features": F.lit(0).cast("long"), "fit_bin": F.lit(SPARK_SEED % 64), "id_from_text": F.lit(False)}
+    if "id_key" in table.toDF().columns:  # a table an earlier dsel wrote (then appended to) has none
+        values["id_key"] = F.lit(SPARK_SEED).cast("long")
+    table.update(F.col("id_from_text"), values)
 
 
 def lines_of(rows: DataFrame) -> DataFrame:

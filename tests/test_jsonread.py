@@ -397,11 +397,15 @@ def test_a_directory_that_gains_files_featurizes_only_those(spark, tmp_path, cap
 
 
 def test_a_table_without_fit_counts_still_appends_and_fits_capped(spark, tmp_path):
-    # A features table an earlier dsel wrote has no fit_counts column: new files are appended to it as
-    # it is, and a capped fit decodes its first bins; both give what a fresh run over all files gives.
+    # A features table an earlier dsel wrote has no fit_counts and no id_key column: new files are
+    # appended to it as it is (a record without an id and one repeating a stored id among them), a
+    # capped fit decodes its first bins, and the shared ids are found from the ids; all give what a
+    # fresh run over all files gives.
     from dsel.write import forget_commit
 
     docs = sample_docs("movie_reviews", 30, seed=5) + sample_docs("python_peps", 30, seed=5)
+    docs.append({"id": docs[3]["id"], "text": docs[50]["text"] + " The id of another.", "domain": "x"})
+    no_id = {"text": docs[40]["text"] + " No id here.", "domain": "x"}  # alone in its file: its id is nulled by an UPDATE
     raw = tmp_path / "raw"
     write_jsonl(raw / "day1.jsonl", docs[:35])
     target = write_jsonl(tmp_path / "target.jsonl", sample_docs("python_peps", 50, seed=6)[30:])
@@ -413,17 +417,19 @@ def test_a_table_without_fit_counts_still_appends_and_fits_capped(spark, tmp_pat
     key = "spark.databricks.delta.commitInfo.userMetadata"
     spark.conf.set(key, DeltaTable.forPath(spark, features).history(1).first()["userMetadata"])
     try:
-        (spark.read.format("delta").load(features).drop("fit_counts").write.format("delta").mode("overwrite")
-         .option("overwriteSchema", "true").save(features))
+        (spark.read.format("delta").load(features).drop("fit_counts", "id_key").write.format("delta")
+         .mode("overwrite").option("overwriteSchema", "true").save(features))
     finally:
         spark.conf.unset(key)
         forget_commit(features)
     write_jsonl(raw / "day2.jsonl", docs[35:])
+    write_jsonl(raw / "day2b.jsonl", [no_id])
     second = execute(spark, DselConfig.from_mapping({**base, "out": str(out), "run_id": "day2"}), "run")
-    assert second.featurized == 25 and second.read == 60
-    assert "fit_counts" not in spark.read.format("delta").load(features).columns
+    assert second.featurized == 27 and second.read == 62
+    assert not {"fit_counts", "id_key"} & set(spark.read.format("delta").load(features).columns)
+    assert second.skipped["null_id"] == 1 and second.skipped["duplicate_id"] == 1
     execute(spark, DselConfig.from_mapping({**base, "out": str(fresh), "run_id": "day2"}), "run")
-    assert "fit_counts" in spark.read.format("delta").load(str(fresh / "features")).columns
+    assert {"fit_counts", "id_key"} <= set(spark.read.format("delta").load(str(fresh / "features")).columns)
     # the cap took some bins, not all
     capped = spark.read.format("delta").load(str(fresh / "log_ratios")).agg(F.sum("raw_count")).first()[0]
     usable = spark.read.format("delta").load(str(fresh / "features")).where("skip_reason is null")
