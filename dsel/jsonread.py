@@ -1038,8 +1038,10 @@ def duplicates(feats: DataFrame) -> Optional[list[tuple[str, str, int]]]:
     repeated = usable.groupBy(key.alias("_dsel_k")).count().where(F.col("count") > 1).persist()
     try:
         keys, records = repeated.agg(F.count(F.lit(1)), F.sum("count")).first()
-        if not keys or records > DUPLICATES_ON_DRIVER:
-            return [] if not keys else None
+        if not keys:
+            return []
+        if records > DUPLICATES_ON_DRIVER:
+            return None
         shared = repeated.select("_dsel_k").collect()
     finally:
         repeated.unpersist()

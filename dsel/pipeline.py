@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import math
 import os
 import shutil
 import socket
@@ -258,10 +259,8 @@ DIRECT_WRITE_MIN_BYTES = 2 << 30
 def _direct_features(spark: SparkSession, cfg: DselConfig, plan: jsonread.Plan, stats: bool, paths: OutputPaths,
                      metadata: dict) -> Optional[Written]:
     """A new ``OUT/features`` written by the workers with pyarrow and converted to Delta in place
-    (see :func:`dsel.write.parquet_writer`), or None when Spark's Delta writer writes it: a table (or
-    anything) is already there, ``--out`` is not a local directory, a Delta default would make the
-    files differ from the table, features_writer is 'spark', or (auto) the input is under
-    :data:`DIRECT_WRITE_MIN_BYTES`."""
+    (see :func:`dsel.write.parquet_writer`), or None when Spark's Delta writer writes it (see
+    :func:`_workers_write`; auto: from :data:`DIRECT_WRITE_MIN_BYTES` of input)."""
     if not _workers_write(spark, cfg, paths.features, sum(plan.sizes.values()), DIRECT_WRITE_MIN_BYTES):
         return None
     schema = to_arrow_schema(StructType.fromDDL(jsonread.FEATURES_COLUMNS))
@@ -526,10 +525,9 @@ def _direct_weights(spark: SparkSession, cfg: DselConfig, paths: OutputPaths, fi
                     schema: StructType, drop: list, metadata: dict) -> Optional[Written]:
     """A new ``OUT/weights`` (``schema``) written by the workers that score the features, as the
     workers write a new ``OUT/features`` (see :func:`_direct_features`), or None when Spark's Delta
-    writer writes it: a table (or anything) is already there, ``--out`` is not a local directory, a
-    Delta default would make the files differ from the table, features_writer is 'spark', or (auto)
-    the features are under :data:`DIRECT_WEIGHTS_MIN_BYTES`.  Only with the duplicate ids settled on
-    the driver (``drop``): otherwise Spark's shuffle keeps one record per id.
+    writer writes it (see :func:`_workers_write`; auto: from :data:`DIRECT_WEIGHTS_MIN_BYTES` of
+    features).  Only with the duplicate ids settled on the driver (``drop``): otherwise Spark's
+    shuffle keeps one record per id.
 
     As :func:`_write_weights` writes them: each file in descending ``log_weight`` (with Parquet's page
     index), at least four files per core, and more when the features are large, so that no task
@@ -545,8 +543,9 @@ def _direct_weights(spark: SparkSession, cfg: DselConfig, paths: OutputPaths, fi
         return None
     scoring = jsonread.score_function(files, fitted.log_ratios, drop)
     cores = spark.sparkContext.defaultParallelism
-    # whole waves (just over 8 GiB of features made 9 tasks: one core idle for the last task's 1.3 s)
-    tasks = cores * -(-max(4 * cores, -(-size // WEIGHTS_TASK_BYTES)) // cores)
+    tasks = max(4 * cores, math.ceil(size / WEIGHTS_TASK_BYTES))
+    # in whole waves (just over 8 GiB of features made 9 tasks: one core idle for the last task's 1.3 s)
+    tasks = math.ceil(tasks / cores) * cores
 
     def rows(batches):
         return (unique_weights_batch(b) for b in scoring(batches))

@@ -405,7 +405,8 @@ def test_a_table_without_fit_counts_still_appends_and_fits_capped(spark, tmp_pat
 
     docs = sample_docs("movie_reviews", 30, seed=5) + sample_docs("python_peps", 30, seed=5)
     docs.append({"id": docs[3]["id"], "text": docs[50]["text"] + " The id of another.", "domain": "x"})
-    no_id = {"text": docs[40]["text"] + " No id here.", "domain": "x"}  # alone in its file: its id is nulled by an UPDATE
+    # alone in its file (a block without ids): its id, derived from the text, is nulled by an UPDATE
+    no_id = {"text": docs[40]["text"] + " No id here.", "domain": "x"}
     raw = tmp_path / "raw"
     write_jsonl(raw / "day1.jsonl", docs[:35])
     target = write_jsonl(tmp_path / "target.jsonl", sample_docs("python_peps", 50, seed=6)[30:])
