@@ -1042,12 +1042,10 @@ def duplicates(feats: DataFrame) -> Optional[list[tuple[str, str, int]]]:
             return []
         if records > DUPLICATES_ON_DRIVER:
             return None
-        shared = repeated.select("_dsel_k").collect()
+        rows = (usable.select(ID, HASH, "source_file", "line_start", key.alias("_dsel_k"))
+                .join(F.broadcast(repeated.select("_dsel_k")), "_dsel_k", "left_semi").drop("_dsel_k").collect())
     finally:
         repeated.unpersist()
-    found = feats.sparkSession.createDataFrame([(r[0],) for r in shared], "_dsel_k long")
-    rows = (usable.select(ID, HASH, "source_file", "line_start", key.alias("_dsel_k"))
-            .join(F.broadcast(found), "_dsel_k", "left_semi").drop("_dsel_k").collect())
     groups: dict[str, list] = {}
     for r in rows:
         groups.setdefault(r[ID], []).append(r)
