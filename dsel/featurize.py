@@ -1,10 +1,13 @@
-"""Featurize: hashed n-gram counts and weights per Arrow batch, run inside Spark tasks.
+"""Featurize: hashed n-gram counts per Arrow batch, run inside Spark tasks.
 
-Both functions are ``DataFrame -> DataFrame`` steps built on ``mapInArrow``: Spark hands each
-task Arrow record batches of text, and the compiled kernel in :mod:`dsel.kernel` tokenizes and
-hashes a whole batch in one call.  The log-ratio table travels to the executors inside the
-function's closure (a few hundred KB), which works on classic clusters, Databricks shared
-clusters and Spark Connect alike, where ``sparkContext.broadcast`` is not available.
+Each step is a ``DataFrame -> DataFrame`` function built on ``mapInArrow``: Spark hands each task
+Arrow record batches of text, and the compiled kernel in :mod:`dsel.kernel` tokenizes and hashes a
+whole batch in one call.  :func:`features` is the one pass over the raw text: it encodes each
+document's sparse bucket counts (``OUT/features``), which :mod:`dsel.fit` sums and
+:mod:`dsel.score` weighs without tokenizing again; :func:`target_histogram` (the targets, with
+sample n-grams per bucket) and :func:`histograms` (the evaluation's groups) count text straight
+into bucket histograms.  The pyarrow
+JSON reader (:mod:`dsel.jsonread`) runs :func:`featurize_batch` on the blocks it parses.
 
 Batch size is Spark's: ``spark.sql.execution.arrow.maxRecordsPerBatch`` and
 ``spark.sql.execution.arrow.maxBytesPerBatch`` bound the memory of a task
@@ -183,53 +186,6 @@ def _inject_fault(stage: str) -> None:
         marker = os.path.join(os.environ["DSEL_FAULT_DIR"], f"{stage}-{ctx.partitionId()}-{os.getpid()}")
         open(marker, "w").close()
         time.sleep(float(os.environ.get("DSEL_FAULT_STALL", "60")))
-
-
-def feature_histograms(feats: DataFrame, group: "F.Column", num_groups: int, num_buckets: int) -> DataFrame:
-    """Bucket counts per (group, bucket), summed from the encoded features of usable records.
-
-    ``group`` is an int column in ``[0, num_groups)``.  Each task decodes its batches into one
-    dense array and emits the non-zero cells; Spark reduces them across tasks.
-    """
-
-    def count_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        from dsel import kernel
-
-        counts = np.zeros((num_groups, num_buckets), dtype=np.int64)
-        for batch in batches:
-            kernel.count_features(batch.column(0), batch.column(1).to_numpy(zero_copy_only=False), counts)
-        yield from _nonzero(counts)
-
-    usable = feats.where(F.col("skip_reason").isNull()).select("features", group.cast("long").alias(GROUP))
-    return (usable.mapInArrow(count_partition, HISTOGRAM_SCHEMA)
-            .groupBy("group", "bucket").agg(F.sum("count").alias("count")))
-
-
-def score_features(feats: DataFrame, log_ratios: np.ndarray) -> DataFrame:
-    """Score rows (the same columns as :func:`score`) from encoded features: no text, no tokenizing."""
-    table = np.ascontiguousarray(log_ratios, dtype=np.float64)
-    num_targets = table.shape[0]
-
-    def score_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        from dsel import kernel
-
-        for batch in batches:
-            weights = kernel.score_features(batch.column(2), table)
-            yield pa.RecordBatch.from_arrays(
-                [batch.column(0), batch.column(1), batch.column(3), _lists(weights, num_targets), batch.column(4),
-                 batch.column(5), batch.column(6), batch.column(7), *batch.columns[8:]],
-                names=[ID, HASH, "num_words", "log_weights", "num_features", "skip_reason", "source_file", "detail",
-                       *STAT_COLUMNS, *LINE_COLUMNS])
-
-    lines = [F.col(c) if c in feats.columns else F.lit(None).cast("long").alias(c) for c in LINE_COLUMNS]
-    return (feats.select(ID, HASH, "features", "num_words", "num_features", "skip_reason", "source_file", "detail",
-                         *STAT_COLUMNS, *lines)
-            .mapInArrow(score_partition, SCORE_SCHEMA))
-
-
-def _lists(weights: np.ndarray, num_targets: int) -> pa.Array:
-    offsets = pa.array(np.arange(0, weights.shape[0] * num_targets + 1, num_targets, dtype=np.int32))
-    return pa.ListArray.from_arrays(offsets, pa.array(weights.reshape(-1)))
 
 
 def _nonzero(counts: np.ndarray) -> Iterator[pa.RecordBatch]:

@@ -15,17 +15,20 @@ can be shown as text; they are the ``ngrams`` column of the log-ratio table.
 """
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from dsel.config import DselConfig
 from dsel.errors import DselError
-from dsel.featurize import FIT_BINS, feature_histograms, target_histogram
+from dsel.featurize import FIT_BINS, GROUP, HISTOGRAM_SCHEMA, _nonzero, target_histogram
+from dsel.read import parallelism, parquet_files, parquet_parts, per_file
 
 SMOOTHING = 1e-8
 #: Sample n-grams kept per bucket and target while fitting.
@@ -179,3 +182,84 @@ def fit(raw_features: DataFrame, targets: list[tuple[str, DataFrame]], cfg: Dsel
             result.warnings.append(f"target {name} shares no n-gram bucket with the raw data: its weights only "
                                    "reflect document length. Check that raw and target are the right inputs")
     return result
+
+
+def feature_histograms(feats: DataFrame, group: "F.Column", num_groups: int, num_buckets: int) -> DataFrame:
+    """Bucket counts per (group, bucket), summed from the encoded features of usable records.
+
+    ``group`` is an int column in ``[0, num_groups)``.  Each task decodes its batches into one
+    dense array and emits the non-zero cells; Spark reduces them across tasks.
+    """
+
+    def count_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        from dsel import kernel
+
+        counts = np.zeros((num_groups, num_buckets), dtype=np.int64)
+        for batch in batches:
+            kernel.count_features(batch.column(0), batch.column(1).to_numpy(zero_copy_only=False), counts)
+        yield from _nonzero(counts)
+
+    usable = feats.where(F.col("skip_reason").isNull()).select("features", group.cast("long").alias(GROUP))
+    return (usable.mapInArrow(count_partition, HISTOGRAM_SCHEMA)
+            .groupBy("group", "bucket").agg(F.sum("count").alias("count")))
+
+
+def bin_counts(spark: SparkSession, feats: DataFrame, num_buckets: int, bins: int) -> Optional[np.ndarray]:
+    """Bucket counts (int64 [B]) of the usable records in fit bins ``[0, bins)`` of a features table the
+    pyarrow JSON reader (:mod:`dsel.jsonread`) wrote: the sum of the first bins of every task's
+    ``fit_counts`` when each task stored them, else decoded by the workers from the table's Parquet
+    files (see :func:`dsel.score.score_files`); None when the files may differ from the table."""
+    files = parquet_files(spark, feats)
+    if files is None:
+        return None
+    if "fit_counts" in feats.columns:
+        stored = _stored_bin_counts(spark, files, num_buckets, bins)
+        if stored is not None:
+            return stored
+    return _decoded_bin_counts(spark, files, num_buckets, bins)
+
+
+def _stored_bin_counts(spark: SparkSession, files: list[str], num_buckets: int, bins: int) -> Optional[np.ndarray]:
+    """:func:`bin_counts` from the tasks' ``fit_counts`` (only the summary rows' two columns are read),
+    or None when a task did not store them (more buckets than
+    :data:`dsel.jsonread.FIT_COUNTS_MAX_BUCKETS`, or rows appended by an earlier dsel)."""
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        counts, missing = np.zeros((2, num_buckets), np.int64), 0
+        for part in parquet_parts(files, batches, ["raw_types", "fit_counts"]):
+            for blob in part.filter(part.column(0).is_valid()).column(1).to_pylist():
+                if blob is None:
+                    missing += 1
+                elif blob:
+                    stored = np.frombuffer(zlib.decompress(blob), "<i8").reshape(FIT_BINS, num_buckets)
+                    counts[0] += stored[:bins].sum(0)
+        counts[1, 0] = missing  # group 1 says how many tasks stored nothing
+        yield from _nonzero(counts)
+
+    # a few hundred kB per file: one task per core (a task per file cost as much as the reading)
+    dense = _file_histograms(spark, files, run, 2, num_buckets, parallelism(spark))
+    return dense[0] if dense[1, 0] == 0 else None
+
+
+def _decoded_bin_counts(spark: SparkSession, files: list[str], num_buckets: int, bins: int) -> np.ndarray:
+    """:func:`bin_counts` decoded from the ``features`` of every usable record in those bins."""
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        from dsel import kernel
+
+        counts = np.zeros((1, num_buckets), np.int64)
+        for part in parquet_parts(files, batches, ["features", "fit_bin", "skip_reason"]):
+            part = part.filter(pc.and_(part.column(2).is_null(), pc.less(part.column(1), bins)))
+            if part.num_rows:
+                kernel.count_features(part.column(0), np.zeros(part.num_rows, np.int64), counts)
+        yield from _nonzero(counts)
+
+    return _file_histograms(spark, files, run, 1, num_buckets)[0]
+
+
+def _file_histograms(spark: SparkSession, files: list[str], run, groups: int, num_buckets: int,
+                     tasks: Optional[int] = None) -> np.ndarray:
+    """The (group, bucket, count) rows ``run`` yields over ``files`` (see :func:`dsel.read.per_file`), summed into
+    int64 [groups, B]."""
+    rows = per_file(spark, files, run, HISTOGRAM_SCHEMA, tasks).groupBy("group", "bucket")
+    return _dense(rows.agg(F.sum("count").alias("count")), groups, num_buckets)

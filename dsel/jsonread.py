@@ -40,7 +40,7 @@ import json
 import re
 import zlib
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator, Optional, Sequence
+from typing import Any, Iterable, Iterator, Optional
 
 import numpy as np
 import pyarrow as pa
@@ -53,7 +53,7 @@ from pyspark.sql import types as T
 from dsel.config import DselConfig
 from dsel.errors import DselError
 from dsel.featurize import FEATURES_SCHEMA
-from dsel.read import CORRUPT, ID, INTERNAL, _check_columns, detect_format
+from dsel.read import CORRUPT, ID, INTERNAL, _check_columns, detect_format, parallelism
 from dsel.write import forget_commit
 
 #: Extra columns of a features table written by this reader (after FEATURES_SCHEMA's).
@@ -766,7 +766,7 @@ def _pack(spark: SparkSession, files: list[str], sizes: dict[str, int]) -> list[
     max_bytes = int(_conf_bytes(spark, "spark.sql.files.maxPartitionBytes", 128 << 20))
     open_cost = int(_conf_bytes(spark, "spark.sql.files.openCostInBytes", 4 << 20))
     total = sum(sizes.values()) + open_cost * len(files)
-    split_bytes = min(max_bytes, max(open_cost, total // _parallelism(spark)))
+    split_bytes = min(max_bytes, max(open_cost, total // parallelism(spark)))
     splits = []
     for name in files:
         size, gz = sizes[name], _is_gzip(name)
@@ -788,13 +788,6 @@ def _pack(spark: SparkSession, files: list[str], sizes: dict[str, int]) -> list[
     if current:
         tasks.append(current)
     return tasks
-
-
-def _parallelism(spark: SparkSession) -> int:
-    try:
-        return max(1, spark.sparkContext.defaultParallelism)
-    except Exception:  # Spark Connect
-        return max(1, int(spark.conf.get("spark.default.parallelism", "2")))
 
 
 def _conf_bytes(spark: SparkSession, key: str, default: int) -> int:
@@ -854,7 +847,7 @@ def summary(feats: DataFrame, num_buckets: int, on_driver: int = SUMMARIES_ON_DR
 
     rows = feats.where(F.col("raw_types").isNotNull()).select("raw_types")
     if len(feats.inputFiles()) > on_driver:
-        rows = rows.coalesce(_parallelism(feats.sparkSession)).mapInArrow(merge, "raw_types string")
+        rows = rows.coalesce(parallelism(feats.sparkSession)).mapInArrow(merge, "raw_types string")
     return merged(row[0] for row in rows.collect())
 
 
@@ -977,7 +970,7 @@ def lines_of(rows: DataFrame) -> DataFrame:
                                              names=part.schema.names + ["_dsel_line"])
 
     # a few rows (the selection, or the malformed lines): one task per core, each file in one task
-    return rows.repartition(_parallelism(rows.sparkSession), "source_file").mapInArrow(read, out_schema)
+    return rows.repartition(parallelism(rows.sparkSession), "source_file").mapInArrow(read, out_schema)
 
 
 def raw_rows(feats: DataFrame, keys: DataFrame, schema_json: str, located: bool = False) -> DataFrame:
@@ -1009,191 +1002,3 @@ def raw_rows(feats: DataFrame, keys: DataFrame, schema_json: str, located: bool 
         "mode": "PERMISSIVE", "columnNameOfCorruptRecord": CORRUPT}).alias("_dsel_record"))
     user = [f.name for f in schema.fields if f.name != CORRUPT and f.name not in INTERNAL]
     return parsed.select(*[F.col("_dsel_record").getField(c).alias(c) for c in user], ID, HASH, *carried)
-
-
-#: At most this many usable records sharing an id are settled on the driver (see :func:`duplicates`).
-DUPLICATES_ON_DRIVER = 100_000
-
-
-def duplicates(feats: DataFrame) -> Optional[list[tuple[str, str, int]]]:
-    """(id, source_file, line_start) of each usable record of this reader's features table that the
-    weights table leaves out because another record has its id: of the records of one id, the one
-    with the smallest (content hash, source file) is kept (as :func:`dsel.score.weights` keeps it;
-    records equal in both are equal in text, and the first line is kept).
-
-    The ids are grouped by their 64-bit hash, ``id_key`` (Spark's ``xxhash64`` of the id, stored by
-    the featurize tasks; computed from the ids for a table written before it was): one aggregation
-    of a long column, no strings read.  Only when some hash repeats are the records of those hashes
-    read (a broadcast semi-join) and compared by their ids on the driver.  On the 16 GB benchmark's
-    features (6.2M records, 13,700 duplicates) this takes 5.1 s in a warm session, against 7.1-7.4 s
-    hashing the ids in the query and collecting under limits.
-    None when those records are more than :data:`DUPLICATES_ON_DRIVER` (counted before any is
-    read), so that the driver's memory stays bounded."""
-    from dsel.read import HASH
-
-    key = F.col("id_key") if "id_key" in feats.columns else F.xxhash64(ID)
-    usable = feats.where(F.col("skip_reason").isNull())
-    # Counted before anything is collected, from a cache of the (few) repeated keys: a limit (on the
-    # keys or on the records) would make Spark run the partitions one, then four, then twenty... at a time.
-    repeated = usable.groupBy(key.alias("_dsel_k")).count().where(F.col("count") > 1).persist()
-    try:
-        keys, records = repeated.agg(F.count(F.lit(1)), F.sum("count")).first()
-        if not keys:
-            return []
-        if records > DUPLICATES_ON_DRIVER:
-            return None
-        rows = (usable.select(ID, HASH, "source_file", "line_start", key.alias("_dsel_k"))
-                .join(F.broadcast(repeated.select("_dsel_k")), "_dsel_k", "left_semi").drop("_dsel_k").collect())
-    finally:
-        repeated.unpersist()
-    groups: dict[str, list] = {}
-    for r in rows:
-        groups.setdefault(r[ID], []).append(r)
-    order = lambda r: (r[HASH], r["source_file"] is not None, r["source_file"] or "", r["line_start"])  # noqa: E731
-    return [(r[ID], r["source_file"], int(r["line_start"])) for group in groups.values() if len(group) > 1
-            for r in sorted(group, key=order)[1:]]
-
-
-def scored(spark: SparkSession, feats: DataFrame, log_ratios: np.ndarray,
-           drop: Sequence[tuple[str, str, int]] = ()) -> Optional[DataFrame]:
-    """The score rows (SCORE_SCHEMA) of the usable records of a features table this reader wrote and
-    :func:`check` passed unchanged, decoded by the Python workers straight from its Parquet files: the
-    JVM neither reads nor ships the encoded features.  The records ``drop`` names (id, source_file,
-    line_start; see :func:`duplicates`) are left out.  None when Delta table defaults (deletion
-    vectors, column mapping) could make the files differ from the table."""
-    from dsel.featurize import SCORE_SCHEMA
-
-    files = parquet_files(spark, feats)
-    if files is None:
-        return None
-    return per_file(spark, files, score_function(files, log_ratios, drop), SCORE_SCHEMA)
-
-
-def score_function(files: list[str], log_ratios: np.ndarray, drop: Sequence[tuple[str, str, int]] = ()):
-    """The mapInArrow function of :func:`scored`: each input row is the index of a file of ``files``."""
-    from dsel.featurize import LINE_COLUMNS, STAT_COLUMNS
-
-    table = np.ascontiguousarray(log_ratios, dtype=np.float64)
-    columns = [ID, "_dsel_hash", "num_words", "num_features", "skip_reason", "source_file", "detail", "features",
-               *STAT_COLUMNS, *LINE_COLUMNS]
-    dropped = pa.array([f"{source}\0{start}" for _, source, start in drop], pa.string())
-
-    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        from dsel import kernel
-        from dsel.featurize import _lists
-
-        for part in _parquet_parts(files, batches, columns):
-            usable = part.column(4).is_null()
-            if len(dropped):
-                where = pc.binary_join_element_wise(part.column(5), pc.cast(part.column("line_start"), pa.string()),
-                                                    "\0")
-                usable = pc.and_(usable, pc.invert(pc.fill_null(pc.is_in(where, dropped), False)))
-            part = part.filter(usable)
-            if not part.num_rows:
-                continue
-            weights = kernel.score_features(part.column(7), table)
-            yield pa.RecordBatch.from_arrays(
-                [part.column(0), part.column(1), part.column(2), _lists(weights, table.shape[0]),
-                 part.column(3), part.column(4), part.column(5), part.column(6),
-                 *[part.column(c) for c in STAT_COLUMNS], *[part.column(c) for c in LINE_COLUMNS]],
-                names=[ID, "_dsel_hash", "num_words", "log_weights", "num_features", "skip_reason",
-                       "source_file", "detail", *STAT_COLUMNS, *LINE_COLUMNS])
-
-    return run
-
-
-def bin_counts(spark: SparkSession, feats: DataFrame, num_buckets: int, bins: int) -> Optional[np.ndarray]:
-    """Bucket counts (int64 [B]) of the usable records in fit bins ``[0, bins)`` of a features table this
-    reader wrote: the sum of the first bins of every task's ``fit_counts`` when each task stored them,
-    else decoded by the workers from the table's Parquet files (see :func:`scored`); None when the
-    files may differ from the table."""
-    files = parquet_files(spark, feats)
-    if files is None:
-        return None
-    if "fit_counts" in feats.columns:
-        stored = _stored_bin_counts(spark, files, num_buckets, bins)
-        if stored is not None:
-            return stored
-    return _decoded_bin_counts(spark, files, num_buckets, bins)
-
-
-def _stored_bin_counts(spark: SparkSession, files: list[str], num_buckets: int, bins: int) -> Optional[np.ndarray]:
-    """:func:`bin_counts` from the tasks' ``fit_counts`` (only the summary rows' two columns are read),
-    or None when a task did not store them (more buckets than FIT_COUNTS_MAX_BUCKETS, or rows
-    appended by an earlier dsel)."""
-    from dsel.featurize import FIT_BINS, _nonzero
-
-    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        counts, missing = np.zeros((2, num_buckets), np.int64), 0
-        for part in _parquet_parts(files, batches, ["raw_types", "fit_counts"]):
-            for blob in part.filter(part.column(0).is_valid()).column(1).to_pylist():
-                if blob is None:
-                    missing += 1
-                elif blob:
-                    counts[0] += np.frombuffer(zlib.decompress(blob), "<i8").reshape(FIT_BINS, num_buckets)[:bins].sum(0)
-        counts[1, 0] = missing  # group 1 says how many tasks stored nothing
-        yield from _nonzero(counts)
-
-    # a few hundred kB per file: one task per core (a task per file cost as much as the reading)
-    dense = _file_histograms(spark, files, run, 2, num_buckets, _parallelism(spark))
-    return dense[0] if dense[1, 0] == 0 else None
-
-
-def _decoded_bin_counts(spark: SparkSession, files: list[str], num_buckets: int, bins: int) -> np.ndarray:
-    """:func:`bin_counts` decoded from the ``features`` of every usable record in those bins."""
-    from dsel.featurize import _nonzero
-
-    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        from dsel import kernel
-
-        counts = np.zeros((1, num_buckets), np.int64)
-        for part in _parquet_parts(files, batches, ["features", "fit_bin", "skip_reason"]):
-            part = part.filter(pc.and_(part.column(2).is_null(), pc.less(part.column(1), bins)))
-            if part.num_rows:
-                kernel.count_features(part.column(0), np.zeros(part.num_rows, np.int64), counts)
-        yield from _nonzero(counts)
-
-    return _file_histograms(spark, files, run, 1, num_buckets)[0]
-
-
-def _file_histograms(spark: SparkSession, files: list[str], run, groups: int, num_buckets: int,
-                     tasks: Optional[int] = None) -> np.ndarray:
-    """The (group, bucket, count) rows ``run`` yields over ``files`` (see :func:`per_file`), summed into
-    int64 [groups, B]."""
-    from dsel.featurize import HISTOGRAM_SCHEMA
-    from dsel.fit import _dense
-
-    rows = per_file(spark, files, run, HISTOGRAM_SCHEMA, tasks).groupBy("group", "bucket")
-    return _dense(rows.agg(F.sum("count").alias("count")), groups, num_buckets)
-
-
-def parquet_files(spark: SparkSession, feats: DataFrame) -> Optional[list[str]]:
-    """The Parquet files of a features table, or None when Delta table defaults (deletion vectors,
-    column mapping) could make them differ from the table."""
-    return sorted(feats.inputFiles()) if plain_parquet(spark) else None
-
-
-def plain_parquet(spark: SparkSession) -> bool:
-    """Whether the Delta tables this session writes hold their rows as their Parquet files do: no
-    table default (deletion vectors, column mapping) could make the two differ."""
-    defaults = "spark.databricks.delta.properties.defaults."
-    return all(spark.conf.get(defaults + key, None) in (None, "", "false", "none")
-               for key in ("enableDeletionVectors", "columnMapping.mode"))
-
-
-def per_file(spark: SparkSession, files: list[str], run, schema: str, tasks: Optional[int] = None) -> DataFrame:
-    """``run`` (reading its files with :func:`_parquet_parts`) in one task per Parquet file, or in
-    ``tasks`` tasks."""
-    return spark.range(0, len(files), 1, max(1, min(len(files), tasks or len(files)))).mapInArrow(run, schema)
-
-
-def _parquet_parts(files: list[str], batches: Iterator[pa.RecordBatch], columns: list[str]) -> Iterator[pa.RecordBatch]:
-    """In a task: the ``columns`` of each file whose index the input batches hold, in record batches."""
-    import pyarrow.parquet as pq
-    from pyarrow import fs
-
-    for batch in batches:
-        for index in batch.column(0).to_pylist():
-            filesystem, path = fs.FileSystem.from_uri(files[index])
-            with filesystem.open_input_file(path) as handle:
-                yield from pq.ParquetFile(handle).iter_batches(batch_size=8192, columns=columns)

@@ -26,10 +26,12 @@ from delta.tables import DeltaTable
 from dsel import __version__, jsonread
 from dsel.config import DselConfig
 from dsel.errors import DselError
-from dsel.fit import Fit, fit as fit_histograms
-from dsel.read import DETAIL, HASH, ID, INTERNAL, file_states, files_digest, fingerprint, prepare, read_input
+from dsel.fit import Fit, bin_counts, fit as fit_histograms
+from dsel.read import (DETAIL, HASH, ID, INTERNAL, file_states, files_digest, fingerprint, parquet_files, per_file,
+                       plain_parquet, prepare, read_input)
 from dsel.report import Summary
-from dsel.score import (score as score_records, skipped as skipped_records, unique_weights, unique_weights_batch,
+from dsel.score import (DUPLICATES_ON_DRIVER, duplicates as duplicate_records, score as score_records, score_files,
+                        score_files_function, skipped as skipped_records, unique_weights, unique_weights_batch,
                         weights as weight_records)
 from dsel.select import (SMALL_K, Counts, Filters, carried_rows, filter_counts, select as select_documents,
                          with_raw_columns)
@@ -278,7 +280,7 @@ def _workers_write(spark: SparkSession, cfg: DselConfig, path: str, size: int, m
     ``min_bytes``."""
     local = _local_dir(spark, path)
     return not (cfg.features_writer == "spark" or local is None or os.path.lexists(local)
-                or not jsonread.plain_parquet(spark) or (cfg.features_writer == "auto" and size < min_bytes))
+                or not plain_parquet(spark) or (cfg.features_writer == "auto" and size < min_bytes))
 
 
 def _written_by_workers(spark: SparkSession, paths: OutputPaths, path: str, writing: Callable[[str], DataFrame],
@@ -359,7 +361,7 @@ def fit(spark: SparkSession, cfg: DselConfig, summary: Summary, feats: Optional[
     feats = feats if feats is not None else featurize(spark, cfg, summary)
     started = time.time()
     result = fit_histograms(feats, targets, cfg, _COUNTED.get(paths.features),
-                            lambda bins: jsonread.bin_counts(spark, feats, cfg.num_buckets, bins))
+                            lambda bins: bin_counts(spark, feats, cfg.num_buckets, bins))
     summary.warnings.extend(result.warnings)
     schema = _features_schema(spark, paths)
     written = write_table(result.to_frame(spark), paths.log_ratios,
@@ -495,11 +497,11 @@ def _fast_weights(spark: SparkSession, paths: OutputPaths, fitted: Fit,
     """The weights of the pyarrow reader's features table, unchanged since it was checked, decoded in
     Python, and when the duplicate ids were settled on the driver (then the weights need no shuffle)
     the ``duplicate_id`` rows of ``OUT/skipped`` and the records they leave out (see
-    :func:`dsel.jsonread.duplicates`); (None, None, None) for any other table."""
+    :func:`dsel.score.duplicates`); (None, None, None) for any other table."""
     if _COUNTED.get(paths.features) is None:
         return None, None, None
-    drop = jsonread.duplicates(feats)
-    usable = jsonread.scored(spark, feats, fitted.log_ratios, drop or ())
+    drop = duplicate_records(feats)
+    usable = score_files(spark, feats, fitted.log_ratios, drop or ())
     if usable is None:
         return None, None, None
     if drop is None:
@@ -534,14 +536,14 @@ def _direct_weights(spark: SparkSession, cfg: DselConfig, paths: OutputPaths, fi
     orders more than the weights of :data:`WEIGHTS_TASK_BYTES` of features, in a multiple of the cores."""
     from pyarrow import fs
 
-    files = jsonread.parquet_files(spark, feats)
+    files = parquet_files(spark, feats)
     if not files:
         return None
     filesystem = fs.FileSystem.from_uri(files[0])[0]
     size = sum(i.size or 0 for i in filesystem.get_file_info([fs.FileSystem.from_uri(f)[1] for f in files]))
     if not _workers_write(spark, cfg, paths.weights, size, DIRECT_WEIGHTS_MIN_BYTES):
         return None
-    scoring = jsonread.score_function(files, fitted.log_ratios, drop)
+    scoring = score_files_function(files, fitted.log_ratios, drop)
     cores = spark.sparkContext.defaultParallelism
     tasks = max(4 * cores, math.ceil(size / WEIGHTS_TASK_BYTES))
     # in whole waves (just over 8 GiB of features made 9 tasks: one core idle for the last task's 1.3 s)
@@ -552,7 +554,7 @@ def _direct_weights(spark: SparkSession, cfg: DselConfig, paths: OutputPaths, fi
 
     return _written_by_workers(
         spark, paths, paths.weights,
-        lambda staging: jsonread.per_file(spark, files, parquet_writer(
+        lambda staging: per_file(spark, files, parquet_writer(
             rows, staging, to_arrow_schema(schema), order="log_weight", compression="snappy"),
             PARQUET_WRITER_SCHEMA, tasks),
         metadata, {"delta.dataSkippingNumIndexedCols": "0"})
@@ -596,7 +598,7 @@ def _score_appended(spark: SparkSession, paths: OutputPaths, fitted: Fit, append
     replaced = pairs.where(replacing).select("id")
     won, count = pairs.agg(F.count_if(first), F.count_if(replacing)).first()
     if count:
-        rest = table.join(F.broadcast(replaced) if count <= jsonread.DUPLICATES_ON_DRIVER else replaced, "id",
+        rest = table.join(F.broadcast(replaced) if count <= DUPLICATES_ON_DRIVER else replaced, "id",
                           "left_anti")
         written = _write_weights(spark, paths, rest.unionByName(winners), metadata)
     else:

@@ -17,8 +17,9 @@ import glob
 import hashlib
 import os
 import re
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
+import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -245,3 +246,47 @@ def prepare(df: DataFrame, cfg: DselConfig, max_doc_bytes: Optional[int] = None)
 def user_columns(df: DataFrame) -> list[str]:
     """The input's own columns, without Spark's corrupt-record column and dsel's internal ones."""
     return [c for c in df.columns if c != CORRUPT and c not in INTERNAL]
+
+
+# The features table's Parquet files, read by the Python workers themselves (fit's and score's
+# fast path for the tables the pyarrow JSON reader writes; see dsel.jsonread).
+
+
+def parquet_files(spark: SparkSession, feats: DataFrame) -> Optional[list[str]]:
+    """The Parquet files of a features table, or None when Delta table defaults (deletion vectors,
+    column mapping) could make them differ from the table."""
+    return sorted(feats.inputFiles()) if plain_parquet(spark) else None
+
+
+def plain_parquet(spark: SparkSession) -> bool:
+    """Whether the Delta tables this session writes hold their rows as their Parquet files do: no
+    table default (deletion vectors, column mapping) could make the two differ."""
+    defaults = "spark.databricks.delta.properties.defaults."
+    return all(spark.conf.get(defaults + key, None) in (None, "", "false", "none")
+               for key in ("enableDeletionVectors", "columnMapping.mode"))
+
+
+def per_file(spark: SparkSession, files: list[str], run, schema: str, tasks: Optional[int] = None) -> DataFrame:
+    """``run`` (reading its files with :func:`parquet_parts`) in one task per Parquet file, or in
+    ``tasks`` tasks."""
+    return spark.range(0, len(files), 1, max(1, min(len(files), tasks or len(files)))).mapInArrow(run, schema)
+
+
+def parquet_parts(files: list[str], batches: Iterator[pa.RecordBatch], columns: list[str]) -> Iterator[pa.RecordBatch]:
+    """In a task: the ``columns`` of each file whose index the input batches hold, in record batches."""
+    import pyarrow.parquet as pq
+    from pyarrow import fs
+
+    for batch in batches:
+        for index in batch.column(0).to_pylist():
+            filesystem, path = fs.FileSystem.from_uri(files[index])
+            with filesystem.open_input_file(path) as handle:
+                yield from pq.ParquetFile(handle).iter_batches(batch_size=8192, columns=columns)
+
+
+def parallelism(spark: SparkSession) -> int:
+    """The default parallelism (the cores of a local session), also under Spark Connect."""
+    try:
+        return max(1, spark.sparkContext.defaultParallelism)
+    except Exception:  # Spark Connect
+        return max(1, int(spark.conf.get("spark.default.parallelism", "2")))

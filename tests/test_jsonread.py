@@ -14,7 +14,7 @@ import pytest
 from delta.tables import DeltaTable
 from pyspark.sql import functions as F
 
-from dsel import jsonread
+from dsel import fit, jsonread, score
 from dsel.config import DselConfig
 from dsel.featurize import FEATURES_SCHEMA, STAT_COLUMNS
 from dsel.pipeline import execute
@@ -184,15 +184,15 @@ def test_fast_reader_matches_spark_reader(spark, inputs, monkeypatch):
     assert slow_lines == 0
     # the fast path settled the two duplicate records on the driver (no shuffle of the weights)
     feats = spark.read.format("delta").load(str(fast / "features"))
-    settled = jsonread.duplicates(feats)
+    settled = score.duplicates(feats)
     assert settled is not None and len(settled) == 2
     # the featurize tasks stored each id's key as Spark hashes it; a table without the keys (an earlier
     # dsel's) is checked from its ids, with the same answer
     usable = feats.where("skip_reason is null")
     assert usable.count() > 0 and usable.where(F.col("id_key") != F.xxhash64("_dsel_id")).count() == 0
-    assert sorted(jsonread.duplicates(feats.drop("id_key"))) == sorted(settled)
-    monkeypatch.setattr(jsonread, "DUPLICATES_ON_DRIVER", 1)
-    assert jsonread.duplicates(feats) is None  # too many for the driver: Spark de-duplicates the weights
+    assert sorted(score.duplicates(feats.drop("id_key"))) == sorted(settled)
+    monkeypatch.setattr(score, "DUPLICATES_ON_DRIVER", 1)
+    assert score.duplicates(feats) is None  # too many for the driver: Spark de-duplicates the weights
     shuffled, shuffled_summary = _run(spark, inputs, "shuffled", features_writer="pyarrow")
     assert shuffled_summary.counts() == fast_summary.counts()
     _same_outputs(spark, shuffled, fast)
@@ -209,8 +209,8 @@ def test_fast_reader_matches_spark_reader(spark, inputs, monkeypatch):
 
 def test_fit_bins_counted_from_the_parquet_files_equal_spark_decoding(spark, inputs):
     # A capped fit takes the first fit bins; the pyarrow reader's table counts them straight from its files.
-    from dsel.featurize import FIT_BINS, feature_histograms
-    from dsel.fit import _dense, fit_raw
+    from dsel.featurize import FIT_BINS
+    from dsel.fit import _dense, feature_histograms, fit_raw
 
     out = inputs["root"] / "fast"
     if not (out / "features").exists():
@@ -226,14 +226,14 @@ def test_fit_bins_counted_from_the_parquet_files_equal_spark_decoding(spark, inp
         assert np.array_equal(seen.bins, per_bin.sum(axis=1)), on_driver
     for bins in (1, 7, 40, FIT_BINS):
         # from the counts per fit bin each task stored, and decoded from every record: the same
-        stored = jsonread._stored_bin_counts(spark, files, 10_000, bins)
+        stored = fit._stored_bin_counts(spark, files, 10_000, bins)
         assert stored is not None and np.array_equal(stored, per_bin[:bins].sum(axis=0)), bins
-        assert np.array_equal(jsonread._decoded_bin_counts(spark, files, 10_000, bins), stored), bins
-        assert np.array_equal(jsonread.bin_counts(spark, feats, 10_000, bins), stored), bins
+        assert np.array_equal(fit._decoded_bin_counts(spark, files, 10_000, bins), stored), bins
+        assert np.array_equal(fit.bin_counts(spark, feats, 10_000, bins), stored), bins
     # and a fit capped at 7 bins gets the same raw counts both ways
     totals = per_bin.sum(axis=1)
     cfg = DselConfig.from_mapping({"raw": [inputs["raw"]], "out": str(out), "num_tokens_to_fit": int(np.cumsum(totals)[6])})
-    fast = fit_raw(feats, cfg, (per_bin.sum(axis=0), totals), lambda bins: jsonread.bin_counts(spark, feats, 10_000, bins))
+    fast = fit_raw(feats, cfg, (per_bin.sum(axis=0), totals), lambda bins: fit.bin_counts(spark, feats, 10_000, bins))
     assert np.array_equal(fast[0], fit_raw(feats, cfg)[0]) and np.array_equal(fast[0], per_bin[:7].sum(axis=0))
     assert fast[1] == int(totals.sum()) and 0 < per_bin[:7].sum() < per_bin.sum()
 
@@ -254,10 +254,10 @@ def test_stored_fit_counts_are_not_used_when_a_task_lacks_them(spark, tmp_path):
         pq.write_table(pa.table({"raw_types": pa.array(rows, pa.string()), "fit_counts": pa.array(blobs, pa.binary())}),
                        tmp_path / f"{name}.parquet")
     files = [(tmp_path / f"{n}.parquet").as_uri() for n in ("a", "b", "c")]
-    assert np.array_equal(jsonread._stored_bin_counts(spark, files, 5, 3), 2 * counts[:3].sum(axis=0))
+    assert np.array_equal(fit._stored_bin_counts(spark, files, 5, 3), 2 * counts[:3].sum(axis=0))
     pq.write_table(pa.table({"raw_types": pa.array(["{}"]), "fit_counts": pa.nulls(1, pa.binary())}),
                    tmp_path / "d.parquet")
-    assert jsonread._stored_bin_counts(spark, files + [(tmp_path / "d.parquet").as_uri()], 5, 3) is None
+    assert fit._stored_bin_counts(spark, files + [(tmp_path / "d.parquet").as_uri()], 5, 3) is None
 
 
 def test_reselect_reads_back_only_the_chosen_lines(spark, inputs):
