@@ -6,8 +6,8 @@ whole batch in one call.  :func:`features` is the one pass over the raw text: it
 document's sparse bucket counts (``OUT/features``), which :mod:`dsel.fit` sums and
 :mod:`dsel.score` weighs without tokenizing again; :func:`target_histogram` (the targets, with
 sample n-grams per bucket) and :func:`histograms` (the evaluation's groups) count text straight
-into bucket histograms.  The pyarrow
-JSON reader (:mod:`dsel.jsonread`) runs :func:`featurize_batch` on the blocks it parses.
+into bucket histograms.  The pyarrow JSON reader (:mod:`dsel.jsonread`) runs
+:func:`featurize_batch` on the blocks it parses.
 
 Batch size is Spark's: ``spark.sql.execution.arrow.maxRecordsPerBatch`` and
 ``spark.sql.execution.arrow.maxBytesPerBatch`` bound the memory of a task
