@@ -13,7 +13,8 @@ It gives exactly what Spark's reader gives, by these rules (checked by ``tests/t
 against Spark on real and bad input):
 
 * Lines end at ``\\n``, ``\\r\\n`` or ``\\r``; a UTF-8 BOM at the start of a file is dropped;
-  whitespace-only lines are no records.  A split owns the lines that start inside it.
+  whitespace-only lines are no records.  A split owns the lines that start inside it.  A line
+  holding bytes that are not UTF-8 is ``malformed_json``, as Spark's parser rejects it.
 * A block of lines is parsed by pyarrow; when pyarrow rejects a line (or a block holds something
   pyarrow types differently from Spark: integers beyond 64 bits, non-string text or ids), that
   line is parsed alone with Python's ``json``, which accepts what Jackson accepts under Spark's
@@ -40,7 +41,7 @@ import json
 import re
 import zlib
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional
 
 import numpy as np
 import pyarrow as pa
@@ -583,6 +584,48 @@ def _take_table(table: pa.Table, starts: np.ndarray, ends: np.ndarray, lines: np
     return True
 
 
+#: The byte sequences that Jackson, parsing a line's bytes as Spark's JSON reader does, decodes as
+#: UTF-8: it checks the continuation bytes and rejects surrogates, but takes overlong forms and code
+#: points past U+10FFFF (which Python's strict decoding rejects).
+_JACKSON_UTF8 = re.compile(rb"(?:[\x00-\x7f]|[\xc0-\xdf][\x80-\xbf]|\xed[\x80-\x9f][\x80-\xbf]"
+                           rb"|[\xe0-\xec\xee\xef][\x80-\xbf]{2}|[\xf0-\xf7][\x80-\xbf]{3})*")
+
+
+def _jackson_rejects(line: bytes) -> bool:
+    """Whether Spark's JSON reader rejects ``line`` for its bytes: Jackson cannot decode a byte
+    sequence before the end of the line's first JSON value (it does not read past that value)."""
+    ok = _JACKSON_UTF8.match(line).end()
+    if ok == len(line):
+        return False
+    head = line[:ok].decode("utf-8", "replace")
+    try:
+        _DECODER.raw_decode(head, _WS.match(head).end())
+    except ValueError:
+        return True
+    return False
+
+
+def _not_utf8(piece: bytes, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """Which lines of ``piece`` hold bytes that are not UTF-8.  pyarrow's parser passes them into its
+    strings (where the kernel's lowercasing would fail), Spark's rejects the line; so these lines are
+    parsed alone, where Python's strict decoding makes them ``malformed_json`` as Spark's reader does.
+    The whole piece is validated at once (Arrow, about 3 ms per 16 MB block); lines one by one only
+    when that fails."""
+    bad = np.zeros(len(starts), bool)
+    whole = pa.LargeStringArray.from_buffers(1, pa.py_buffer(np.array([0, len(piece)], np.int64)), pa.py_buffer(piece))
+    try:
+        whole.validate(full=True)
+        return bad
+    except pa.ArrowInvalid:
+        pass
+    for j in range(len(starts)):
+        try:
+            piece[starts[j]:ends[j]].decode("utf-8")
+        except UnicodeDecodeError:
+            bad[j] = True
+    return bad
+
+
 #: After this many pyarrow failures in one block, its remaining lines are parsed one by one.
 _MAX_FAILURES = 8
 
@@ -599,7 +642,7 @@ def _parse_block(piece: bytes, offset: int, summary: _Summary, text_col: str, id
     ends = ends - (nonempty & (data[np.maximum(ends - 1, 0)] == 13))
     if offset == 0 and piece.startswith(_BOM):
         starts[0] += 3
-    arrow = (ends > starts) & (data[np.minimum(starts, len(piece) - 1)] == ord("{"))
+    arrow = (ends > starts) & (data[np.minimum(starts, len(piece) - 1)] == ord("{")) & ~_not_utf8(piece, starts, ends)
     carriage = np.flatnonzero(data == 13)
     if len(carriage):
         holder = np.searchsorted(starts, carriage, "right") - 1
@@ -896,7 +939,9 @@ def check(spark: SparkSession, cfg: DselConfig, feats: DataFrame, path: str,
 
 
 def _spark_accepts_some(spark: SparkSession, feats: DataFrame, schema: T.StructType) -> bool:
-    bad = lines_of(feats.where(F.col("skip_reason") == "malformed_json"))
+    # from_json decodes a line's bytes leniently (U+FFFD for what is not UTF-8), Spark's JSON reader does
+    # not: the lines it rejects for their bytes are not asked about
+    bad = lines_of(feats.where(F.col("skip_reason") == "malformed_json"), keep=lambda line: not _jackson_rejects(line))
     parsed = bad.select(F.from_json("_dsel_line", schema, {"mode": "PERMISSIVE",
                                                             "columnNameOfCorruptRecord": CORRUPT}).alias("r"))
     return parsed.where(F.col(f"r.{CORRUPT}").isNull()).limit(1).count() > 0
@@ -934,9 +979,10 @@ def _update_missing_ids(spark: SparkSession, path: str) -> None:
     table.update(F.col("id_from_text"), values)
 
 
-def lines_of(rows: DataFrame) -> DataFrame:
+def lines_of(rows: DataFrame, keep: Optional[Callable[[bytes], bool]] = None) -> DataFrame:
     """``rows`` (columns source_file, line_start, line_length, ...) with ``_dsel_line``: the line itself,
-    read back from the raw file (one task per file, so a gzip file is decompressed once)."""
+    read back from the raw file (one task per file, so a gzip file is decompressed once), as its
+    bytes are (Spark's parsers decide what is JSON).  ``keep``: only the rows whose line it keeps."""
     fields = [f for f in rows.schema.fields]
     out_schema = T.StructType(fields + [T.StructField("_dsel_line", T.StringType(), True)])
 
@@ -965,7 +1011,10 @@ def lines_of(rows: DataFrame) -> DataFrame:
             else:
                 handle = _open(source, False)
                 lines = [bytes(handle.read_at(length, start)) for start, length in zip(starts, lengths)]
-            line_array = pa.array(lines, pa.binary()).cast(pa.string())
+            if keep is not None:
+                kept = [keep(line) for line in lines]
+                part, lines = part.filter(pa.array(kept, pa.bool_())), [x for x, k in zip(lines, kept) if k]
+            line_array = pa.array(lines, pa.binary()).view(pa.string())
             yield pa.RecordBatch.from_arrays([c.combine_chunks() for c in part.columns] + [line_array],
                                              names=part.schema.names + ["_dsel_line"])
 

@@ -777,10 +777,23 @@ def _has_special(data, starts, ends, special):
     return out
 
 
+def _utf8(arr: pa.Array) -> pa.Array:
+    """``arr`` (large_string) with each string that is not valid UTF-8 (a Parquet or Delta input can hold
+    such bytes; Spark's JSON reader makes their lines malformed) read as ``bytes.decode("utf-8",
+    "replace")`` reads it: U+FFFD for each invalid sequence, as Spark shows such strings to Python."""
+    try:
+        arr.validate(full=True)
+        return arr
+    except pa.ArrowInvalid:
+        values = arr.cast(pa.large_binary()).to_pylist()
+        return pa.array([None if v is None else v.decode("utf-8", "replace") for v in values], pa.large_string())
+
+
 def _lower(arr: pa.Array) -> pa.Array:
     """``[s.lower() for s in arr]`` of non-null strings, as large_string: ``pc.utf8_lower``, except
-    the documents holding a code point of :func:`_lower_special`, which ``str.lower()`` lowers."""
-    arr = arr.cast(pa.large_string())
+    the documents holding a code point of :func:`_lower_special`, which ``str.lower()`` lowers.
+    Strings that are not valid UTF-8 are first read as :func:`_utf8` reads them."""
+    arr = _utf8(arr.cast(pa.large_string()))
     off = _offsets(arr)
     odd = _has_special(_data(arr.buffers()[2]), off[:-1], off[1:], _lower_special())
     lowered = pc.utf8_lower(arr)

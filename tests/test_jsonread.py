@@ -67,6 +67,10 @@ def inputs(tmp_path_factory):
     for i, line in enumerate(bad):
         plain.insert(2 * i + 1, line)
     (raw / "a.jsonl").write_text("\n".join(plain) + "\n", encoding="utf-8")
+    with open(raw / "a.jsonl", "ab") as fh:  # bytes that are not UTF-8 in a record: Spark's reader rejects the line
+        fh.write(b'{"id": "latin1", "text": "caf\xe9 ' + b"au lait " * 20 + b'"}\n')
+        fh.write(b'{"id": "surrogate bytes", "text": "x\xed\xa0\x80y ' + b"word " * 30 + b'"}\n')
+        fh.write(json.dumps({"id": "after the bytes", "text": docs[0]["text"]}).encode("utf-8") + b"\n")
     # gzip
     with gzip.open(raw / "b.jsonl.gz", "wt", encoding="utf-8") as fh:
         fh.write("\n".join(lines[50:90] + bad[:4]) + "\n")
@@ -166,7 +170,7 @@ def test_fast_reader_matches_spark_reader(spark, inputs, monkeypatch):
     assert "line_start" in spark.read.format("delta").load(str(fast / "features")).columns  # the fast path ran
     assert "line_start" not in spark.read.format("delta").load(str(slow / "features")).columns
     assert fast_summary.counts() == slow_summary.counts()
-    assert fast_summary.skipped == {"malformed_json": 6, "null_text": 4, "empty_text": 3, "null_id": 1,
+    assert fast_summary.skipped == {"malformed_json": 8, "null_text": 4, "empty_text": 3, "null_id": 1,
                                     "duplicate_id": 2}
     _same_outputs(spark, fast, slow)
     # the fast path's weights say where each document's line is (select reads the chosen lines from
@@ -298,7 +302,10 @@ def test_lenient_json_falls_back_to_spark_reader(spark, inputs, tmp_path, capsys
     lines = [json.dumps(d) for d in docs] + ["{'id': 'single', 'text': '" + "single quotes " * 3 + "'}",
                                              '{"id": "tail", "text": "trailing text"} after']
     raw = tmp_path / "lenient.jsonl"
-    raw.write_text("\n".join(lines) + "\n")
+    # Spark's reader also takes what Jackson decodes and Python's UTF-8 does not (an overlong "/"), and
+    # bytes after a record's end
+    raw.write_bytes(("\n".join(lines) + "\n").encode() + b'{"id": "overlong", "text": "x\xc0\xafy ' + b"word " * 9
+                    + b'"}\n{"id": "tail bytes", "text": "' + b"after the record " * 5 + b'"} \xff\n')
     cfg = {"raw": [str(raw)], "target": [inputs["target"]], "num_samples": 5, "min_length": 5, "run_id": "same"}
     fast = execute(spark, DselConfig.from_mapping({**cfg, "out": str(tmp_path / "fast")}), "run")
     assert "Spark's JSON parser accepts lines" in capsys.readouterr().out

@@ -177,6 +177,24 @@ def test_null_slot_with_nonempty_offsets_is_ignored():
 
 
 @pytest.mark.parametrize("hash_kind", K.HASH_KINDS)
+def test_bytes_that_are_not_utf8_read_as_replacement_characters(hash_kind):
+    """A Parquet or Delta input can hold strings that are not UTF-8: they are featurized as Python
+    decodes them with errors="replace" (U+FFFD per bad sequence), as Spark shows them, not an error."""
+    raw = [b"caf\xe9 LATIN-1 Word", b"ok \xff\xfe end", None, b"x\xed\xa0\x80y \xc0\xaf",
+           "Ünïcödé ÉCOLE".encode(), b"plain ASCII"]
+    arr = pa.array(raw, pa.binary()).view(pa.string())
+    with pytest.raises(pa.ArrowInvalid):
+        arr.validate(full=True)
+    decoded = [None if b is None else b.decode("utf-8", "replace") for b in raw]
+    lr = np.random.default_rng(2).normal(size=(2, 1000))
+    w, nw = K.score_batch(arr, lr, hash_kind=hash_kind)
+    exp_w, exp_nw = K.score_batch(pa.array(decoded, pa.string()), lr, hash_kind=hash_kind)
+    np.testing.assert_array_equal(w, exp_w)
+    assert nw.tolist() == exp_nw.tolist() == [len(tokens(t)) if t else 0 for t in decoded]
+    assert nw[0] == 6 and tokens(decoded[0])[:2] == ["caf", "\ufffd"]
+
+
+@pytest.mark.parametrize("hash_kind", K.HASH_KINDS)
 def test_count_batch_accumulates_into_groups(hash_kind):
     texts = ["the cat sat", "THE CAT SAT on the mat", None, "Ünïcödé text", "the cat", ""]
     groups = np.array([0, 2, 1, 2, 0, 1])
