@@ -14,7 +14,8 @@ against Spark on real and bad input):
 
 * Lines end at ``\\n``, ``\\r\\n`` or ``\\r``; a UTF-8 BOM at the start of a file is dropped;
   whitespace-only lines are no records.  A split owns the lines that start inside it.  A line
-  holding bytes that are not UTF-8 is ``malformed_json``, as Spark's parser rejects it.
+  holding bytes that are not UTF-8 is ``malformed_json``, as Spark's parser rejects it; a line
+  that starts as UTF-16 or UTF-32 does makes the run fall back to Spark's reader (see below).
 * A block of lines is parsed by pyarrow; when pyarrow rejects a line (or a block holds something
   pyarrow types differently from Spark: integers beyond 64 bits, non-string text or ids), that
   line is parsed alone with Python's ``json``, which accepts what Jackson accepts under Spark's
@@ -27,7 +28,8 @@ against Spark on real and bad input):
   text.  ``_dsel_hash`` is Spark's ``xxhash64`` of the text (seed 42).
 * The schema is inferred like Spark's (fields sorted by name, long + double = double, mixed types
   = string, empty structs and empty names dropped, nulls as string).  Decimal-sized integers,
-  duplicate keys in one record and other rare forms make the run fall back to Spark's reader.
+  duplicate keys in one record, UTF-16 or UTF-32 lines and other rare forms make the run fall back
+  to Spark's reader.
 
 Everything else (Parquet, Delta, catalog tables, other compression codecs, filesystems pyarrow
 cannot open, ``json_sampling_ratio`` < 1, ``json_reader = "spark"``) goes through Spark's reader,
@@ -605,6 +607,16 @@ def _jackson_rejects(line: bytes) -> bool:
     return False
 
 
+def _other_encoding(data: np.ndarray, starts: np.ndarray, ends: np.ndarray, first: np.ndarray) -> bool:
+    """Whether a line starts as Jackson's encoding detection takes for UTF-16 or UTF-32 (a zero byte
+    among its first two, or a UTF-16 byte-order mark): Spark's reader decodes such lines (even those
+    of a UTF-16 file, which its line splitting shifts by a byte), so only it gives what it gives."""
+    second = data[np.minimum(starts + 1, len(data) - 1)]
+    two = ends - starts > 1
+    return bool(((ends > starts) & ((first == 0) | (two & ((second == 0) | ((first == 0xFF) & (second == 0xFE))
+                                                           | ((first == 0xFE) & (second == 0xFF)))))).any())
+
+
 def _not_utf8(piece: bytes, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
     """Which lines of ``piece`` hold bytes that are not UTF-8.  pyarrow's parser passes them into its
     strings (where the kernel's lowercasing would fail), Spark's rejects the line; so these lines are
@@ -642,7 +654,10 @@ def _parse_block(piece: bytes, offset: int, summary: _Summary, text_col: str, id
     ends = ends - (nonempty & (data[np.maximum(ends - 1, 0)] == 13))
     if offset == 0 and piece.startswith(_BOM):
         starts[0] += 3
-    arrow = (ends > starts) & (data[np.minimum(starts, len(piece) - 1)] == ord("{")) & ~_not_utf8(piece, starts, ends)
+    first = data[np.minimum(starts, len(piece) - 1)]
+    if _other_encoding(data, starts, ends, first):
+        summary.fallback.append("a line is UTF-16 or UTF-32 (Spark's parser detects the encoding of each line)")
+    arrow = (ends > starts) & (first == ord("{")) & ~_not_utf8(piece, starts, ends)
     carriage = np.flatnonzero(data == 13)
     if len(carriage):
         holder = np.searchsorted(starts, carriage, "right") - 1

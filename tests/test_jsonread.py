@@ -314,6 +314,21 @@ def test_lenient_json_falls_back_to_spark_reader(spark, inputs, tmp_path, capsys
     _same_outputs(spark, tmp_path / "fast", tmp_path / "slow")
 
 
+def test_utf16_lines_fall_back_to_spark_reader(spark, inputs, tmp_path, capsys):
+    # Jackson detects UTF-16 and UTF-32 by the zero bytes a line starts with, so Spark's reader reads the
+    # lines of a UTF-16 file (its line splitting shifts them by a byte): only Spark's reader gives that
+    docs = sample_docs("movie_reviews", 12, seed=6)
+    raw = tmp_path / "raw"
+    write_jsonl(raw / "a.jsonl", docs[:6])
+    (raw / "b.jsonl").write_bytes(("\n".join(json.dumps(d) for d in docs[6:]) + "\n").encode("utf-16"))
+    cfg = {"raw": [str(raw)], "target": [inputs["target"]], "num_samples": 5, "min_length": 5, "run_id": "same"}
+    fast = execute(spark, DselConfig.from_mapping({**cfg, "out": str(tmp_path / "fast")}), "run")
+    assert "a line is UTF-16 or UTF-32" in capsys.readouterr().out
+    slow = execute(spark, DselConfig.from_mapping({**cfg, "out": str(tmp_path / "slow"), "json_reader": "spark"}), "run")
+    assert fast.counts() == slow.counts() and fast.scored > 6  # Spark's reader decodes most UTF-16 lines
+    _same_outputs(spark, tmp_path / "fast", tmp_path / "slow")
+
+
 def test_xxhash64_matches_spark(spark):
     rng = random.Random(3)
     alphabet = "ab é日\n\t😀"
