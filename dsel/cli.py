@@ -13,7 +13,7 @@ import typing
 from typing import Any, Optional, Sequence
 
 from dsel.config import FIELD_HELP, DselConfig
-from dsel.errors import DselError
+from dsel.errors import DselError, user_error
 
 COMMANDS = {
     "fit": "fit raw and target histograms; write OUT/log_ratios",
@@ -115,6 +115,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         summary = execute(spark, cfg, ns.command, **options)
     except DselError as exc:
         print(f"dsel: error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        error = user_error(exc)  # evaluate and report read inputs outside execute
+        if error is None:
+            raise
+        print(f"dsel: error: {error}", file=sys.stderr)
         return 2
     print(summary.format())
     return 0

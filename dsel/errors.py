@@ -5,6 +5,12 @@ on one line and exits with status 2 instead of showing a stack trace.
 """
 from __future__ import annotations
 
+import re
+from typing import Optional
+
+#: What the pyarrow JSON reader's tasks put before the file they cannot read (see user_error).
+CANNOT_READ = "dsel cannot read "
+
 
 class DselError(Exception):
     """A user's mistake (bad path, wrong column, bad config value, ...), with the fix in the message."""
@@ -16,3 +22,30 @@ class ConfigError(DselError):
     def __init__(self, key: str, message: str) -> None:
         super().__init__(f"config key '{key}': {message}")
         self.key = key
+
+
+def user_error(exc: BaseException) -> Optional[DselError]:
+    """The :class:`DselError` for a Spark job that failed on something the user can fix: a DselError
+    raised in a Python worker (the job's error only carries its text), or an input file that cannot
+    be read (a truncated or corrupt compressed file, a file removed while the job ran), named with
+    the fix; None for any other error.  Both readers' read failures are recognised: the pyarrow JSON
+    reader's tasks name the file after :data:`CANNOT_READ`, Spark's readers raise ``FAILED_READ_FILE``."""
+    text = str(exc)
+    raised = re.search(r"dsel\.errors\.(?:Dsel|Config)Error: ([^\n]+)", text)
+    if raised:
+        return DselError(raised.group(1).strip())
+    found = re.search(re.escape(CANNOT_READ) + r"(\S+): ([^\n]+)", text)
+    if found:
+        path, cause = found.group(1), found.group(2).strip()
+    else:
+        found = re.search(r"FAILED_READ_FILE[.\w]*\] Encountered error while reading file (\S+?)\.?\s", text)
+        if not found:
+            return None
+        path = found.group(1)
+        causes = re.findall(r"Caused by: ([\w.$]+): ([^\n]*)", text)
+        cause = f"{causes[-1][0].rsplit('.', 1)[-1]}: {causes[-1][1].strip()}" if causes else "read error"
+    if "FileNotFound" in cause or "No such file" in cause:
+        return DselError(f"cannot read {path}: it went away while dsel was reading the input ({cause}); "
+                         "run again once the input no longer changes")
+    return DselError(f"cannot read {path} ({cause}): the file is damaged or not in the format its name says "
+                     "(a .gz file must be one whole gzip stream); replace it, or take it out of the input")

@@ -54,7 +54,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from dsel.config import DselConfig
-from dsel.errors import DselError
+from dsel.errors import CANNOT_READ, DselError
 from dsel.featurize import FEATURES_SCHEMA
 from dsel.read import CORRUPT, ID, INTERNAL, _check_columns, detect_format, parallelism
 from dsel.write import forget_commit
@@ -421,6 +421,14 @@ def _read_split(split: dict, block: int) -> Iterator[tuple[int, bytes]]:
     yield from _line_pieces(stream, start, float("inf") if end is None else end, block)
 
 
+def _pieces(split: dict, block: int) -> Iterator[tuple[int, bytes]]:
+    """:func:`_read_split`, its read errors (a truncated gzip file, a file gone) naming the file."""
+    try:
+        yield from _read_split(split, block)
+    except (OSError, EOFError) as exc:
+        raise OSError(f"{CANNOT_READ}{split['uri']}: {type(exc).__name__}: {exc}") from exc
+
+
 def _utf8_prefix(line: bytes, chars: int) -> bytes:
     """The first ``chars`` characters of ``line`` as Spark's UTF8String counts them (by leading byte)."""
     pos = 0
@@ -744,7 +752,7 @@ def _task_function(tasks: list, text_col: str, id_col: str, limit: int, params: 
         for batch in batches:
             for task in batch.column(0).to_pylist():
                 for split in tasks[task]:
-                    for offset, piece in _read_split(split, block_bytes):
+                    for offset, piece in _pieces(split, block_bytes):
                         out = _block_batch(_parse_block(piece, offset, summary, text_col, id_col), split["source"],
                                            limit, params)
                         if out is None:

@@ -25,7 +25,7 @@ from delta.tables import DeltaTable
 
 from dsel import __version__, jsonread
 from dsel.config import DselConfig
-from dsel.errors import DselError
+from dsel.errors import DselError, user_error
 from dsel.fit import Fit, bin_counts, fit as fit_histograms
 from dsel.read import (DETAIL, HASH, ID, INTERNAL, file_states, files_digest, fingerprint, parquet_files, per_file,
                        plain_parquet, prepare, read_input)
@@ -655,6 +655,9 @@ def select(spark: SparkSession, cfg: DselConfig, summary: Summary, fitted: Optio
     if raw is None:
         raw = _stored_raw(spark, cfg, paths.weights, summary) or read_raw(spark, cfg, summary=summary)
     if rows is None:
+        if chosen_rows is None:  # counted, to tell when the raw input no longer holds some chosen records
+            selection.chosen = selection.chosen.localCheckpoint()
+            chosen_rows, chosen_words = selection.chosen.agg(F.count("*"), F.sum("num_words")).first()
         rows = with_raw_columns(raw, selection.chosen, summary.run_id,
                                 broadcast=(cfg.num_samples or 0) <= 1_000_000)
     # In (target, rank) order: a small selection as one sorted file (no sampling job to range-partition);
@@ -676,6 +679,11 @@ def select(spark: SparkSession, cfg: DselConfig, summary: Summary, fitted: Optio
     # Every chosen row written (as when the lines were read back by position): no need to re-read them.
     if chosen_rows != commit.rows:
         chosen_words = written.agg(F.sum("num_words")).first()[0]
+    if chosen_rows is not None and commit.rows < chosen_rows:
+        summary.warnings.append(
+            f"{chosen_rows - commit.rows:,} of the {chosen_rows:,} documents chosen from {paths.weights} are no "
+            f"longer in the raw input (it changed since they were scored), so {paths.selected} holds "
+            f"{commit.rows:,}; run 'dsel score' (or 'dsel run') and select again to choose among the current ones")
     summary.selected_words = int(chosen_words or 0)
     summary.kl_reduction = (kl.result() if kl else run_kl_reduction(spark, cfg, fitted))["kl_reduction"]
     if cfg.export:
@@ -834,13 +842,16 @@ def execute(spark: SparkSession, cfg: DselConfig, command: str, **options: str) 
         with remembering_commits():  # the lock is held: only this run writes the tables
             stages[command](summary)
     except BaseException as exc:
+        error = user_error(exc) if isinstance(exc, Exception) else None
         try:
             if fresh and not summary.tables:
                 shutil.rmtree(local, ignore_errors=True)  # failed before writing anything: leave no trace
             else:
-                _record(spark, cfg, summary, "failed", f"{type(exc).__name__}: {exc}"[:2000])
+                _record(spark, cfg, summary, "failed", f"{type(error or exc).__name__}: {error or exc}"[:2000])
         finally:
             release(spark, paths.lock, summary.run_id)
+        if error is not None:
+            raise error from exc
         raise
     _record(spark, cfg, summary, "succeeded")
     release(spark, paths.lock, summary.run_id)

@@ -30,7 +30,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from dsel.errors import DselError
-from dsel.write import check_schema
+from dsel.write import check_schema, sql_path
 
 RUNS_SCHEMA = T.StructType([
     T.StructField("run_id", T.StringType()),
@@ -163,7 +163,7 @@ def _take(spark: SparkSession, path: str, row: tuple, condition: str, conflict: 
     commit would have failed this one), with no read of the table to find out."""
     values = ", ".join(f"{f.name} = {_literal(v)}" for f, v in zip(LOCK_SCHEMA.fields[1:], row[1:]))
     with _racing(spark, path, conflict):
-        changed = spark.sql(f"UPDATE delta.`{path.replace('`', '``')}` SET {values} WHERE {condition}").first()
+        changed = spark.sql(f"UPDATE delta.`{sql_path(spark, path)}` SET {values} WHERE {condition}").first()
     return changed is not None and changed[0] == 1
 
 

@@ -13,6 +13,7 @@ import contextlib
 import functools
 import json
 import os
+import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -275,6 +276,21 @@ def commit_metadata(spark: SparkSession, path: str) -> Optional[dict[str, Any]]:
     return json.loads(raw) if raw else None
 
 
+def sql_path(spark: SparkSession, path: str) -> str:
+    """``path`` as Delta's SQL names a table (``delta.`path```), quoted: SQL takes only an absolute path
+    there (a relative one is "Unsupported data source type for direct query on files: delta"), so a
+    relative path is qualified as Spark's readers and writers resolve it, against the default file
+    system's working directory."""
+    if not (path.startswith("/") or re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:", path)):
+        try:
+            hadoop = spark.sparkContext._jvm.org.apache.hadoop.fs.Path(path)
+            conf = spark.sparkContext._jsc.hadoopConfiguration()
+            path = str(hadoop.getFileSystem(conf).makeQualified(hadoop).toString())
+        except Exception:  # Spark Connect: no JVM here; the server resolves it, if it can
+            pass
+    return path.replace("`", "``")
+
+
 def local_dir(path: str) -> Optional[str]:
     """The local directory of ``path`` (a plain or file:// path), or None for other file systems."""
     local = path[len("file://"):] if path.startswith("file://") else path
@@ -412,7 +428,7 @@ def publish_parquet(spark: SparkSession, staging: str, path: str, metadata: dict
 
     local = local_dir(path)
     os.rename(staging, local)
-    quoted = path.replace("`", "``")
+    quoted = sql_path(spark, path)
     key = "spark.databricks.delta.commitInfo.userMetadata"
     before = spark.conf.get(key, None)
     spark.conf.set(key, json.dumps(metadata, sort_keys=True, default=str))

@@ -83,6 +83,8 @@ def test_target_sharing_no_ngram_warns(spark, good):
     ("empty_target", "has no usable text"),
     ("numeric_text", "not string"),
     ("bad_id_column", "has no id column 'doc'"),
+    ("truncated_gzip", "(OSError: Truncated compressed stream): the file is damaged"),
+    ("truncated_gzip_spark_reader", "(EOFException: Unexpected end of input stream): the file is damaged"),
 ])
 def test_mistakes_get_one_clear_message(spark, good, case, message, capsys):
     root = good["root"]
@@ -101,6 +103,16 @@ def test_mistakes_get_one_clear_message(spark, good, case, message, capsys):
         argv[4] = write_jsonl(root / "numbers.jsonl", [{"id": "n", "text": 12345}])
     elif case == "bad_id_column":
         argv += ["--id-column", "doc"]
+    elif case.startswith("truncated_gzip"):
+        whole = root / "whole.jsonl.gz"
+        with gzip.open(whole, "wt", encoding="utf-8") as fh:
+            fh.write("".join(json.dumps(d) + "\n" for d in good["raw"]))
+        cut = root / case / "cut.jsonl.gz"  # a download that stopped half way
+        cut.parent.mkdir()
+        cut.write_bytes(whole.read_bytes()[:whole.stat().st_size // 2])
+        argv[2] = str(cut)
+        argv += ["--json-reader", "spark"] if case.endswith("spark_reader") else []
+        message = f"cannot read file://{cut} {message}"
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("dsel: error:") and message in err[0], err

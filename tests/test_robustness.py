@@ -138,3 +138,23 @@ def test_strict_mode_fails_on_skipped_records(spark, small, tmp_path, capsys):
 def test_pickle_is_never_used():
     for path in (REPO / "dsel").glob("*.py"):
         assert "pickle" not in path.read_text(), path
+
+
+def test_a_relative_out_serves_every_command_and_a_changed_input_is_told(spark, small, tmp_path):
+    # Delta's SQL (the lock's UPDATE, CONVERT TO DELTA) takes only absolute paths: a relative --out used to
+    # fail its second command ("Unsupported data source type for direct query on files: delta")
+    raw = write_jsonl(tmp_path / "raw" / "a.jsonl", sample_docs("sci_abstracts", 30, seed=8)
+                      + sample_docs("email_ham", 30, seed=8))
+    out = os.path.relpath(tmp_path / "out", os.getcwd())  # the driver's and the JVM's working directory
+    assert not os.path.isabs(out)
+    cfg = {"raw": [raw], "target": [small["target"]], "out": out, "num_samples": 12, "seed": 1}
+    first = execute(spark, DselConfig.from_mapping({**cfg, "features_writer": "pyarrow"}), "run")
+    again = execute(spark, DselConfig.from_mapping({**cfg, "seed": 2}), "select")
+    assert first.selected == again.selected == 12 and not again.warnings
+    # the raw file loses most of its records: a select from the stored weights says what it could not write
+    lines = open(raw, encoding="utf-8").read().splitlines()
+    with open(raw, "w", encoding="utf-8") as fh:
+        fh.write("\n".join(lines[:8]) + "\n")
+    short = execute(spark, DselConfig.from_mapping({**cfg, "seed": 3}), "select")
+    assert short.selected < 12
+    assert any(w.startswith(f"{12 - short.selected} of the 12 documents chosen from") for w in short.warnings)
