@@ -203,9 +203,12 @@ def _check_columns(df: DataFrame, cfg: DselConfig, role: str) -> DataFrame:
     fields = {f.name: f.dataType for f in df.schema.fields}
     visible = [n for n in fields if n != CORRUPT]
     if cfg.text_column not in fields:
-        hint = " (every line is malformed JSON)" if not visible else ""
-        raise DselError(f"{role} input has no column '{cfg.text_column}'{hint}; its columns are "
-                        f"{', '.join(visible) or 'none'}. Pass --text-column NAME")
+        if not visible:
+            raise DselError(f"every line of the {role} input is malformed JSON: dsel reads JSON lines, one "
+                            "object per line. Convert a pretty-printed JSON file or array first (for example "
+                            "jq -c '.[]' in.json > in.jsonl), or pass --" + role + "-format if it is not JSON")
+        raise DselError(f"{role} input has no column '{cfg.text_column}'; its columns are "
+                        f"{', '.join(visible)}. Pass --text-column NAME")
     if not isinstance(fields[cfg.text_column], T.StringType):
         raise DselError(f"{role} column '{cfg.text_column}' has type {fields[cfg.text_column].simpleString()}, "
                         "not string; point --text-column at a string column")

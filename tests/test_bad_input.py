@@ -83,6 +83,7 @@ def test_target_sharing_no_ngram_warns(spark, good):
     ("empty_target", "has no usable text"),
     ("numeric_text", "not string"),
     ("bad_id_column", "has no id column 'doc'"),
+    ("pretty_printed_json", "every line of the raw input is malformed JSON: dsel reads JSON lines"),
     ("truncated_gzip", "(OSError: Truncated compressed stream): the file is damaged"),
     ("truncated_gzip_spark_reader", "(EOFException: Unexpected end of input stream): the file is damaged"),
 ])
@@ -103,6 +104,10 @@ def test_mistakes_get_one_clear_message(spark, good, case, message, capsys):
         argv[4] = write_jsonl(root / "numbers.jsonl", [{"id": "n", "text": 12345}])
     elif case == "bad_id_column":
         argv += ["--id-column", "doc"]
+    elif case == "pretty_printed_json":
+        pretty = root / "pretty.json"
+        pretty.write_text(json.dumps(good["raw"][:10], indent=2))
+        argv[2] = str(pretty)
     elif case.startswith("truncated_gzip"):
         whole = root / "whole.jsonl.gz"
         with gzip.open(whole, "wt", encoding="utf-8") as fh:
