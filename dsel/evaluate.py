@@ -148,7 +148,8 @@ def run_kl_reduction(spark: SparkSession, cfg: DselConfig, fitted: Optional[Fit]
         raise DselError(f"{paths.selected} has no text column '{cfg.text_column}'; pass the run's --text-column")
     selected_hist = histogram(prepare(selected, cfg), cfg)
     if selected_hist.sum() == 0:
-        raise DselError(f"{paths.selected} holds no usable text; the selection is empty")
+        raise DselError(f"{paths.selected} holds no usable text (the selection is empty): select some documents "
+                        "first, with a lower --min-length if none is eligible")
     return kl_summary(fitted.target_counts, fitted.raw_counts, selected_hist, fitted.target_names)
 
 

@@ -685,7 +685,12 @@ def select(spark: SparkSession, cfg: DselConfig, summary: Summary, fitted: Optio
             f"longer in the raw input (it changed since they were scored), so {paths.selected} holds "
             f"{commit.rows:,}; run 'dsel score' (or 'dsel run') and select again to choose among the current ones")
     summary.selected_words = int(chosen_words or 0)
-    summary.kl_reduction = (kl.result() if kl else run_kl_reduction(spark, cfg, fitted))["kl_reduction"]
+    if commit.rows:
+        summary.kl_reduction = (kl.result() if kl else run_kl_reduction(spark, cfg, fitted))["kl_reduction"]
+    else:  # no KL reduction of an empty selection
+        summary.warnings.append(f"{paths.selected} is empty: no scored document is eligible. Lower --min-length "
+                                f"({rule.min_length}) or the quality filters; 'not eligible' says what each removed"
+                                if not selection.eligible else f"{paths.selected} is empty")
     if cfg.export:
         export(written.drop("run_id"), cfg.export, cfg.export_format)
         summary.tables[cfg.export] = -1

@@ -68,6 +68,19 @@ def test_k_larger_than_pool_takes_all_and_warns(spark, good):
     assert any("only" in w and "eligible" in w for w in summary.warnings)
 
 
+def test_no_eligible_document_gives_an_empty_selection_and_says_why(spark, good, capsys):
+    short = [{"id": str(i), "text": f"a short note number {i}"} for i in range(30)]
+    raw = write_jsonl(good["root"] / "short.jsonl", short)
+    out = good["root"] / "out-short"
+    summary = run(spark, raw=[raw], target=[good["target"]], out=str(out), num_samples=5)
+    assert summary.selected == summary.eligible == 0 and summary.kl_reduction is None
+    assert summary.filtered == {"min_length": 30}
+    assert any("is empty: no scored document is eligible. Lower --min-length (100)" in w for w in summary.warnings)
+    assert spark.read.format("delta").load(str(out / "selected")).count() == 0
+    assert main(["report", "--out", str(out)]) == 2  # nothing to report on, and it says so
+    assert "the selection is empty): select some documents first" in capsys.readouterr().err
+
+
 def test_target_sharing_no_ngram_warns(spark, good):
     raw = write_jsonl(good["root"] / "raw_ascii.jsonl", good["raw"])
     alien = write_jsonl(good["root"] / "alien.jsonl", [{"id": "t1", "text": "ⴰⵣⵓⵍ ⴼⵍⵍⴰⵡⵏ " * 50}])
