@@ -642,12 +642,15 @@ def select(spark: SparkSession, cfg: DselConfig, summary: Summary, fitted: Optio
     eligibility.update(selection.counts.record())
     summary.warnings.extend(selection.warnings)
     summary.filtered = selection.filtered
-    chosen_rows = chosen_words = rows = None
+    rows = None
     small = cfg.num_samples is not None and cfg.num_samples <= SMALL_K
+    # Materialized once (it is used to find or join the records, and counted): counting then costs
+    # nothing, and the count tells when the raw input no longer holds some chosen records.
+    selection.chosen = selection.chosen.localCheckpoint()
+    chosen_rows, chosen_words = selection.chosen.agg(F.count("*"), F.sum("num_words")).first()
     if raw is None:
         raw, located = _selected_raw(spark, cfg, paths, selection)
-        if raw is not None:  # the chosen rows are materialized then: counting them costs nothing
-            chosen_rows, chosen_words = selection.chosen.agg(F.count("*"), F.sum("num_words")).first()
+        if raw is not None:
             rows = carried_rows(raw, summary.run_id) if located else None
     # A few records, the chosen rows one for one: kept in memory, then written and measured at once.
     measured = rows is not None and small
@@ -655,9 +658,6 @@ def select(spark: SparkSession, cfg: DselConfig, summary: Summary, fitted: Optio
     if raw is None:
         raw = _stored_raw(spark, cfg, paths.weights, summary) or read_raw(spark, cfg, summary=summary)
     if rows is None:
-        if chosen_rows is None:  # counted, to tell when the raw input no longer holds some chosen records
-            selection.chosen = selection.chosen.localCheckpoint()
-            chosen_rows, chosen_words = selection.chosen.agg(F.count("*"), F.sum("num_words")).first()
         rows = with_raw_columns(raw, selection.chosen, summary.run_id,
                                 broadcast=(cfg.num_samples or 0) <= 1_000_000)
     # In (target, rank) order: a small selection as one sorted file (no sampling job to range-partition);
@@ -679,7 +679,7 @@ def select(spark: SparkSession, cfg: DselConfig, summary: Summary, fitted: Optio
     # Every chosen row written (as when the lines were read back by position): no need to re-read them.
     if chosen_rows != commit.rows:
         chosen_words = written.agg(F.sum("num_words")).first()[0]
-    if chosen_rows is not None and commit.rows < chosen_rows:
+    if commit.rows < chosen_rows:
         summary.warnings.append(
             f"{chosen_rows - commit.rows:,} of the {chosen_rows:,} documents chosen from {paths.weights} are no "
             f"longer in the raw input (it changed since they were scored), so {paths.selected} holds "
@@ -715,7 +715,8 @@ def _selected_raw(spark: SparkSession, cfg: DselConfig, paths: OutputPaths,
     each line is and the raw files are unchanged since, else None; and whether the weights located
     the lines (the records then carry the chosen rows' columns, see :func:`dsel.select.carried_rows`).
 
-    The selection is materialized first (it is used twice: to find the lines and to join them)."""
+    ``selection.chosen`` is materialized already (see :func:`select`): it is used twice, to find the
+    lines and to join them."""
     if not DeltaTable.isDeltaTable(spark, paths.features):
         return None, False
     feats = spark.read.format("delta").load(paths.features)
@@ -731,7 +732,6 @@ def _selected_raw(spark: SparkSession, cfg: DselConfig, paths: OutputPaths,
     # The weights say where each line is when they were scored from this very features table.
     located = (set(LOCATION_COLUMNS) <= set(selection.chosen.columns)
                and scored.get("features_version") == last_commit(spark, paths.features).version)
-    selection.chosen = selection.chosen.localCheckpoint()
     return jsonread.raw_rows(feats, selection.chosen, scored["raw_schema"], located), located
 
 
