@@ -242,7 +242,7 @@ def _int_range(key: str, value: Any, low: Optional[int], high: Optional[int]) ->
 
 #: Help text of each key, shown by ``dsel CMD --help``.
 FIELD_HELP: dict[str, str] = {
-    'raw': 'Raw corpus: JSON-lines files (plain or .gz), Parquet, Delta paths, globs or catalog tables.',
+    'raw': 'Raw corpus: JSON-lines files (plain, .gz, .zst or .bz2), Parquet, Delta paths, globs or catalog tables.',
     'target': 'Target samples.  Several values are several targets, each with its own weight and quota.',
     'out': 'Output directory: the Delta tables log_ratios, weights, skipped, selected and runs go under it.',
     'num_tokens_to_fit': "Raw n-gram features counted for the raw histogram: 'auto' (100,000 x num_buckets), 'all' or an int.",

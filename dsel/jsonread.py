@@ -2,7 +2,7 @@
 
 Spark's JSON reader parses every line with Jackson in the JVM and then ships the text to the
 Python workers that run the kernel; both cost about as much as the kernel itself.  For JSON-lines
-inputs (plain or gzip) on a filesystem pyarrow can open, dsel instead distributes a small list of
+inputs (plain, gzip or zstd) on a filesystem pyarrow can open, dsel instead distributes a small list of
 (file, byte range) splits and, in one ``mapInArrow`` pass, reads each split with pyarrow (bounded
 blocks of whole lines), runs the kernel and emits the rows of ``OUT/features`` directly: the same
 columns as :func:`dsel.featurize.features`, plus where each record's line is (``line_start``,
@@ -31,7 +31,7 @@ against Spark on real and bad input):
   duplicate keys in one record, UTF-16 or UTF-32 lines and other rare forms make the run fall back
   to Spark's reader.
 
-Everything else (Parquet, Delta, catalog tables, other compression codecs, filesystems pyarrow
+Everything else (Parquet, Delta, catalog tables, bzip2, deflate, lz4 and snappy files, filesystems pyarrow
 cannot open, ``json_sampling_ratio`` < 1, ``json_reader = "spark"``) goes through Spark's reader,
 with one log line saying why.
 """
@@ -56,7 +56,7 @@ from pyspark.sql import types as T
 from dsel.config import DselConfig
 from dsel.errors import CANNOT_READ, DselError
 from dsel.featurize import FEATURES_SCHEMA
-from dsel.read import CORRUPT, ID, INTERNAL, _check_columns, detect_format, parallelism
+from dsel.read import CORRUPT, ID, INTERNAL, _check_columns, check_decompressible, detect_format, parallelism
 from dsel.write import forget_commit
 
 #: Extra columns of a features table written by this reader (after FEATURES_SCHEMA's).
@@ -73,7 +73,7 @@ BLOCK_BYTES = 16 << 20
 #: capped fit sums the first bins of every task instead of decoding every record again.
 FIT_COUNTS_MAX_BUCKETS = 1 << 16
 SPARK_SEED = 42
-_OTHER_CODECS = (".bz2", ".deflate", ".lz4", ".snappy", ".zst", ".br", ".lzo", ".xz", ".z")
+_OTHER_CODECS = (".bz2", ".deflate", ".lz4", ".snappy")
 _ROW = re.compile(r"in row (\d+)")
 _WS = re.compile(r"[ \t\n\r]*")
 _DECODER = json.JSONDecoder()
@@ -360,11 +360,12 @@ class _Summary:
         self.bins += np.asarray(other["bins"], np.int64)
 
 
-def _open(uri: str, gzip: bool):
+def _open(uri: str, codec: Optional[str]):
+    """``uri`` as a stream decompressed with ``codec`` (see :func:`_codec`), or as a seekable file."""
     from pyarrow import fs
 
     filesystem, path = fs.FileSystem.from_uri(uri)
-    return filesystem.open_input_stream(path, compression="gzip") if gzip else filesystem.open_input_file(path)
+    return filesystem.open_input_stream(path, compression=codec) if codec else filesystem.open_input_file(path)
 
 
 def _line_pieces(stream, start: int, end: float, block: int) -> Iterator[tuple[int, bytes]]:
@@ -403,7 +404,7 @@ def _line_pieces(stream, start: int, end: float, block: int) -> Iterator[tuple[i
 
 
 def _read_split(split: dict, block: int) -> Iterator[tuple[int, bytes]]:
-    stream = _open(split["uri"], split["gzip"])
+    stream = _open(split["uri"], split["codec"])
     start, end = split["start"], split["end"]
     if start > 0:
         stream.seek(start - 1)
@@ -784,8 +785,12 @@ class Plan:
         return Plan(list(files), _pack(spark, list(files), sizes), sizes)
 
 
-def _is_gzip(name: str) -> bool:
-    return name.lower().endswith(".gz")
+def _codec(name: str) -> Optional[str]:
+    """The compression the fast reader decompresses ``name`` with (pyarrow's codec name), by its
+    suffix as Spark's reader goes by it: gzip (.gz) or Zstandard (.zst, .zstd, as The Pile and
+    RedPajama ship); None for a plain file."""
+    lowered = name.lower()
+    return "gzip" if lowered.endswith(".gz") else "zstd" if lowered.endswith((".zst", ".zstd")) else None
 
 
 def plan(spark: SparkSession, cfg: DselConfig) -> tuple[Optional[Plan], str]:
@@ -811,9 +816,10 @@ def plan(spark: SparkSession, cfg: DselConfig) -> tuple[Optional[Plan], str]:
         return None, "the raw files are in partition directories (key=value), whose columns Spark's reader adds"
     if not files:
         return None, "no raw files"
+    check_decompressible(files)
     odd = [f for f in files if f.lower().endswith(_OTHER_CODECS)]
     if odd:
-        return None, f"{odd[0]} is compressed with a codec the fast reader does not read (only gzip)"
+        return None, f"{odd[0]} is compressed with a codec the fast reader does not read (it reads gzip and zstd)"
     sizes = {}
     try:
         for name in files:
@@ -835,13 +841,13 @@ def _pack(spark: SparkSession, files: list[str], sizes: dict[str, int]) -> list[
     split_bytes = min(max_bytes, max(open_cost, total // parallelism(spark)))
     splits = []
     for name in files:
-        size, gz = sizes[name], _is_gzip(name)
-        if gz or size <= split_bytes:
-            splits.append({"uri": name, "source": name, "gzip": gz, "start": 0, "end": None, "size": size})
+        size, codec = sizes[name], _codec(name)
+        if codec or size <= split_bytes:
+            splits.append({"uri": name, "source": name, "codec": codec, "start": 0, "end": None, "size": size})
             continue
         for start in range(0, size, split_bytes):
             end = min(size, start + split_bytes)
-            splits.append({"uri": name, "source": name, "gzip": False, "start": start,
+            splits.append({"uri": name, "source": name, "codec": None, "start": start,
                            "end": None if end == size else end, "size": end - start})
     splits.sort(key=lambda s: -s["size"])
     tasks, current, filled = [], [], 0
@@ -1004,7 +1010,7 @@ def _update_missing_ids(spark: SparkSession, path: str) -> None:
 
 def lines_of(rows: DataFrame, keep: Optional[Callable[[bytes], bool]] = None) -> DataFrame:
     """``rows`` (columns source_file, line_start, line_length, ...) with ``_dsel_line``: the line itself,
-    read back from the raw file (one task per file, so a gzip file is decompressed once), as its
+    read back from the raw file (one task per file, so a compressed file is decompressed once), as its
     bytes are (Spark's parsers decide what is JSON).  ``keep``: only the rows whose line it keeps."""
     fields = [f for f in rows.schema.fields]
     out_schema = T.StructType(fields + [T.StructField("_dsel_line", T.StringType(), True)])
@@ -1020,8 +1026,8 @@ def lines_of(rows: DataFrame, keep: Optional[Callable[[bytes], bool]] = None) ->
             starts = part.column("line_start").to_pylist()
             lengths = part.column("line_length").to_pylist()
             lines = []
-            if _is_gzip(source):
-                stream, at = _open(source, True), 0
+            if _codec(source):
+                stream, at = _open(source, _codec(source)), 0
                 for start, length in zip(starts, lengths):
                     skip = start - at
                     while skip > 0:
@@ -1032,7 +1038,7 @@ def lines_of(rows: DataFrame, keep: Optional[Callable[[bytes], bool]] = None) ->
                     lines.append(bytes(stream.read(length)))
                     at = start + length
             else:
-                handle = _open(source, False)
+                handle = _open(source, None)
                 lines = [bytes(handle.read_at(length, start)) for start, length in zip(starts, lengths)]
             if keep is not None:
                 kept = [keep(line) for line in lines]

@@ -760,7 +760,7 @@ def _run(spark: SparkSession, cfg: DselConfig, summary: Summary) -> None:
     if cfg.num_samples is None and cfg.num_tokens is None:
         raise DselError("give --num-samples K or --num-tokens N")
     # Spark's reader: one schema inference for the whole run; the pyarrow reader needs none
-    raw = None if jsonread.plan(spark, cfg)[0] is not None else read_raw(spark, cfg, summary=summary)
+    raw = None if fast_plan(spark, cfg) is not None else read_raw(spark, cfg, summary=summary)
     feats = featurize(spark, cfg, summary, raw)
     read_targets(spark, cfg, summary)
     reason = refit_reason(spark, cfg, summary)

@@ -35,7 +35,15 @@ INTERNAL = (ID, TEXT, REASON, HASH, SOURCE, DETAIL)
 #: Columns dsel adds to the selected table; raw inputs must not already have them.
 OUTPUT_COLUMNS = ("num_words", "log_weight", "rank", "target", "run_id")
 _TABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*){0,2}$")
-_JSON_SUFFIXES = (".json", ".jsonl", ".ndjson", ".json.gz", ".jsonl.gz", ".ndjson.gz", ".gz")
+#: Compressed files Spark's JSON reader decompresses, by suffix (the pyarrow reader: gzip and zstd).
+_CODEC_SUFFIXES = (".gz", ".bz2", ".zst", ".zstd", ".deflate", ".lz4", ".snappy")
+_JSON_SUFFIXES = tuple(base + codec for base in (".json", ".jsonl", ".ndjson") for codec in ("",) + _CODEC_SUFFIXES) + (
+    ".gz", ".bz2", ".zst", ".zstd")
+#: Archives and codecs that Spark's JSON reader would read as plain text (every line malformed).
+_NOT_DECOMPRESSED = {".tar.gz": "a tar archive", ".tgz": "a tar archive", ".tar.bz2": "a tar archive",
+                     ".tar.zst": "a tar archive", ".tar": "a tar archive", ".zip": "a zip archive",
+                     ".7z": "a 7-Zip archive", ".xz": "xz-compressed", ".lzma": "lzma-compressed",
+                     ".br": "brotli-compressed", ".lzo": "LZO-compressed", ".z": "compress(1)-compressed"}
 
 
 def _is_uri(path: str) -> bool:
@@ -46,11 +54,44 @@ def _local(path: str) -> str:
     return path[len("file://"):] if path.startswith("file://") else path
 
 
+def check_decompressible(names: list[str]) -> None:
+    """Raise for the first of ``names`` that is an archive or uses a codec Spark's JSON reader
+    does not decompress: Spark would read its bytes as lines of text, every one malformed."""
+    for name in names:
+        lowered = name.lower()
+        kind = next((k for suffix, k in _NOT_DECOMPRESSED.items() if lowered.endswith(suffix)), None)
+        if kind is not None:
+            fix = ("extract it and pass the JSON-lines files inside" if "archive" in kind else
+                   "decompress it, or recompress it with gzip or zstd (.gz, .zst)")
+            raise DselError(f"{name} is {kind}, which Spark's JSON reader does not read; {fix}")
+
+
+def _matches(path: str) -> list[str]:
+    return glob.glob(path) if any(c in path for c in "*?[") else ([path] if os.path.exists(path) else [])
+
+
+def _local_files(source: str) -> list[str]:
+    """The files a local path or glob names (those under a directory, as Spark lists them: names
+    starting with '.' or '_' left out); [] for a URI or a path that does not exist."""
+    if _is_uri(source):
+        return []
+    path = _local(source)
+    matches = _matches(path)
+    files = []
+    for match in matches:
+        if os.path.isdir(match):
+            files += [os.path.join(root, n) for root, _, names in os.walk(match) for n in names
+                      if not n.startswith((".", "_"))]
+        else:
+            files.append(match)
+    return files
+
+
 def detect_format(source: str) -> str:
     """Guess a source's format: a Delta directory, Parquet, JSON lines, or a catalog table name."""
     path = _local(source)
     if not _is_uri(source):
-        matches = glob.glob(path) if any(c in path for c in "*?[") else ([path] if os.path.exists(path) else [])
+        matches = _matches(path)
         if not matches:
             if "/" not in source and _TABLE_NAME.match(source):
                 return "table"
@@ -60,11 +101,12 @@ def detect_format(source: str) -> str:
         if os.path.isdir(first):
             if os.path.isdir(os.path.join(first, "_delta_log")):
                 return "delta"
-            names = [n for _, _, files in os.walk(first) for n in files if not n.startswith((".", "_"))]
+            names = [n.lower() for n in _local_files(first)]
             if names and all(n.endswith(".parquet") for n in names):
                 return "parquet"
             if names and all(n.endswith(_JSON_SUFFIXES) for n in names):
                 return "json"
+            check_decompressible(_local_files(first))
             raise DselError(f"cannot tell the format of directory {source}; pass --raw-format/--target-format "
                             "(json, parquet or delta)")
         path = first
@@ -73,6 +115,7 @@ def detect_format(source: str) -> str:
         return "parquet"
     if lowered.endswith(_JSON_SUFFIXES):
         return "json"
+    check_decompressible([path])
     raise DselError(f"cannot tell the format of {source}; pass --raw-format/--target-format "
                     "(json, parquet, delta or table)")
 
@@ -98,6 +141,8 @@ def read_input(spark: SparkSession, sources: list[str], fmt: str, cfg: DselConfi
     kind = formats.pop()
     try:
         if kind == "json":
+            for source in sources:
+                check_decompressible(_local_files(source))
             reader = spark.read.option("mode", "PERMISSIVE").option("columnNameOfCorruptRecord", CORRUPT)
             if schema is not None:
                 if CORRUPT not in schema.fieldNames():

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import gzip
 import json
+import lzma
+import tarfile
 
 import pytest
 from pyspark.sql import functions as F
@@ -99,6 +101,9 @@ def test_target_sharing_no_ngram_warns(spark, good):
     ("pretty_printed_json", "every line of the raw input is malformed JSON: dsel reads JSON lines"),
     ("truncated_gzip", "(OSError: Truncated compressed stream): the file is damaged"),
     ("truncated_gzip_spark_reader", "(EOFException: Unexpected end of input stream): the file is damaged"),
+    ("xz_file", "is xz-compressed, which Spark's JSON reader does not read; decompress it, or recompress it"),
+    ("xz_file_given_as_json", "is xz-compressed, which Spark's JSON reader does not read"),
+    ("tar_archive", "is a tar archive, which Spark's JSON reader does not read; extract it and pass the JSON-lines"),
 ])
 def test_mistakes_get_one_clear_message(spark, good, case, message, capsys):
     root = good["root"]
@@ -131,6 +136,17 @@ def test_mistakes_get_one_clear_message(spark, good, case, message, capsys):
         argv[2] = str(cut)
         argv += ["--json-reader", "spark"] if case.endswith("spark_reader") else []
         message = f"cannot read file://{cut} {message}"
+    elif case.startswith("xz_file"):  # Spark's reader would take its bytes as lines, every one malformed
+        packed = root / case / "raw.jsonl.xz"
+        packed.parent.mkdir()
+        packed.write_bytes(lzma.compress(b"".join(json.dumps(d).encode() + b"\n" for d in good["raw"])))
+        argv[2] = str(packed.parent)
+        argv += ["--raw-format", "json"] if case.endswith("as_json") else []
+    elif case == "tar_archive":  # its name ends in .gz, as JSON lines compressed with gzip do
+        packed = root / "raw.tar.gz"
+        with tarfile.open(packed, "w:gz") as tar:
+            tar.add(raw, arcname="raw.jsonl")
+        argv[2] = str(packed)
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("dsel: error:") and message in err[0], err

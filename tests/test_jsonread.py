@@ -329,6 +329,32 @@ def test_utf16_lines_fall_back_to_spark_reader(spark, inputs, tmp_path, capsys):
     _same_outputs(spark, tmp_path / "fast", tmp_path / "slow")
 
 
+def test_zstd_files_are_read_by_the_fast_reader(spark, inputs, tmp_path, capsys):
+    # The Pile and RedPajama ship JSON lines as .jsonl.zst: the workers decompress them with pyarrow
+    # (one task per file, several zstd frames in one file), and select reads the chosen lines back
+    docs = sample_docs("movie_reviews", 30, seed=7) + sample_docs("sci_abstracts", 30, seed=7)
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for name, part in (("a.jsonl.zst", docs[:20]), ("b.jsonl.zstd", docs[20:40])):
+        with pa.CompressedOutputStream(str(raw / name), "zstd") as out:
+            out.write("".join(json.dumps(d) + "\n" for d in part[:10]).encode())
+        with open(raw / name, "ab") as fh, pa.CompressedOutputStream(fh, "zstd") as out:  # a second frame
+            out.write("".join(json.dumps(d) + "\n" for d in part[10:]).encode())
+    write_jsonl(raw / "c.jsonl", docs[40:])
+    cfg = {"raw": [str(raw)], "target": [inputs["target"]], "num_samples": 25, "min_length": 5, "run_id": "same"}
+    plan, why = jsonread.plan(spark, DselConfig.from_mapping(cfg))
+    assert plan is not None and why == "" and len(plan.files) == 3
+    fast = execute(spark, DselConfig.from_mapping({**cfg, "out": str(tmp_path / "fast")}), "run")
+    assert "Spark's reader" not in capsys.readouterr().out
+    slow = execute(spark, DselConfig.from_mapping({**cfg, "out": str(tmp_path / "slow"), "json_reader": "spark"}), "run")
+    assert fast.counts() == slow.counts() and fast.scored == 60 and fast.selected == 25
+    _same_outputs(spark, tmp_path / "fast", tmp_path / "slow")
+    selected = {r["id"]: r["text"] for r in spark.read.format("delta").load(str(tmp_path / "fast" / "selected")).collect()}
+    from_zstd = {d["id"]: d["text"] for d in docs[:40]}
+    assert {i: t for i, t in selected.items() if i in from_zstd} == {i: from_zstd[i] for i in selected if i in from_zstd}
+    assert len(set(selected) & set(from_zstd)) >= 5  # lines read back from the zstd files
+
+
 def test_xxhash64_matches_spark(spark):
     rng = random.Random(3)
     alphabet = "ab é日\n\t😀"
