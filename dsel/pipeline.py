@@ -39,8 +39,8 @@ from dsel.evaluate import run_kl_reduction
 from dsel.featurize import LOCATION_COLUMNS, features as raw_features
 from dsel.runs import claim, record_run, release
 from dsel.write import (PARQUET_WRITER_SCHEMA, STAGING, OutputPaths, Written, check_outputs, commit_metadata,
-                        commit_stamp, export, last_commit, load_state, local_dir, parquet_writer, prefetch_commits,
-                        publish_parquet, read_table, remembering, remembering_commits, write_table)
+                        commit_stamp, export, interrupted_write, last_commit, load_state, local_dir, parquet_writer,
+                        prefetch_commits, publish_parquet, read_table, remembering, remembering_commits, write_table)
 
 
 def read_raw(spark: SparkSession, cfg: DselConfig, schema: Optional[StructType] = None,
@@ -275,11 +275,12 @@ def _direct_features(spark: SparkSession, cfg: DselConfig, plan: jsonread.Plan, 
 
 def _workers_write(spark: SparkSession, cfg: DselConfig, path: str, size: int, min_bytes: int) -> bool:
     """Whether the workers write the new table at ``path`` themselves (see :func:`_written_by_workers`):
-    not when a table (or anything) is already there, ``--out`` is not a local directory, a Delta default
+    not when a table (or anything but an interrupted write) is already there, ``--out`` is not a local directory, a Delta default
     would make the files differ from the table, features_writer is 'spark', or (auto) ``size`` is under
     ``min_bytes``."""
     local = _local_dir(spark, path)
-    return not (cfg.features_writer == "spark" or local is None or os.path.lexists(local)
+    return not (cfg.features_writer == "spark" or local is None
+                or (os.path.lexists(local) and not interrupted_write(local))
                 or not plain_parquet(spark) or (cfg.features_writer == "auto" and size < min_bytes))
 
 
@@ -295,6 +296,7 @@ def _written_by_workers(spark: SparkSession, paths: OutputPaths, path: str, writ
         written = {os.path.basename(r["file"]) for r in parts if r["file"]}
         for name in set(os.listdir(staging)) - written:  # what failed attempts may have left
             os.remove(os.path.join(staging, name))
+        shutil.rmtree(local_dir(path), ignore_errors=True)  # what an interrupted write left (the lock is ours)
         version = publish_parquet(spark, staging, path, metadata, properties)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -148,13 +148,42 @@ def check_table(spark: SparkSession, path: str, schema: Optional[T.StructType], 
     name = path.rstrip("/").rsplit("/", 1)[-1]
     local = local_dir(path)
     if local is not None and os.path.exists(local) and not DeltaTable.isDeltaTable(spark, path):
-        raise DselError(f"{path} exists but is not a Delta table; move it away or choose another --out")
+        if not interrupted_write(local):
+            raise DselError(f"{path} exists but is not a Delta table; move it away or choose another --out")
+        if path not in _INTERRUPTED:
+            _INTERRUPTED.add(path)
+            print(f"[dsel] {path} holds only the files of a first write that was stopped before it committed; "
+                  "they belong to no version of the table, and this run writes the table anew", flush=True)
     if not DeltaTable.isDeltaTable(spark, path):
         return
     if "dsel_version" not in (commit_metadata(spark, path) or {}):
         raise DselError(f"{path} is a Delta table that dsel did not write; choose another --out")
     if schema is not None and (appending or name in FIXED_SCHEMA_TABLES):
         check_schema(spark, path, schema, name, added=not appending)
+
+
+_INTERRUPTED: set[str] = set()
+_COMMIT_FILE = re.compile(r"^\d+\.(json|checkpoint\b.*)$")
+
+
+def interrupted_write(local: str) -> bool:
+    """True when local directory ``local`` holds only what a table's first write leaves when its
+    process is killed before the commit: data files (``part-*``, their hidden checksums and
+    temporary files, in ``key=value`` partition directories too) and a ``_delta_log`` without a
+    commit.  A later write commits its own files; Delta never reads files its log does not list."""
+    if not os.path.isdir(local):
+        return False
+    for root, dirs, files in os.walk(local):
+        inside = os.path.relpath(root, local).split(os.sep)
+        if inside[0] == "_delta_log":
+            if len(inside) == 1 and any(_COMMIT_FILE.match(name) for name in files):
+                return False
+            continue
+        if any(not name.startswith(("part-", ".part-")) for name in files):
+            return False
+        if any(not (d == "_delta_log" and inside == ["."]) and "=" not in d for d in dirs):
+            return False
+    return True
 
 
 def check_schema(spark: SparkSession, path: str, schema: T.StructType, what: str, added: bool = False) -> None:

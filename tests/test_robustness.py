@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import pytest
 
 from dsel.cli import main
 from dsel.config import DselConfig
+from dsel.errors import DselError
 from dsel.pipeline import execute
 from tests.conftest import REPO, sample_docs, write_jsonl
 
@@ -158,3 +160,29 @@ def test_a_relative_out_serves_every_command_and_a_changed_input_is_told(spark, 
     short = execute(spark, DselConfig.from_mapping({**cfg, "seed": 3}), "select")
     assert short.selected < 12
     assert any(w.startswith(f"{12 - short.selected} of the 12 documents chosen from") for w in short.warnings)
+
+
+def test_tables_whose_first_write_was_interrupted_are_written_anew(spark, small, tmp_path, capsys):
+    # A run killed while it wrote a table for the first time leaves data files and a _delta_log with
+    # no commit (Spark's Delta writer), or Parquet files and no log at all (the workers' writer, killed
+    # between moving its files in place and converting them). The next run writes those tables anew.
+    out = tmp_path / "out"
+    shutil.copytree(small["root"] / "clean", out)
+    for name in ("features", "weights", "skipped", "selected"):
+        log = out / name / "_delta_log"
+        shutil.rmtree(log)
+        if name != "features":
+            (log / "_staged_commits").mkdir(parents=True)
+    assert list((out / "weights").glob("part-*.parquet"))
+    cfg = {"raw": [small["raw"]], "target": [small["target"]], "num_samples": 30, "seed": 9}
+    execute(spark, DselConfig.from_mapping({**cfg, "out": str(out), "features_writer": "pyarrow"}), "run")
+    said = capsys.readouterr().out
+    for name in ("features", "weights", "skipped", "selected"):
+        assert f"{out / name} holds only the files of a first write that was stopped" in said, name
+    assert f"{out / 'weights'} written by the workers" in said  # the leftovers made way for them
+    assert _tables(spark, out) == small["clean"]
+    # anything else in a table's directory is still refused
+    shutil.rmtree(out / "skipped" / "_delta_log")
+    (out / "skipped" / "notes.txt").write_text("mine")
+    with pytest.raises(DselError, match="skipped exists but is not a Delta table"):
+        execute(spark, DselConfig.from_mapping({**cfg, "out": str(out)}), "run")
