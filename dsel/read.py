@@ -244,6 +244,13 @@ def file_states(files: list[str], sizes: Optional[dict[str, int]] = None) -> dic
     return states
 
 
+def _binary_hint(kind: T.DataType) -> str:
+    if not isinstance(kind, T.BinaryType):
+        return ""
+    return ("if it holds UTF-8 text that a Parquet writer stored without the string annotation (Impala, Hive "
+            "and some older writers do), pass --conf spark.sql.parquet.binaryAsString=true; else ")
+
+
 def _check_columns(df: DataFrame, cfg: DselConfig, role: str) -> DataFrame:
     fields = {f.name: f.dataType for f in df.schema.fields}
     visible = [n for n in fields if n != CORRUPT]
@@ -256,10 +263,10 @@ def _check_columns(df: DataFrame, cfg: DselConfig, role: str) -> DataFrame:
                         f"{', '.join(visible)}. Pass --text-column NAME")
     if not isinstance(fields[cfg.text_column], T.StringType):
         raise DselError(f"{role} column '{cfg.text_column}' has type {fields[cfg.text_column].simpleString()}, "
-                        "not string; point --text-column at a string column")
+                        f"not string; {_binary_hint(fields[cfg.text_column])}point --text-column at a string column")
     if cfg.id_column in fields and not isinstance(fields[cfg.id_column], (T.StringType, T.IntegralType)):
         raise DselError(f"{role} column '{cfg.id_column}' has type {fields[cfg.id_column].simpleString()}; "
-                        "ids must be strings or integers. Pass --id-column NAME")
+                        f"ids must be strings or integers. {_binary_hint(fields[cfg.id_column])}Pass --id-column NAME")
     if cfg.id_column != "id" and cfg.id_column not in fields:
         raise DselError(f"{role} input has no id column '{cfg.id_column}'; its columns are {', '.join(visible)}. "
                         "Fix --id-column, or leave it at 'id' to derive ids from the text")

@@ -6,6 +6,8 @@ import json
 import lzma
 import tarfile
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from pyspark.sql import functions as F
 
@@ -97,6 +99,9 @@ def test_target_sharing_no_ngram_warns(spark, good):
     ("missing_column", "has no column 'body'"),
     ("empty_target", "has no usable text"),
     ("numeric_text", "not string"),
+    ("binary_text", "has type binary, not string; if it holds UTF-8 text that a Parquet writer stored without "
+                    "the string annotation (Impala, Hive and some older writers do), pass --conf "
+                    "spark.sql.parquet.binaryAsString=true; else point --text-column"),
     ("bad_id_column", "has no id column 'doc'"),
     ("pretty_printed_json", "every line of the raw input is malformed JSON: dsel reads JSON lines"),
     ("truncated_gzip", "(OSError: Truncated compressed stream): the file is damaged"),
@@ -120,6 +125,10 @@ def test_mistakes_get_one_clear_message(spark, good, case, message, capsys):
         argv[4] = str(empty)
     elif case == "numeric_text":
         argv[4] = write_jsonl(root / "numbers.jsonl", [{"id": "n", "text": 12345}])
+    elif case == "binary_text":
+        argv[2] = str(root / "binary.parquet")
+        pq.write_table(pa.table({"id": [d["id"] for d in good["raw"]],
+                                 "text": pa.array([d["text"].encode() for d in good["raw"]], pa.binary())}), argv[2])
     elif case == "bad_id_column":
         argv += ["--id-column", "doc"]
     elif case == "pretty_printed_json":
@@ -171,3 +180,15 @@ def test_ids_derived_from_content_when_there_is_no_id_column(spark, good, tmp_pa
     assert weights.where(F.col("id") == expected).count() == 1
     selected = spark.read.format("delta").load(str(tmp_path / "out" / "selected"))
     assert selected.count() == 5 and "domain" in selected.columns
+
+
+def test_binary_text_reads_with_the_setting_the_message_names(spark, good, tmp_path):
+    path = str(tmp_path / "binary.parquet")
+    pq.write_table(pa.table({"id": [d["id"] for d in good["raw"]],
+                             "text": pa.array([d["text"].encode() for d in good["raw"]], pa.binary())}), path)
+    spark.conf.set("spark.sql.parquet.binaryAsString", "true")
+    try:
+        summary = run(spark, raw=[path], target=[good["target"]], out=str(tmp_path / "out"), num_samples=10)
+    finally:
+        spark.conf.unset("spark.sql.parquet.binaryAsString")
+    assert summary.scored == len(good["raw"]) and summary.selected == 10
