@@ -182,9 +182,11 @@ def featurize(spark: SparkSession, cfg: DselConfig, summary: Summary, raw: Optio
 
 def _write_features(df: DataFrame, paths: OutputPaths, metadata: dict, **options) -> Written:
     """Write ``OUT/features`` as :func:`write_table` does, stored as this cache of encoded counts is
-    meant to be: no per-file column statistics (it is read whole or joined on ids) and no compression
-    codec (its varints do not compress)."""
-    return write_table(df, paths.features, metadata, column_stats=False, compressed=False, **options)
+    meant to be: no per-file column statistics (it is read whole or joined on ids), no compression
+    codec (its varints do not compress), and no deletion vectors (the workers read its Parquet files,
+    see :func:`dsel.read.parquet_files`)."""
+    return write_table(df, paths.features, metadata, column_stats=False, compressed=False, plain_files=True,
+                       **options)
 
 
 #: The raw schema (JSON) of each features table this process wrote or checked, by path.
@@ -270,7 +272,8 @@ def _direct_features(spark: SparkSession, cfg: DselConfig, plan: jsonread.Plan, 
         spark, paths, paths.features,
         lambda staging: jsonread.tasks_frame(spark, plan).mapInArrow(
             parquet_writer(jsonread.features_function(cfg, plan, stats), staging, schema), PARQUET_WRITER_SCHEMA),
-        metadata, {"delta.enableChangeDataFeed": "true", "delta.dataSkippingNumIndexedCols": "0"})
+        metadata, {"delta.enableChangeDataFeed": "true", "delta.dataSkippingNumIndexedCols": "0",
+                   "delta.enableDeletionVectors": "false"})
 
 
 def _workers_write(spark: SparkSession, cfg: DselConfig, path: str, size: int, min_bytes: int) -> bool:

@@ -308,14 +308,28 @@ def user_columns(df: DataFrame) -> list[str]:
 
 
 def parquet_files(spark: SparkSession, feats: DataFrame) -> Optional[list[str]]:
-    """The Parquet files of a features table, or None when Delta table defaults (deletion vectors,
-    column mapping) could make them differ from the table."""
-    return sorted(feats.inputFiles()) if plain_parquet(spark) else None
+    """The Parquet files of a features table (a Delta table without partitions), or None when the
+    table's properties say they may not hold its rows as the table does: deletion vectors enabled
+    (deleted rows stay in the files) or column mapping (the files' columns have other names)."""
+    files = tuple(sorted(feats.inputFiles()))
+    if files and files not in _PLAIN_FILES:
+        from delta.tables import DeltaTable
+
+        detail = DeltaTable.forPath(spark, files[0].rsplit("/", 1)[0]).detail().first()
+        properties = detail["properties"] or {}
+        _PLAIN_FILES[files] = (properties.get("delta.enableDeletionVectors", "false").lower() != "true"
+                               and properties.get("delta.columnMapping.mode", "none").lower() == "none")
+    return list(files) if not files or _PLAIN_FILES[files] else None
+
+
+#: Whether a features table's files hold its rows, by its files (a new commit lists other files).
+_PLAIN_FILES: dict[tuple[str, ...], bool] = {}
 
 
 def plain_parquet(spark: SparkSession) -> bool:
-    """Whether the Delta tables this session writes hold their rows as their Parquet files do: no
-    table default (deletion vectors, column mapping) could make the two differ."""
+    """Whether the Delta tables this session creates hold their rows as their Parquet files do: no
+    table default (deletion vectors, column mapping) could make the two differ (for the tables the
+    workers write and convert)."""
     defaults = "spark.databricks.delta.properties.defaults."
     return all(spark.conf.get(defaults + key, None) in (None, "", "false", "none")
                for key in ("enableDeletionVectors", "columnMapping.mode"))

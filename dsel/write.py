@@ -99,7 +99,8 @@ FIXED_SCHEMA_TABLES = ("log_ratios", "weights", "skipped")
 
 
 def write_table(df: DataFrame, path: str, metadata: dict[str, Any], mode: str = "overwrite",
-                change_feed: bool = False, column_stats: bool = True, compressed: bool = True) -> Written:
+                change_feed: bool = False, column_stats: bool = True, compressed: bool = True,
+                plain_files: bool = False) -> Written:
     """Write ``df`` to the Delta table at ``path`` in one commit (``overwrite`` or ``append``).
 
     An existing table must have been written by dsel and, for the tables with fixed columns,
@@ -112,7 +113,9 @@ def write_table(df: DataFrame, path: str, metadata: dict[str, Any], mode: str = 
     ``compressed=False`` writes this commit's Parquet files without a compression codec: for
     ``OUT/features``, whose encoded n-gram counts (nearly all of its bytes) are varints that Snappy
     cannot shrink (64 MB files stayed within 0.01%), so compressing them only cost CPU (about 5% of a
-    4 GB run's CPU, in the writers and in the readers that decode them).
+    4 GB run's CPU, in the writers and in the readers that decode them).  ``plain_files`` creates the
+    table without deletion vectors, whatever a platform's default (Databricks can turn them on for
+    every new table): its rows must be its Parquet files' rows, as the workers read those directly.
     """
     check_table(df.sparkSession, path, df.schema, appending=mode != "overwrite")
     writer = (df.write.format("delta").mode(mode)
@@ -121,6 +124,8 @@ def write_table(df: DataFrame, path: str, metadata: dict[str, Any], mode: str = 
         writer = writer.option("overwriteSchema", "true")
     if change_feed:
         writer = writer.option("delta.enableChangeDataFeed", "true")
+    if plain_files and mode == "overwrite":
+        writer = writer.option("delta.enableDeletionVectors", "false")
     if not column_stats and mode == "overwrite":
         writer = writer.option("delta.dataSkippingNumIndexedCols", "0")
     if not compressed:

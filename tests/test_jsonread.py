@@ -131,6 +131,7 @@ def _same_direct(spark, direct, fast, fast_counts, direct_counts):
     assert json.loads(history[-1]["userMetadata"])["input_files"] == _meta(spark, fast, "features")["input_files"]
     detail = spark.sql(f"DESCRIBE DETAIL delta.`{direct / 'features'}`").first()
     assert detail["properties"]["delta.enableChangeDataFeed"] == "true"
+    assert detail["properties"]["delta.enableDeletionVectors"] == "false"
     assert detail["numFiles"] > 5  # one file per task (maxPartitionBytes makes many)
     assert not (direct / "_staging_parquet").exists()
     names = [p.name for p in (direct / "features").iterdir() if p.name != "_delta_log"]
@@ -262,6 +263,30 @@ def test_stored_fit_counts_are_not_used_when_a_task_lacks_them(spark, tmp_path):
     pq.write_table(pa.table({"raw_types": pa.array(["{}"]), "fit_counts": pa.nulls(1, pa.binary())}),
                    tmp_path / "d.parquet")
     assert fit._stored_bin_counts(spark, files + [(tmp_path / "d.parquet").as_uri()], 5, 3) is None
+
+
+def test_features_files_are_read_directly_only_while_they_hold_the_table_rows(spark, inputs, tmp_path):
+    # The workers read OUT/features' Parquet files themselves. The table is created without deletion
+    # vectors (Databricks can turn them on for every new table); once a table has them, an UPDATE
+    # leaves the old rows in the files, and the files are no longer read directly.
+    from dsel.read import parquet_files
+
+    raw = write_jsonl(tmp_path / "raw.jsonl", sample_docs("movie_reviews", 20, seed=8))
+    out = tmp_path / "out"
+    execute(spark, DselConfig.from_mapping({"raw": [raw], "target": [inputs["target"]], "out": str(out),
+                                            "num_samples": 5}), "run")
+    path = str(out / "features")
+    assert DeltaTable.forPath(spark, path).detail().first()["properties"]["delta.enableDeletionVectors"] == "false"
+    feats = spark.read.format("delta").load(path)
+    assert parquet_files(spark, feats) == sorted(feats.inputFiles())
+    spark.sql(f"ALTER TABLE delta.`{path}` SET TBLPROPERTIES ('delta.enableDeletionVectors' = 'true')")
+    one = feats.where("num_words > 0").first()["_dsel_id"]
+    DeltaTable.forPath(spark, path).update(F.col("_dsel_id") == one, {"num_words": F.col("num_words") + 1})
+    feats = spark.read.format("delta").load(path)
+    in_files = sum(pq.read_metadata(f.replace("file://", "")).num_rows for f in feats.inputFiles())
+    assert in_files > feats.count()  # the deletion vectors hide rows the files still hold
+    assert parquet_files(spark, feats) is None
+    assert fit.bin_counts(spark, feats, 10_000, 3) is None  # the fit then reads the table through Delta
 
 
 def test_reselect_reads_back_only_the_chosen_lines(spark, inputs):
