@@ -124,7 +124,8 @@ def kl_summary(target_hists: np.ndarray, raw_hist: np.ndarray, selected_hist: np
     return {"kl_reduction": float(np.mean([p["kl_reduction"] for p in per_target.values()])),
             "kl_reduction_epsilon": float(np.mean([p["kl_reduction_epsilon"] for p in per_target.values()])),
             "smoothing": "add-one", "pseudo_count": PSEUDO_COUNT, "epsilon": EPSILON, "per_target": per_target,
-            "raw_features": int(np.sum(raw_hist)), "selected_features": int(np.sum(selected_hist))}
+            "raw_features": int(np.sum(raw_hist)), "selected_features": int(np.sum(selected_hist)),
+            "pseudo_counts": int(PSEUDO_COUNT * np.size(selected_hist))}
 
 
 def run_kl_reduction(spark: SparkSession, cfg: DselConfig, fitted: Optional[Fit] = None,

@@ -691,7 +691,9 @@ def select(spark: SparkSession, cfg: DselConfig, summary: Summary, fitted: Optio
             f"{commit.rows:,}; run 'dsel score' (or 'dsel run') and select again to choose among the current ones")
     summary.selected_words = int(chosen_words or 0)
     if commit.rows:
-        summary.kl_reduction = (kl.result() if kl else run_kl_reduction(spark, cfg, fitted))["kl_reduction"]
+        measure = kl.result() if kl else run_kl_reduction(spark, cfg, fitted)
+        summary.kl_reduction = measure["kl_reduction"]
+        summary.kl_smoothing = measure["pseudo_counts"] / (measure["pseudo_counts"] + measure["selected_features"])
     else:  # no KL reduction of an empty selection
         summary.warnings.append(f"{paths.selected} is empty: no scored document is eligible. Lower --min-length "
                                 f"({rule.min_length}) or the quality filters; 'not eligible' says what each removed"

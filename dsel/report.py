@@ -21,6 +21,7 @@ class Summary:
     selected: Optional[int] = None
     selected_words: Optional[int] = None
     kl_reduction: Optional[float] = None
+    kl_smoothing: Optional[float] = None  # the add-one counts' share of the smoothed selection histogram
     featurized: Optional[int] = None  # raw records featurized by this run (the rest were already in OUT/features)
     scored_now: Optional[int] = None  # documents this run scored (the rest kept their weights)
     refit: Optional[str] = None  # why this run fit the histograms again, or None when it reused the fit
@@ -49,7 +50,8 @@ class Summary:
         return {"read": self.read, "featurized": self.featurized, "skipped": dict(self.skipped), "scored": self.scored,
                 "scored_now": self.scored_now, "refit": self.refit, "fit_version": self.fit_version,
                 "eligible": self.eligible, "filtered": dict(self.filtered),
-                "selected": self.selected, "selected_words": self.selected_words, "kl_reduction": self.kl_reduction}
+                "selected": self.selected, "selected_words": self.selected_words, "kl_reduction": self.kl_reduction,
+                "kl_smoothing_share": self.kl_smoothing}
 
     def format(self) -> str:
         lines = [f"dsel {self.command} — run {self.run_id}"]
@@ -77,7 +79,9 @@ class Summary:
             words = f"  ({self.selected_words:,} words)" if self.selected_words is not None else ""
             lines.append(f"  selected           {self.selected:>12,}{words}")
         if self.kl_reduction is not None:
-            lines.append(f"  KL reduction       {self.kl_reduction:>12.4f}  (hashed n-grams, add-one smoothing)")
+            share = (f": {self.kl_smoothing:.0%} of the selection's smoothed counts; a small selection reads low"
+                     if self.kl_smoothing is not None and self.kl_smoothing >= 0.005 else "")
+            lines.append(f"  KL reduction       {self.kl_reduction:>12.4f}  (hashed n-grams, add-one smoothing{share})")
         for path, version in self.tables.items():
             lines.append(f"  wrote {path} (Delta version {version})" if version >= 0 else f"  exported {path}")
         for warning in self.warnings:
