@@ -107,6 +107,16 @@ def detect_format(source: str) -> str:
             if names and all(n.endswith(_JSON_SUFFIXES) for n in names):
                 return "json"
             check_decompressible(_local_files(first))
+            for kind, suffixes in (("JSON-lines", _JSON_SUFFIXES), ("Parquet", (".parquet",))):
+                data = [n for n in names if n.endswith(suffixes)]
+                if data and len(data) >= len(names) / 2:
+                    others = sorted(os.path.relpath(f, first) for f in _local_files(first)
+                                    if not f.lower().endswith(suffixes))
+                    ends = [next(s for s in sorted(suffixes, key=len, reverse=True) if n.endswith(s)) for n in data]
+                    pattern = "*" + max(sorted(set(ends)), key=ends.count)
+                    raise DselError(f"directory {source} holds {kind} files and {len(others)} other file(s) "
+                                    f"({', '.join(others[:3])}), which Spark would read as data too; pass a glob "
+                                    f"of the data files, such as {os.path.join(source, pattern)}")
             raise DselError(f"cannot tell the format of directory {source}; pass --raw-format/--target-format "
                             "(json, parquet or delta)")
         path = first

@@ -111,6 +111,8 @@ def test_target_sharing_no_ngram_warns(spark, good):
     ("truncated_gzip_spark_reader", "(EOFException: Unexpected end of input stream): the file is damaged"),
     ("xz_file", "is xz-compressed, which Spark's JSON reader does not read; decompress it, or recompress it"),
     ("xz_file_given_as_json", "is xz-compressed, which Spark's JSON reader does not read"),
+    ("directory_with_a_readme", "holds JSON-lines files and 1 other file(s) (README.md), which Spark would read "
+                                "as data too; pass a glob of the data files, such as"),
     ("tar_archive", "is a tar archive, which Spark's JSON reader does not read; extract it and pass the JSON-lines"),
 ])
 def test_mistakes_get_one_clear_message(spark, good, case, message, capsys):
@@ -154,6 +156,13 @@ def test_mistakes_get_one_clear_message(spark, good, case, message, capsys):
         packed.write_bytes(lzma.compress(b"".join(json.dumps(d).encode() + b"\n" for d in good["raw"])))
         argv[2] = str(packed.parent)
         argv += ["--raw-format", "json"] if case.endswith("as_json") else []
+    elif case == "directory_with_a_readme":  # as a downloaded dataset comes
+        folder = root / case
+        write_jsonl(folder / "part-1.jsonl", good["raw"][:5])
+        write_jsonl(folder / "part-2.jsonl", good["raw"][5:10])
+        (folder / "README.md").write_text("# A dataset card\n")
+        argv[2] = str(folder)
+        message += f" {folder}/*.jsonl"
     elif case == "tar_archive":  # its name ends in .gz, as JSON lines compressed with gzip do
         packed = root / "raw.tar.gz"
         with tarfile.open(packed, "w:gz") as tar:
