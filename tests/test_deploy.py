@@ -73,6 +73,8 @@ def test_bundle_has_daily_job_and_dev_prod_targets(bundle):
     assert len(cron) in (6, 7) and cron[3:6] == ["*", "*", "?"], "the schedule is not daily"
     keys = [t["task_key"] for t in job["tasks"]]
     assert keys == ["fit", "score", "select"]
+    # dedicated access mode: Unity Catalog volumes, and the SparkContext and JVM gateway dsel uses
+    assert [c["new_cluster"]["data_security_mode"] for c in job["job_clusters"]] == ["SINGLE_USER"]
     for task in job["tasks"]:
         for dep in task.get("depends_on", []):
             assert dep["task_key"] in keys and keys.index(dep["task_key"]) < keys.index(task["task_key"])
