@@ -278,9 +278,9 @@ def _direct_features(spark: SparkSession, cfg: DselConfig, plan: jsonread.Plan, 
 
 def _workers_write(spark: SparkSession, cfg: DselConfig, path: str, size: int, min_bytes: int) -> bool:
     """Whether the workers write the new table at ``path`` themselves (see :func:`_written_by_workers`):
-    not when a table (or anything but an interrupted write) is already there, ``--out`` is not a local directory, a Delta default
-    would make the files differ from the table, features_writer is 'spark', or (auto) ``size`` is under
-    ``min_bytes``."""
+    not when a table (or anything but an interrupted write) is already there, ``--out`` is not a local
+    directory, a Delta default would make the files differ from the table, features_writer is 'spark',
+    or (auto) ``size`` is under ``min_bytes``."""
     local = _local_dir(spark, path)
     return not (cfg.features_writer == "spark" or local is None
                 or (os.path.lexists(local) and not interrupted_write(local))

@@ -37,8 +37,8 @@ OUTPUT_COLUMNS = ("num_words", "log_weight", "rank", "target", "run_id")
 _TABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*){0,2}$")
 #: Compressed files Spark's JSON reader decompresses, by suffix (the pyarrow reader: gzip and zstd).
 _CODEC_SUFFIXES = (".gz", ".bz2", ".zst", ".zstd", ".deflate", ".lz4", ".snappy")
-_JSON_SUFFIXES = tuple(base + codec for base in (".json", ".jsonl", ".ndjson") for codec in ("",) + _CODEC_SUFFIXES) + (
-    ".gz", ".bz2", ".zst", ".zstd")
+_JSON_SUFFIXES = tuple(base + codec for base in (".json", ".jsonl", ".ndjson")
+                       for codec in ("",) + _CODEC_SUFFIXES) + (".gz", ".bz2", ".zst", ".zstd")
 #: Archives and codecs that Spark's JSON reader would read as plain text (every line malformed).
 _NOT_DECOMPRESSED = {".tar.gz": "a tar archive", ".tgz": "a tar archive", ".tar.bz2": "a tar archive",
                      ".tar.zst": "a tar archive", ".tar": "a tar archive", ".zip": "a zip archive",
