@@ -27,8 +27,8 @@ from dsel import __version__, jsonread
 from dsel.config import DselConfig
 from dsel.errors import DselError, user_error
 from dsel.fit import Fit, bin_counts, fit as fit_histograms
-from dsel.read import (DETAIL, HASH, ID, INTERNAL, file_states, files_digest, fingerprint, parquet_files, per_file,
-                       plain_parquet, prepare, read_input)
+from dsel.read import (DETAIL, HASH, ID, INTERNAL, file_states, files_digest, fingerprint, parallelism,
+                       parquet_files, per_file, plain_parquet, prepare, read_input)
 from dsel.report import Summary
 from dsel.score import (DUPLICATES_ON_DRIVER, duplicates as duplicate_records, score as score_records, score_files,
                         score_files_function, skipped as skipped_records, unique_weights, unique_weights_batch,
@@ -492,7 +492,7 @@ def _write_weights(spark: SparkSession, paths: OutputPaths, weights: DataFrame, 
     # In at most four files per core: every re-select's top-k opens each file of the weights (16 GB:
     # 133 files of 1.5 MB took 1.13 s, 8 files 0.89 s); their scoring tasks are as many, a few inputs each.
     # Each file in descending log_weight: a top-k reads only its first pages (see dsel.select._top).
-    weights = (weights.coalesce(4 * spark.sparkContext.defaultParallelism)
+    weights = (weights.coalesce(4 * parallelism(spark))
                .sortWithinPartitions(F.col("log_weight").desc()))
     return write_table(weights, paths.weights, metadata, mode=mode, column_stats=False)
 
@@ -549,7 +549,7 @@ def _direct_weights(spark: SparkSession, cfg: DselConfig, paths: OutputPaths, fi
     if not _workers_write(spark, cfg, paths.weights, size, DIRECT_WEIGHTS_MIN_BYTES):
         return None
     scoring = score_files_function(files, fitted.log_ratios, drop)
-    cores = spark.sparkContext.defaultParallelism
+    cores = parallelism(spark)
     tasks = max(4 * cores, math.ceil(size / WEIGHTS_TASK_BYTES))
     # in whole waves (just over 8 GiB of features made 9 tasks: one core idle for the last task's 1.3 s)
     tasks = math.ceil(tasks / cores) * cores
