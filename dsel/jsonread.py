@@ -1026,8 +1026,9 @@ def lines_of(rows: DataFrame, keep: Optional[Callable[[bytes], bool]] = None) ->
             starts = part.column("line_start").to_pylist()
             lengths = part.column("line_length").to_pylist()
             lines = []
-            if _codec(source):
-                stream, at = _open(source, _codec(source)), 0
+            codec = _codec(source)
+            if codec:
+                stream, at = _open(source, codec), 0
                 for start, length in zip(starts, lengths):
                     skip = start - at
                     while skip > 0:

@@ -101,18 +101,19 @@ def detect_format(source: str) -> str:
         if os.path.isdir(first):
             if os.path.isdir(os.path.join(first, "_delta_log")):
                 return "delta"
-            names = [n.lower() for n in _local_files(first)]
+            files = _local_files(first)
+            names = [n.lower() for n in files]
             if names and all(n.endswith(".parquet") for n in names):
                 return "parquet"
             if names and all(n.endswith(_JSON_SUFFIXES) for n in names):
                 return "json"
-            check_decompressible(_local_files(first))
+            check_decompressible(files)
             for kind, suffixes in (("JSON-lines", _JSON_SUFFIXES), ("Parquet", (".parquet",))):
                 data = [n for n in names if n.endswith(suffixes)]
                 if data and len(data) >= len(names) / 2:
-                    others = sorted(os.path.relpath(f, first) for f in _local_files(first)
-                                    if not f.lower().endswith(suffixes))
-                    ends = [next(s for s in sorted(suffixes, key=len, reverse=True) if n.endswith(s)) for n in data]
+                    others = sorted(os.path.relpath(f, first) for f, n in zip(files, names) if not n.endswith(suffixes))
+                    longest_first = sorted(suffixes, key=len, reverse=True)
+                    ends = [next(s for s in longest_first if n.endswith(s)) for n in data]
                     pattern = "*" + max(sorted(set(ends)), key=ends.count)
                     raise DselError(f"directory {source} holds {kind} files and {len(others)} other file(s) "
                                     f"({', '.join(others[:3])}), which Spark would read as data too; pass a glob "
