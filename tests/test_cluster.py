@@ -137,31 +137,49 @@ def _selected(spark, out: Path) -> list[tuple]:
 
 
 def _local_run(spark, data: dict) -> Path:
-    """The same config in local mode, in the test session (once per module)."""
+    """The same config in local mode, in the test session."""
     local_out = data["root"] / "local-out"
-    if not (local_out / "selected").exists():
-        execute(spark, DselConfig.from_mapping({
-            "raw": [data["raw"]], "target": [data["target"]], "out": str(local_out),
-            "num_samples": NUM_SAMPLES, "seed": SEED,
-        }), "run")
+    execute(spark, DselConfig.from_mapping({
+        "raw": [data["raw"]], "target": [data["target"]], "out": str(local_out),
+        "num_samples": NUM_SAMPLES, "seed": SEED,
+    }), "run")
     return local_out
 
 
-def test_spark_submit_to_standalone_matches_local_mode(spark, cluster, data):
+def test_spark_submit_to_standalone_matches_local_mode_even_when_an_executor_dies(spark, cluster, data):
+    """``dsel run`` through spark-submit on the standalone cluster gives local mode's tables, and does so
+    though one executor JVM is SIGKILLed mid-stage: the featurize tasks stall on their first attempt,
+    one executor dies while they do, Spark reruns its tasks elsewhere and the worker starts a new
+    executor. The workers write OUT/features themselves here (features_writer pyarrow): each task's
+    file once. (One submit for both checks: each costs a driver JVM and its executors, about a minute.)"""
     started = time.time()
-    cluster_out = data["root"] / "cluster-out"
-    job = _submit(cluster, data, cluster_out, data["root"])
+    root = data["root"] / "cluster"
+    markers = root / "markers"
+    markers.mkdir(parents=True)
+    out = root / "out"
+    job = _submit(cluster, data, out, root, "spark.executorEnv.DSEL_FAULT_INJECTION=featurize:stall",
+                  f"spark.executorEnv.DSEL_FAULT_DIR={markers}", "spark.executorEnv.DSEL_FAULT_STALL=20",
+                  args=("--features-writer", "pyarrow"))
     try:
+        deadline = time.time() + 300
+        while not list(markers.iterdir()) and time.time() < deadline and job.poll() is None:
+            time.sleep(0.5)
+        assert list(markers.iterdir()), "no featurize task started on the cluster"
+        found = subprocess.run(["pgrep", "-f", "CoarseGrainedExecutorBackend"], capture_output=True, text=True)
+        executors = [int(p) for p in found.stdout.split()]
+        assert len(executors) == 2, found.stdout
+        os.kill(executors[0], 9)  # one executor JVM (and its Python workers with it) dies mid-stage
         local_out = _local_run(spark, data)  # while the cluster job runs
-        returncode = job.wait(timeout=420)
+        returncode = job.wait(timeout=600)
     finally:
         if job.poll() is None:
             job.kill()
             job.wait()
-    stdout = (data["root"] / "submit.out").read_text()
-    stderr = (data["root"] / "submit.err").read_text()
+    stdout, stderr = (root / "submit.out").read_text(), (root / "submit.err").read_text()
     assert returncode == 0, f"spark-submit exited {returncode}:\n{stdout}\n{stderr[-8000:]}"
     assert re.search(rf"^\s*selected\s+{NUM_SAMPLES}\b", stdout, re.M), stdout
+    assert "Lost executor" in stderr or "ExecutorLostFailure" in stderr, stderr[-5000:]
+    assert "written by the workers" in stdout, stdout[-3000:]
     print(f"spark-submit to {cluster['url']} finished after {time.time() - started:.1f}s")
 
     # The job ran on the cluster: the master lists it as finished, and each worker ran an executor of it.
@@ -174,46 +192,11 @@ def test_spark_submit_to_standalone_matches_local_mode(spark, cluster, data):
         executors = list((cluster["run_dir"] / worker / app_id).glob("*/stderr"))
         assert executors, f"{worker} ran no executor of {app_id}"
 
-    cluster_weights, local_weights = _weights(spark, cluster_out), _weights(spark, local_out)
+    cluster_weights, local_weights = _weights(spark, out), _weights(spark, local_out)
     assert len(cluster_weights) == data["count"]
     assert cluster_weights == local_weights
-
-    cluster_selected, local_selected = _selected(spark, cluster_out), _selected(spark, local_out)
+    cluster_selected, local_selected = _selected(spark, out), _selected(spark, local_out)
     assert len(cluster_selected) == NUM_SAMPLES
     assert cluster_selected == local_selected
-
-
-def test_an_executor_killed_mid_stage_leaves_the_same_output(spark, cluster, data):
-    """Featurize tasks stall on their first attempt; one executor JVM is SIGKILLed while they do.
-    Spark reruns its tasks elsewhere, the worker starts a new executor, and the tables come out the same.
-    The workers write OUT/features themselves here (features_writer pyarrow): each task's file once."""
-    root = data["root"] / "executor-loss"
-    markers = root / "markers"
-    markers.mkdir(parents=True)
-    out = root / "out"
-    job = _submit(cluster, data, out, root, "spark.executorEnv.DSEL_FAULT_INJECTION=featurize:stall",
-                  f"spark.executorEnv.DSEL_FAULT_DIR={markers}", "spark.executorEnv.DSEL_FAULT_STALL=45",
-                  args=("--features-writer", "pyarrow"))
-    try:
-        deadline = time.time() + 300
-        while not list(markers.iterdir()) and time.time() < deadline and job.poll() is None:
-            time.sleep(0.5)
-        assert list(markers.iterdir()), "no featurize task started on the cluster"
-        found = subprocess.run(["pgrep", "-f", "CoarseGrainedExecutorBackend"], capture_output=True, text=True)
-        executors = [int(p) for p in found.stdout.split()]
-        assert len(executors) == 2, found.stdout
-        os.kill(executors[0], 9)  # one executor JVM (and its Python workers with it) dies mid-stage
-        returncode = job.wait(timeout=600)
-    finally:
-        if job.poll() is None:
-            job.kill()
-            job.wait()
-    stdout, stderr = (root / "submit.out").read_text(), (root / "submit.err").read_text()
-    assert returncode == 0, f"spark-submit exited {returncode}:\n{stdout}\n{stderr[-8000:]}"
-    assert "Lost executor" in stderr or "ExecutorLostFailure" in stderr, stderr[-5000:]
-    assert "written by the workers" in stdout, stdout[-3000:]
-    local_out = _local_run(spark, data)
-    assert _weights(spark, out) == _weights(spark, local_out)
-    assert _selected(spark, out) == _selected(spark, local_out)
     runs = spark.read.format("delta").load(str(out / "runs")).collect()
     assert [(r["status"], r["selected"]) for r in runs] == [("succeeded", NUM_SAMPLES)]
