@@ -694,6 +694,7 @@ def select(spark: SparkSession, cfg: DselConfig, summary: Summary, fitted: Optio
         measure = kl.result() if kl else run_kl_reduction(spark, cfg, fitted)
         summary.kl_reduction = measure["kl_reduction"]
         summary.kl_smoothing = measure["pseudo_counts"] / (measure["pseudo_counts"] + measure["selected_features"])
+        summary.kl_own = measure.get("kl_reduction_own") or {}
     else:  # no KL reduction of an empty selection
         summary.warnings.append(f"{paths.selected} is empty: no scored document is eligible. Lower --min-length "
                                 f"({rule.min_length}) or the quality filters; 'not eligible' says what each removed"

@@ -22,6 +22,7 @@ class Summary:
     selected_words: Optional[int] = None
     kl_reduction: Optional[float] = None
     kl_smoothing: Optional[float] = None  # the add-one counts' share of the smoothed selection histogram
+    kl_own: dict[str, Optional[float]] = field(default_factory=dict)  # several targets: each against its own picks
     featurized: Optional[int] = None  # raw records featurized by this run (the rest were already in OUT/features)
     scored_now: Optional[int] = None  # documents this run scored (the rest kept their weights)
     refit: Optional[str] = None  # why this run fit the histograms again, or None when it reused the fit
@@ -51,7 +52,7 @@ class Summary:
                 "scored_now": self.scored_now, "refit": self.refit, "fit_version": self.fit_version,
                 "eligible": self.eligible, "filtered": dict(self.filtered),
                 "selected": self.selected, "selected_words": self.selected_words, "kl_reduction": self.kl_reduction,
-                "kl_smoothing_share": self.kl_smoothing}
+                "kl_smoothing_share": self.kl_smoothing, "kl_reduction_own": dict(self.kl_own)}
 
     def format(self) -> str:
         lines = [f"dsel {self.command} — run {self.run_id}"]
@@ -81,7 +82,14 @@ class Summary:
         if self.kl_reduction is not None:
             share = (f": {self.kl_smoothing:.0%} of the selection's smoothed counts; a small selection reads low"
                      if self.kl_smoothing is not None and self.kl_smoothing >= 0.005 else "")
-            lines.append(f"  KL reduction       {self.kl_reduction:>12.4f}  (hashed n-grams, add-one smoothing{share})")
+            mean = (f"; the mean over {len(self.kl_own)} targets, each against the whole selection"
+                    if self.kl_own else "")
+            lines.append(f"  KL reduction       {self.kl_reduction:>12.4f}  "
+                         f"(hashed n-grams, add-one smoothing{share}{mean})")
+        if self.kl_own:
+            lines.append("  KL reduction, each target against the documents chosen for it:")
+            lines.extend(f"    {name}  " + ("none chosen" if value is None else f"{value:.4f}")
+                         for name, value in self.kl_own.items())
         for path, version in self.tables.items():
             lines.append(f"  wrote {path} (Delta version {version})" if version >= 0 else f"  exported {path}")
         for warning in self.warnings:

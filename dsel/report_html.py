@@ -303,9 +303,14 @@ def _img(images: dict[str, str], key: str, alt: str) -> str:
     return f'<img alt="{_e(alt)}" src="data:image/png;base64,{images[key]}">' if key in images else ""
 
 
+def _own(value: Optional[float]) -> str:
+    return "none chosen" if value is None else f"{value:.4f}"
+
+
 def render_html(report: dict[str, Any], images: dict[str, str]) -> str:
     """The report as one self-contained HTML page."""
     kl = report["kl"]
+    own = "kl_reduction_own" in kl
     params = report["params"]
     parts = [
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
@@ -330,11 +335,15 @@ def render_html(report: dict[str, Any], images: dict[str, str]) -> str:
         "<p>Mean over targets of KL(target ‖ raw) − KL(target ‖ selection), on the run's hashed n-gram "
         "histograms; the raw histogram is the run's fit sample (see <code>dsel.evaluate</code>).</p>",
         "<table><tr><th>target</th><th>KL(target‖raw)</th><th>KL(target‖selection)</th><th>reduction</th>"
-        "<th>reduction (ε=1e-8)</th></tr>"
+        "<th>reduction (ε=1e-8)</th>" + ("<th>reduction, its own picks</th>" if own else "") + "</tr>"
         + "".join(f"<tr><td>{_e(n)}</td><td class=n>{p['kl_target_raw']:.4f}</td>"
                   f"<td class=n>{p['kl_target_selected']:.4f}</td><td class=n>{p['kl_reduction']:.4f}</td>"
-                  f"<td class=n>{p['kl_reduction_epsilon']:.4f}</td></tr>" for n, p in kl["per_target"].items())
-        + "</table>",
+                  f"<td class=n>{p['kl_reduction_epsilon']:.4f}</td>"
+                  + (f"<td class=n>{_own(p.get('kl_reduction_own'))}</td>" if own else "") + "</tr>"
+                  for n, p in kl["per_target"].items())
+        + "</table>"
+        + ("<p>With several targets, each chosen for by its quota, the last column compares each target with "
+           "the documents chosen for it.</p>" if own else ""),
         "<h2>Log importance weights</h2>", _img(images, "log_weight", "log-weight distribution"),
         "<h2>Document lengths</h2>", _img(images, "num_words", "length distribution"),
         *([
@@ -410,6 +419,8 @@ def format_summary(report: dict[str, Any]) -> str:
     return "\n".join([
         f"dsel report — {report['out']}",
         f"  KL reduction       {kl['kl_reduction']:>12.4f}  (add-1e-8 smoothing: {kl['kl_reduction_epsilon']:.4f})",
+        *[f"    {name}, against its own picks: {_own(value)}"
+          for name, value in kl.get("kl_reduction_own", {}).items()],
         f"  selected           {report['counts']['selected']:>12,}",
         f"  wrote {report['files']['json']}",
         f"  wrote {report['files']['html']}",

@@ -15,7 +15,10 @@ import dsel.write
 from dsel.cli import main
 from dsel.config import DselConfig
 from dsel.errors import DselError
+from dsel.evaluate import histogram, kl, kl_summary
+from dsel.fit import Fit
 from dsel.pipeline import execute
+from dsel.read import prepare
 from tests.conftest import sample_docs, write_jsonl
 
 DOMAINS = ["sci_abstracts", "movie_reviews", "rust_rfcs", "shakespeare"]
@@ -222,6 +225,21 @@ def test_several_targets_get_quotas(spark, corpus, tmp_path):
     weights = delta(spark, tmp_path / "out" / "weights").first()
     assert len(weights["log_weights"]) == 2
     assert summary.selected == 40
+    # KL reduction: the headline compares each target with the whole selection (the paper's measure);
+    # each target is also measured against the 20 documents chosen for it, which are closer to it.
+    fitted = Fit.from_frame(delta(spark, tmp_path / "out" / "log_ratios"), cfg.fit_params())
+    whole = histogram(prepare(selected, cfg), cfg)
+    names = list(fitted.target_names)
+    assert names == [corpus["target"], movies] and list(summary.kl_own) == names
+    headline = kl_summary(fitted.target_counts, fitted.raw_counts, whole, names)
+    assert summary.kl_reduction == pytest.approx(headline["kl_reduction"], abs=1e-12)
+    for i, name in enumerate(names):
+        own = histogram(prepare(selected.where(F.col("target") == name), cfg), cfg)
+        t = fitted.target_counts[i]
+        assert summary.kl_own[name] == pytest.approx(kl(t, fitted.raw_counts) - kl(t, own), abs=1e-12)
+        assert summary.kl_own[name] > headline["per_target"][name]["kl_reduction"]
+    run = delta(spark, tmp_path / "out" / "runs").first()
+    assert json.loads(run["counts"])["kl_reduction_own"] == pytest.approx(summary.kl_own)
 
 
 def test_export_jsonl_and_parquet(spark, corpus, contract_run, tmp_path):
