@@ -6,6 +6,11 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 
+def kl_text(value: Optional[float]) -> str:
+    """A KL reduction as printed, or why there is none (a target none of the selection was chosen for)."""
+    return "none chosen" if value is None else f"{value:.4f}"
+
+
 @dataclass
 class Summary:
     """What a command read, skipped, kept and wrote, and how long it took."""
@@ -88,8 +93,7 @@ class Summary:
                          f"(hashed n-grams, add-one smoothing{share}{mean})")
         if self.kl_own:
             lines.append("  KL reduction, each target against the documents chosen for it:")
-            lines.extend(f"    {name}  " + ("none chosen" if value is None else f"{value:.4f}")
-                         for name, value in self.kl_own.items())
+            lines.extend(f"    {name}  {kl_text(value)}" for name, value in self.kl_own.items())
         for path, version in self.tables.items():
             lines.append(f"  wrote {path} (Delta version {version})" if version >= 0 else f"  exported {path}")
         for warning in self.warnings:

@@ -47,6 +47,7 @@ from dsel import __version__
 from dsel.config import DselConfig
 from dsel.errors import DselError
 from dsel.read import ID, REASON, TEXT, prepare, read_input
+from dsel.report import kl_text
 from dsel.select import Filters, eligible, filter_counts
 from dsel.write import OutputPaths, commit_metadata, read_table
 
@@ -303,10 +304,6 @@ def _img(images: dict[str, str], key: str, alt: str) -> str:
     return f'<img alt="{_e(alt)}" src="data:image/png;base64,{images[key]}">' if key in images else ""
 
 
-def _own(value: Optional[float]) -> str:
-    return "none chosen" if value is None else f"{value:.4f}"
-
-
 def render_html(report: dict[str, Any], images: dict[str, str]) -> str:
     """The report as one self-contained HTML page."""
     kl = report["kl"]
@@ -339,7 +336,7 @@ def render_html(report: dict[str, Any], images: dict[str, str]) -> str:
         + "".join(f"<tr><td>{_e(n)}</td><td class=n>{p['kl_target_raw']:.4f}</td>"
                   f"<td class=n>{p['kl_target_selected']:.4f}</td><td class=n>{p['kl_reduction']:.4f}</td>"
                   f"<td class=n>{p['kl_reduction_epsilon']:.4f}</td>"
-                  + (f"<td class=n>{_own(p.get('kl_reduction_own'))}</td>" if own else "") + "</tr>"
+                  + (f"<td class=n>{kl_text(p.get('kl_reduction_own'))}</td>" if own else "") + "</tr>"
                   for n, p in kl["per_target"].items())
         + "</table>"
         + ("<p>With several targets, each chosen for by its quota, the last column compares each target with "
@@ -419,7 +416,7 @@ def format_summary(report: dict[str, Any]) -> str:
     return "\n".join([
         f"dsel report — {report['out']}",
         f"  KL reduction       {kl['kl_reduction']:>12.4f}  (add-1e-8 smoothing: {kl['kl_reduction_epsilon']:.4f})",
-        *[f"    {name}, against its own picks: {_own(value)}"
+        *[f"    {name}, against its own picks: {kl_text(value)}"
           for name, value in kl.get("kl_reduction_own", {}).items()],
         f"  selected           {report['counts']['selected']:>12,}",
         f"  wrote {report['files']['json']}",
