@@ -20,8 +20,8 @@ against Spark on real and bad input):
   pyarrow types differently from Spark: integers beyond 64 bits, non-string text or ids), that
   line is parsed alone with Python's ``json``, which accepts what Jackson accepts under Spark's
   defaults except a few lenient forms (single quotes, trailing text after the object, top-level
-  arrays).  Lines that Python rejects, and strings over Jackson's 20,000,000-character limit, are
-  ``malformed_json``; after the pass Spark's own parser (``from_json``) re-checks those lines,
+  arrays); strings of any length (dsel lifts Jackson's 20,000,000-character cap in Spark's parser
+  too, ``dsel.read.JSON_OPTIONS``).  Lines that Python rejects are ``malformed_json``; after the pass Spark's own parser (``from_json``) re-checks those lines,
   and if it accepts any of them the run falls back to Spark's reader.
 * A text or id that is not a JSON string is its JSON text, as Spark's exact string parsing gives.
   Ids are cast to strings; without an id column (in every record) the id is the SHA-256 of the
@@ -56,7 +56,7 @@ from pyspark.sql import types as T
 from dsel.config import DselConfig
 from dsel.errors import CANNOT_READ, DselError
 from dsel.featurize import FEATURES_SCHEMA
-from dsel.read import CORRUPT, ID, INTERNAL, _check_columns, check_decompressible, detect_format, parallelism
+from dsel.read import CORRUPT, ID, INTERNAL, JSON_OPTIONS, _check_columns, check_decompressible, detect_format, parallelism
 from dsel.write import forget_commit
 
 #: Extra columns of a features table written by this reader (after FEATURES_SCHEMA's).
@@ -64,8 +64,8 @@ EXTRA_SCHEMA = ("line_start long, line_length long, id_key long, id_from_text bo
                 "fit_counts binary")
 #: The columns of a features table this reader writes.
 FEATURES_COLUMNS = FEATURES_SCHEMA + ", " + EXTRA_SCHEMA
-#: Jackson's default StreamReadConstraints under Spark: longer strings, deeper nesting are malformed.
-MAX_STRING_CHARS = 20_000_000
+#: Jackson's default StreamReadConstraints under Spark: deeper nesting is malformed (dsel lifts its cap
+#: on a string's length, see dsel.read.JSON_OPTIONS).
 MAX_DEPTH = 1000
 BLOCK_BYTES = 16 << 20
 #: Up to this many buckets, each task keeps its n-gram counts per fit bin (FIT_BINS x B int64: 5 MB at
@@ -472,14 +472,6 @@ def _pairs(pairs: list) -> dict:
     return out
 
 
-def _longest_string(value: Any) -> int:
-    if isinstance(value, str):
-        return len(value)
-    if isinstance(value, dict):
-        return max([len(k) for k in value] + [_longest_string(v) for v in value.values()], default=0)
-    if isinstance(value, list):
-        return max((_longest_string(v) for v in value), default=0)
-    return 0
 
 
 def _field_value(value: Any, line: str, key: str) -> Optional[bytes]:
@@ -516,7 +508,7 @@ def _one_line(raw: bytes, offset: int, block: _Block, summary: _Summary, text_co
             pass
         if isinstance(value, list) or (value is None and sub.lstrip(b" \t").startswith(b"[")):
             summary.fallback.append("a line holds a JSON array (Spark reads its objects as records)")
-        ok = isinstance(value, dict) and (len(sub) <= MAX_STRING_CHARS or _longest_string(value) <= MAX_STRING_CHARS)
+        ok = isinstance(value, dict)
         block.starts.append(at)
         block.lengths.append(len(sub))
         if not ok:
@@ -583,8 +575,6 @@ def _take_table(table: pa.Table, starts: np.ndarray, ends: np.ndarray, lines: np
     if len(set(names)) != len(names) or _depth(tree) > MAX_DEPTH:
         return False
     if _has(tree, "double") and any(_big_integers(c.combine_chunks()) for c in table.columns):
-        return False
-    if np.any((ends[lines] - starts[lines]) > MAX_STRING_CHARS):
         return False
     summary.types = _merge(summary.types, tree)
     n = table.num_rows
@@ -971,8 +961,7 @@ def _spark_accepts_some(spark: SparkSession, feats: DataFrame, schema: T.StructT
     # from_json decodes a line's bytes leniently (U+FFFD for what is not UTF-8), Spark's JSON reader does
     # not: the lines it rejects for their bytes are not asked about
     bad = lines_of(feats.where(F.col("skip_reason") == "malformed_json"), keep=lambda line: not _jackson_rejects(line))
-    parsed = bad.select(F.from_json("_dsel_line", schema, {"mode": "PERMISSIVE",
-                                                            "columnNameOfCorruptRecord": CORRUPT}).alias("r"))
+    parsed = bad.select(F.from_json("_dsel_line", schema, JSON_OPTIONS).alias("r"))
     return parsed.where(F.col(f"r.{CORRUPT}").isNull()).limit(1).count() > 0
 
 
@@ -1077,7 +1066,7 @@ def raw_rows(feats: DataFrame, keys: DataFrame, schema_json: str, located: bool 
                  .select(ID, HASH, *LOCATION_COLUMNS)
                  .join(F.broadcast(keys.select(F.col("id").alias("_k_id"), F.col("doc_hash").alias("_k_hash"))),
                        (F.col(ID) == F.col("_k_id")) & (F.col(HASH) == F.col("_k_hash")), "left_semi"))
-    parsed = lines_of(lines).select(ID, HASH, *carried, F.from_json("_dsel_line", schema, {
-        "mode": "PERMISSIVE", "columnNameOfCorruptRecord": CORRUPT}).alias("_dsel_record"))
+    parsed = lines_of(lines).select(ID, HASH, *carried, F.from_json("_dsel_line", schema, JSON_OPTIONS)
+                                    .alias("_dsel_record"))
     user = [f.name for f in schema.fields if f.name != CORRUPT and f.name not in INTERNAL]
     return parsed.select(*[F.col("_dsel_record").getField(c).alias(c) for c in user], ID, HASH, *carried)

@@ -29,6 +29,11 @@ from dsel.config import DselConfig
 from dsel.errors import DselError
 
 CORRUPT = "_corrupt_record"
+#: How dsel has Spark parse JSON lines (its reader, ``from_json``): unusable lines kept in CORRUPT, and
+#: no cap on a string's length (Jackson's default is 20,000,000 characters, which made a valid line
+#: holding a longer text ``malformed_json``; such a text is now read, and ``too_large`` past
+#: ``--max-doc-bytes``).
+JSON_OPTIONS = {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": CORRUPT, "maxStringLen": str(2**31 - 1)}
 ID, TEXT, REASON, HASH, SOURCE, DETAIL = ("_dsel_id", "_dsel_text", "_dsel_reason", "_dsel_hash",
                                           "_dsel_source", "_dsel_detail")
 INTERNAL = (ID, TEXT, REASON, HASH, SOURCE, DETAIL)
@@ -154,7 +159,7 @@ def read_input(spark: SparkSession, sources: list[str], fmt: str, cfg: DselConfi
         if kind == "json":
             for source in sources:
                 check_decompressible(_local_files(source))
-            reader = spark.read.option("mode", "PERMISSIVE").option("columnNameOfCorruptRecord", CORRUPT)
+            reader = spark.read.options(**JSON_OPTIONS)
             if schema is not None:
                 if CORRUPT not in schema.fieldNames():
                     schema = T.StructType(schema.fields + [T.StructField(CORRUPT, T.StringType())])

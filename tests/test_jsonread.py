@@ -381,6 +381,28 @@ def test_zstd_files_are_read_by_the_fast_reader(spark, inputs, tmp_path, capsys)
     assert len(read_back) >= 5 and all(text == from_zstd[i] for i, text in read_back)  # lines from the zstd files
 
 
+def test_texts_past_jacksons_default_string_cap_are_read_by_both_readers(spark, inputs, tmp_path):
+    # Jackson's default cap on a JSON string (20,000,000 characters) made a valid line holding a longer
+    # text malformed_json under both readers; dsel lifts it: such a text is read and scored (and read
+    # back by select), and one past --max-doc-bytes is too_large with its id.
+    docs = sample_docs("movie_reviews", 20, seed=8)
+    words = " ".join(d["text"] for d in docs)
+    docs.insert(7, {"id": "long", "text": (words * (20_000_100 // len(words) + 1))[:20_000_100]})
+    docs.insert(13, {"id": "longer", "text": (words * (23_000_000 // len(words) + 1))[:23_000_000]})
+    raw = write_jsonl(tmp_path / "raw" / "part.jsonl", docs)
+    cfg = {"raw": [raw], "target": [inputs["target"]], "num_samples": 21, "min_length": 1, "run_id": "same",
+           "max_doc_bytes": 22_000_000}
+    fast = execute(spark, DselConfig.from_mapping({**cfg, "out": str(tmp_path / "fast")}), "run")
+    slow = execute(spark, DselConfig.from_mapping({**cfg, "out": str(tmp_path / "slow"), "json_reader": "spark"}),
+                   "run")
+    assert fast.counts() == slow.counts() and fast.skipped == {"too_large": 1} and fast.scored == 21
+    _same_outputs(spark, tmp_path / "fast", tmp_path / "slow")
+    assert [r[:2] for r in _table(spark, tmp_path / "fast", "skipped")] == [("longer", "too_large")]
+    selected = {r["id"]: r["text"] for r in spark.read.format("delta").load(str(tmp_path / "fast" / "selected"))
+                .select("id", "text").collect()}
+    assert selected["long"] == docs[7]["text"]
+
+
 def test_xxhash64_matches_spark(spark):
     rng = random.Random(3)
     alphabet = "ab é日\n\t😀"
