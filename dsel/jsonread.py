@@ -21,8 +21,9 @@ against Spark on real and bad input):
   line is parsed alone with Python's ``json``, which accepts what Jackson accepts under Spark's
   defaults except a few lenient forms (single quotes, trailing text after the object, top-level
   arrays); strings of any length (dsel lifts Jackson's 20,000,000-character cap in Spark's parser
-  too, ``dsel.read.JSON_OPTIONS``).  Lines that Python rejects are ``malformed_json``; after the pass Spark's own parser (``from_json``) re-checks those lines,
-  and if it accepts any of them the run falls back to Spark's reader.
+  too, ``dsel.read.JSON_OPTIONS``).  Lines that Python rejects are ``malformed_json``; after the
+  pass Spark's own parser (``from_json``) re-checks those lines, and if it accepts any of them
+  the run falls back to Spark's reader.
 * A text or id that is not a JSON string is its JSON text, as Spark's exact string parsing gives.
   Ids are cast to strings; without an id column (in every record) the id is the SHA-256 of the
   text.  ``_dsel_hash`` is Spark's ``xxhash64`` of the text (seed 42).
@@ -56,7 +57,8 @@ from pyspark.sql import types as T
 from dsel.config import DselConfig
 from dsel.errors import CANNOT_READ, DselError
 from dsel.featurize import FEATURES_SCHEMA
-from dsel.read import CORRUPT, ID, INTERNAL, JSON_OPTIONS, _check_columns, check_decompressible, detect_format, parallelism
+from dsel.read import (CORRUPT, ID, INTERNAL, JSON_OPTIONS, _check_columns, check_decompressible, detect_format,
+                       parallelism)
 from dsel.write import forget_commit
 
 #: Extra columns of a features table written by this reader (after FEATURES_SCHEMA's).
