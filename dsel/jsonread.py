@@ -474,8 +474,6 @@ def _pairs(pairs: list) -> dict:
     return out
 
 
-
-
 def _field_value(value: Any, line: str, key: str) -> Optional[bytes]:
     """A text or id value as Spark reads it into a string column (non-strings: their JSON text)."""
     if value is None:
