@@ -16,6 +16,7 @@ Batch size is Spark's: ``spark.sql.execution.arrow.maxRecordsPerBatch`` and
 from __future__ import annotations
 
 import os
+from collections import Counter
 from typing import Iterator, Optional
 
 import numpy as np
@@ -45,6 +46,8 @@ SCORE_SCHEMA = (f"{ID} string, {HASH} long, num_words long, log_weights array<do
                 "line_start long, line_length long")
 #: Rows of :func:`target_histogram`: bucket counts (ngram null) and the kept n-gram samples (count null).
 NGRAM_SAMPLE_SCHEMA = "bucket int, count long, ngram string, key long"
+#: The bucket of :func:`target_histogram`'s rows that count records by skip reason.
+RECORDS_BUCKET = -1
 
 
 def histograms(df: DataFrame, cfg: DselConfig, group: "F.Column", num_groups: int) -> DataFrame:
@@ -75,7 +78,9 @@ def target_histogram(df: DataFrame, cfg: DselConfig, per_bucket: int) -> DataFra
     """Bucket counts of every usable document of ``df``, and a sample of the real n-grams of each bucket.
 
     Rows ``bucket, count, ngram, key``: one per non-empty bucket with its count (``ngram`` null),
-    and up to ``per_bucket`` per bucket with a sampled n-gram (``count`` null).  The sample is the
+    up to ``per_bucket`` per bucket with a sampled n-gram (``count`` null), and the records counted
+    in the same pass: bucket -1, ``ngram`` the skip reason ("" for usable records), ``count`` the
+    records (see :data:`RECORDS_BUCKET`).  The sample is the
     bottom-k of :class:`dsel.kernel.NgramSample`, kept per task while counting (the same pass over
     the text) and merged across tasks by keeping, per bucket, the ``per_bucket`` n-grams with the
     smallest (key, n-gram): a frequency-weighted sample, the same on any partitioning, of bounded
@@ -88,10 +93,20 @@ def target_histogram(df: DataFrame, cfg: DselConfig, per_bucket: int) -> DataFra
 
         counts = np.zeros((1, buckets), dtype=np.int64)
         sample = kernel.NgramSample(buckets, per_bucket)
+        records: Counter = Counter()
         for batch in batches:
+            reason = batch.column(2)
+            seen = pc.value_counts(pc.fill_null(reason, ""))
+            records.update(dict(zip(seen.field("values").to_pylist(), seen.field("counts").to_pylist())))
+            batch = batch.filter(pc.is_null(reason))
             kernel.count_batch(batch.column(0), np.zeros(batch.num_rows, np.int64), counts, n=n, seed=seed,
                                hash_kind=kind, sample=sample,
                                doc_hashes=batch.column(1).to_numpy(zero_copy_only=False).astype(np.int64))
+        if records:
+            yield pa.RecordBatch.from_arrays(
+                [pa.array([RECORDS_BUCKET] * len(records), pa.int32()), pa.array(list(records.values()), pa.int64()),
+                 pa.array(list(records), pa.string()), pa.nulls(len(records), pa.int64())],
+                names=["bucket", "count", "ngram", "key"])
         for part in _nonzero(counts):
             yield pa.RecordBatch.from_arrays(
                 [part.column(1), part.column(2), pa.nulls(part.num_rows, pa.string()),
@@ -102,12 +117,11 @@ def target_histogram(df: DataFrame, cfg: DselConfig, per_bucket: int) -> DataFra
                 [pa.array(bucket), pa.nulls(len(grams), pa.int64()), pa.array(grams, pa.string()), pa.array(key)],
                 names=["bucket", "count", "ngram", "key"])
 
-    usable = df.where(F.col(REASON).isNull()).select(F.col(TEXT), F.col(HASH))
-    merged = (usable.mapInArrow(count_partition, NGRAM_SAMPLE_SCHEMA)
+    merged = (df.select(F.col(TEXT), F.col(HASH), F.col(REASON)).mapInArrow(count_partition, NGRAM_SAMPLE_SCHEMA)
               .groupBy("bucket", "ngram").agg(F.sum("count").alias("count"), F.min("key").alias("key")))
     order = Window.partitionBy("bucket", F.col("ngram").isNull()).orderBy("key", "ngram")
-    return (merged.withColumn("_dsel_r", F.row_number().over(order))
-            .where(F.col("ngram").isNull() | (F.col("_dsel_r") <= per_bucket)).drop("_dsel_r"))
+    kept = F.col("ngram").isNull() | (F.col("bucket") == RECORDS_BUCKET) | (F.col("_dsel_r") <= per_bucket)
+    return merged.withColumn("_dsel_r", F.row_number().over(order)).where(kept).drop("_dsel_r")
 
 
 def features(df: DataFrame, cfg: DselConfig, stats: Optional[bool] = None) -> DataFrame:

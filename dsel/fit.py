@@ -27,8 +27,8 @@ from pyspark.sql import functions as F
 
 from dsel.config import DselConfig
 from dsel.errors import DselError
-from dsel.featurize import FIT_BINS, GROUP, HISTOGRAM_SCHEMA, _nonzero, target_histogram
-from dsel.read import parallelism, parquet_files, parquet_parts, per_file
+from dsel.featurize import FIT_BINS, GROUP, HISTOGRAM_SCHEMA, RECORDS_BUCKET, _nonzero, target_histogram
+from dsel.read import SKIP_HINTS, parallelism, parquet_files, parquet_parts, per_file
 
 SMOOTHING = 1e-8
 #: Sample n-grams kept per bucket and target while fitting.
@@ -46,6 +46,7 @@ class Fit:
     raw_features_total: Optional[int] = None  # all usable raw features, when known
     warnings: list[str] = field(default_factory=list)
     target_ngrams: Optional[list[dict[int, list[str]]]] = None  # per target: bucket -> sample n-grams
+    target_records: Optional[list[dict[str, int]]] = None  # per target: records by skip reason ("": usable)
 
     @property
     def log_ratios(self) -> np.ndarray:
@@ -138,11 +139,13 @@ def fit_raw(raw_features: DataFrame, cfg: DselConfig,
 
 
 def fit_targets(targets: list[tuple[str, DataFrame]], cfg: DselConfig,
-                ngrams: Optional[list[dict[int, list[str]]]] = None) -> np.ndarray:
+                ngrams: Optional[list[dict[int, list[str]]]] = None,
+                records: Optional[list[dict[str, int]]] = None) -> np.ndarray:
     """Target bucket counts, one row per target, each counted in full.
 
     When ``ngrams`` is a list, each target's sample n-grams (bucket -> n-grams, smallest key first)
-    are appended to it.
+    are appended to it; when ``records`` is a list, each target's records by skip reason ("" for
+    the usable ones), counted in the same pass.
     """
     counts = []
     for name, df in targets:
@@ -150,17 +153,24 @@ def fit_targets(targets: list[tuple[str, DataFrame]], cfg: DselConfig,
         rows = table.to_pydict()
         dense = np.zeros(cfg.num_buckets, dtype=np.int64)
         sample: dict[int, list[tuple[int, bytes, str]]] = {}
+        seen: dict[str, int] = {}
         for bucket, count, gram, key in zip(rows["bucket"], rows["count"], rows["ngram"], rows["key"]):
-            if gram is None:
+            if bucket == RECORDS_BUCKET:
+                seen[gram] = int(count)
+            elif gram is None:
                 dense[bucket] = count
             else:
                 sample.setdefault(bucket, []).append((key, gram.encode("utf-8"), gram))
         if dense.sum() == 0:
-            raise DselError(f"target {name} has no usable text (it is empty, or every record is null, empty or "
-                            "malformed); check --target and --text-column")
+            skipped = ", ".join(f"{k}={v:,}" for k, v in sorted(seen.items()) if k)
+            read = f"{sum(seen.values()):,} records read" + (f", skipped: {skipped}" if skipped else "")
+            raise DselError(f"target {name} has no usable text ({read}); check --target and --text-column"
+                            + "".join(f". {k}: {SKIP_HINTS[k]}" for k in sorted(seen) if k in SKIP_HINTS))
         counts.append(dense)
         if ngrams is not None:
             ngrams.append({b: [g for _, _, g in sorted(v)] for b, v in sample.items()})
+        if records is not None:
+            records.append(dict(sorted(seen.items())))
     return np.stack(counts)
 
 
@@ -173,10 +183,12 @@ def fit(raw_features: DataFrame, targets: list[tuple[str, DataFrame]], cfg: Dsel
     each target is a DataFrame from :func:`dsel.read.prepare`, counted from its text.
     """
     samples: list[dict[int, list[str]]] = []
-    target_counts = fit_targets(targets, cfg, samples)  # first: an empty target fails before the long raw pass
+    records: list[dict[str, int]] = []
+    # first: an empty target fails before the long raw pass
+    target_counts = fit_targets(targets, cfg, samples, records)
     raw_counts, raw_total = fit_raw(raw_features, cfg, counted, first_bins)
     result = Fit([name for name, _ in targets], raw_counts, target_counts, cfg.fit_params(), raw_total,
-                 target_ngrams=samples)
+                 target_ngrams=samples, target_records=records)
     for name, row in zip(result.target_names, result.target_counts):
         if not np.any((row > 0) & (raw_counts > 0)):
             result.warnings.append(f"target {name} shares no n-gram bucket with the raw data: its weights only "

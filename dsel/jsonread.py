@@ -14,16 +14,17 @@ against Spark on real and bad input):
 
 * Lines end at ``\\n``, ``\\r\\n`` or ``\\r``; a UTF-8 BOM at the start of a file is dropped;
   whitespace-only lines are no records.  A split owns the lines that start inside it.  A line
-  holding bytes that are not UTF-8 is ``malformed_json``, as Spark's parser rejects it; a line
+  holding bytes that are not UTF-8 is parsed alone (below); a line
   that starts as UTF-16 or UTF-32 does makes the run fall back to Spark's reader (see below).
 * A block of lines is parsed by pyarrow; when pyarrow rejects a line (or a block holds something
   pyarrow types differently from Spark: integers beyond 64 bits, non-string text or ids), that
   line is parsed alone with Python's ``json``, which accepts what Jackson accepts under Spark's
   defaults except a few lenient forms (single quotes, trailing text after the object, top-level
   arrays); strings of any length (dsel lifts Jackson's 20,000,000-character cap in Spark's parser
-  too, ``dsel.read.JSON_OPTIONS``).  Lines that Python rejects are ``malformed_json``; after the
-  pass Spark's own parser (``from_json``) re-checks those lines, and if it accepts any of them
-  the run falls back to Spark's reader.
+  too, ``dsel.read.JSON_OPTIONS``).  Lines that Python rejects are ``malformed_json``, or
+  ``not_utf8`` when their bytes are not UTF-8 (as Spark's reader tells them apart, with
+  ``is_valid_utf8`` on the rejected line); after the pass Spark's own parser (``from_json``)
+  re-checks those lines, and if it accepts any of them the run falls back to Spark's reader.
 * A text or id that is not a JSON string is its JSON text, as Spark's exact string parsing gives.
   Ids are cast to strings; without an id column (in every record) the id is the SHA-256 of the
   text.  ``_dsel_hash`` is Spark's ``xxhash64`` of the text (seed 42).
@@ -57,8 +58,8 @@ from pyspark.sql import types as T
 from dsel.config import DselConfig
 from dsel.errors import CANNOT_READ, DselError
 from dsel.featurize import FEATURES_SCHEMA
-from dsel.read import (CORRUPT, ID, INTERNAL, JSON_OPTIONS, _check_columns, check_decompressible, detect_format,
-                       parallelism)
+from dsel.read import (CORRUPT, ID, INTERNAL, JSON_OPTIONS, MALFORMED, NOT_UTF8, _check_columns, check_decompressible,
+                       detect_format, parallelism)
 from dsel.write import forget_commit
 
 #: Extra columns of a features table written by this reader (after FEATURES_SCHEMA's).
@@ -285,16 +286,19 @@ class _Block:
         self.starts: list = []
         self.lengths: list = []
         self.details: list = []
+        self.not_utf8: list = []  # of the single lines: the line's bytes are not UTF-8
         self.failures = 0
 
-    def columns(self) -> Optional[tuple[pa.Array, pa.Array, np.ndarray, np.ndarray, np.ndarray, pa.Array]]:
-        """(ids, texts, id_from_text, line_start, line_length, detail) of every record, or None if none."""
+    def columns(self) -> Optional[tuple[pa.Array, pa.Array, np.ndarray, np.ndarray, np.ndarray, pa.Array,
+                                        np.ndarray]]:
+        """(ids, texts, id_from_text, line_start, line_length, detail, not_utf8) of every record, or None if none."""
         ids = [a[0] for a in self.arrow]
         texts = [a[1] for a in self.arrow]
         starts = [a[2] for a in self.arrow]
         lengths = [a[3] for a in self.arrow]
         from_text = [np.full(len(a[2]), a[4]) for a in self.arrow]
         details = [pa.nulls(len(a[2]), pa.string()) for a in self.arrow]
+        not_utf8 = [np.zeros(len(a[2]), bool) for a in self.arrow]
         if self.starts:
             ids.append(pa.array(self.ids, pa.binary()).cast(pa.string()))
             texts.append(pa.array(self.texts, pa.binary()).cast(pa.string()))
@@ -302,10 +306,11 @@ class _Block:
             lengths.append(np.array(self.lengths, np.int64))
             from_text.append(np.array(self.id_from_text, bool))
             details.append(pa.array(self.details, pa.binary()).view(pa.string()))
+            not_utf8.append(np.array(self.not_utf8, bool))
         if not starts or not sum(len(s) for s in starts):
             return None
         return (pa.concat_arrays(ids), pa.concat_arrays(texts), np.concatenate(from_text), np.concatenate(starts),
-                np.concatenate(lengths), pa.concat_arrays(details))
+                np.concatenate(lengths), pa.concat_arrays(details), np.concatenate(not_utf8))
 
 
 @dataclass
@@ -498,10 +503,12 @@ def _one_line(raw: bytes, offset: int, block: _Block, summary: _Summary, text_co
     for at, sub in _cr_split(raw, offset):
         if not sub.strip(b" \t"):
             continue
-        value, line = None, ""
+        value, line, undecoded = None, "", False
         try:
             line = sub.decode("utf-8")
             value = json.loads(line, object_pairs_hook=_pairs)
+        except UnicodeDecodeError:
+            undecoded = True
         except _Duplicate:
             summary.fallback.append("a record has the same key twice")
         except (ValueError, RecursionError):
@@ -511,6 +518,7 @@ def _one_line(raw: bytes, offset: int, block: _Block, summary: _Summary, text_co
         ok = isinstance(value, dict)
         block.starts.append(at)
         block.lengths.append(len(sub))
+        block.not_utf8.append(undecoded and not ok)
         if not ok:
             summary.malformed += 1
             block.ids.append(None)
@@ -619,7 +627,7 @@ def _other_encoding(data: np.ndarray, starts: np.ndarray, ends: np.ndarray, firs
 def _not_utf8(piece: bytes, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
     """Which lines of ``piece`` hold bytes that are not UTF-8.  pyarrow's parser passes them into its
     strings (where the kernel's lowercasing would fail), Spark's rejects the line; so these lines are
-    parsed alone, where Python's strict decoding makes them ``malformed_json`` as Spark's reader does.
+    parsed alone, where Python's strict decoding makes them ``not_utf8`` as Spark's reader does.
     The whole piece is validated at once (Arrow, about 3 ms per 16 MB block); lines one by one only
     when that fails."""
     bad = np.zeros(len(starts), bool)
@@ -698,7 +706,7 @@ def _block_batch(block: _Block, source: str, limit: int, params: tuple) -> Optio
     cols = block.columns()
     if cols is None:
         return None
-    ids, texts, from_text, starts, lengths, details = cols
+    ids, texts, from_text, starts, lengths, details, not_utf8 = cols
     n = len(ids)
     derive = from_text & ~np.asarray(texts.is_null(), dtype=bool)
     if derive.any():
@@ -712,6 +720,7 @@ def _block_batch(block: _Block, source: str, limit: int, params: tuple) -> Optio
     reason = pc.if_else(ids.is_null(), pa.scalar("null_id"), reason)
     reason = pc.if_else(texts.is_null(), pa.scalar("null_text"), reason)
     reason = pc.if_else(details.is_valid(), pa.scalar("malformed_json"), reason)
+    reason = pc.if_else(pa.array(not_utf8), pa.scalar(NOT_UTF8), reason)
     usable = pc.if_else(reason.is_null(), texts, pa.nulls(n, pa.string()))
     id_keys = xxhash64(ids)
     fit_bins = pa.array(np.mod(id_keys, FIT_BINS).astype(np.int32))
@@ -947,7 +956,8 @@ def check(spark: SparkSession, cfg: DselConfig, feats: DataFrame, path: str,
     if CORRUPT in seen.types["struct"]:
         return None, f"the input has a column named {CORRUPT}"
     schema = raw_schema(seen)
-    _check_columns(spark.createDataFrame([], schema), cfg, "raw")
+    _check_columns(spark.createDataFrame([], schema), cfg, "raw",
+                   lambda: feats.where(F.col("skip_reason") == NOT_UTF8).limit(1).count() > 0)
     if seen.malformed and _spark_accepts_some(spark, feats, schema):
         return None, "Spark's JSON parser accepts lines that Python's rejects (single quotes, trailing text, ...)"
     counted = (seen.counts[0], seen.bins) if seen.counts is not None else None
@@ -960,7 +970,7 @@ def check(spark: SparkSession, cfg: DselConfig, feats: DataFrame, path: str,
 def _spark_accepts_some(spark: SparkSession, feats: DataFrame, schema: T.StructType) -> bool:
     # from_json decodes a line's bytes leniently (U+FFFD for what is not UTF-8), Spark's JSON reader does
     # not: the lines it rejects for their bytes are not asked about
-    bad = lines_of(feats.where(F.col("skip_reason") == "malformed_json"), keep=lambda line: not _jackson_rejects(line))
+    bad = lines_of(feats.where(F.col("skip_reason").isin(*MALFORMED)), keep=lambda line: not _jackson_rejects(line))
     parsed = bad.select(F.from_json("_dsel_line", schema, JSON_OPTIONS).alias("r"))
     return parsed.where(F.col(f"r.{CORRUPT}").isNull()).limit(1).count() > 0
 
@@ -986,7 +996,7 @@ def _null_missing_ids(spark: SparkSession, path: str, metadata: str) -> None:
 def _update_missing_ids(spark: SparkSession, path: str) -> None:
     from delta.tables import DeltaTable
 
-    keep = F.col("skip_reason").isin("malformed_json", "null_text")
+    keep = F.col("skip_reason").isin(*MALFORMED, "null_text")
     table = DeltaTable.forPath(spark, path)
     values = {
         ID: F.lit(None).cast("string"), "skip_reason": F.when(keep, F.col("skip_reason")).otherwise(F.lit("null_id")),

@@ -27,8 +27,8 @@ from dsel import __version__, jsonread
 from dsel.config import DselConfig
 from dsel.errors import DselError, user_error
 from dsel.fit import Fit, bin_counts, fit as fit_histograms
-from dsel.read import (DETAIL, HASH, ID, INTERNAL, file_states, files_digest, fingerprint, parallelism,
-                       parquet_files, per_file, plain_parquet, prepare, read_input)
+from dsel.read import (DETAIL, HASH, ID, INTERNAL, REASON, SOURCE, file_states, files_digest, fingerprint,
+                       parallelism, parquet_files, per_file, plain_parquet, prepare, read_input)
 from dsel.report import Summary
 from dsel.score import (DUPLICATES_ON_DRIVER, duplicates as duplicate_records, score as score_records, score_files,
                         score_files_function, skipped as skipped_records, unique_weights, unique_weights_batch,
@@ -367,6 +367,9 @@ def fit(spark: SparkSession, cfg: DselConfig, summary: Summary, feats: Optional[
     started = time.time()
     result = fit_histograms(feats, targets, cfg, _COUNTED.get(paths.features),
                             lambda bins: bin_counts(spark, feats, cfg.num_buckets, bins))
+    summary.target_records = dict(zip(result.target_names, result.target_records or []))
+    if cfg.strict:
+        _strict_targets(targets, summary.target_records)
     summary.warnings.extend(result.warnings)
     schema = _features_schema(spark, paths)
     written = write_table(result.to_frame(spark), paths.log_ratios,
@@ -376,6 +379,23 @@ def fit(spark: SparkSession, cfg: DselConfig, summary: Summary, feats: Optional[
     summary.fit_version, summary.refit = written.version, reason
     summary.stage("fit", started)
     return result
+
+
+def _strict_targets(targets: list[tuple[str, DataFrame]], records: dict[str, dict[str, int]]) -> None:
+    """Strict mode: fail when a target record was skipped, naming the first few (a target is small)."""
+    skipped = {name: {k: v for k, v in seen.items() if k} for name, seen in records.items()}
+    if not any(skipped.values()):
+        return
+    examples = []
+    for name, df in targets:
+        if skipped.get(name):
+            rows = df.where(F.col(REASON).isNotNull()).select(SOURCE, ID, DETAIL, REASON).limit(5).collect()
+            examples += [f"{r[3]} in {r[0]}: " + (f"line starting {r[2][:60]!r}" if r[2] else f"id {r[1]!r}")
+                         for r in rows]
+    counts = "; ".join(f"{name}: " + ", ".join(f"{k}={v:,}" for k, v in seen.items())
+                       for name, seen in skipped.items() if seen)
+    raise DselError(f"strict mode: target records were skipped ({counts}), for example "
+                    f"{'; '.join(examples[:5])}. Fix the target, or run without --strict to skip them")
 
 
 def load_fit(spark: SparkSession, cfg: DselConfig, summary: Optional[Summary] = None,

@@ -6,8 +6,8 @@ the internal columns the later stages use (``_dsel_*``), without touching the us
 * ``_dsel_id``: the id column cast to string, or, when the input has no id column, the hex
   SHA-256 of the document's UTF-8 text (so identical texts get identical ids);
 * ``_dsel_text``: the text, or null when the record is unusable;
-* ``_dsel_reason``: why the record is unusable (``malformed_json``, ``null_text``, ``null_id``,
-  ``too_large``), or null;
+* ``_dsel_reason``: why the record is unusable (``malformed_json``, ``not_utf8`` (a line Spark's
+  parser rejects that holds bytes that are not UTF-8), ``null_text``, ``null_id``, ``too_large``), or null;
 * ``_dsel_hash``: Spark's xxhash64 of the text, which tells apart two documents with one id;
 * ``_dsel_source`` and ``_dsel_detail``: the input file and, for malformed lines, their start.
 """
@@ -17,7 +17,7 @@ import glob
 import hashlib
 import os
 import re
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
@@ -34,6 +34,14 @@ CORRUPT = "_corrupt_record"
 #: holding a longer text ``malformed_json``; such a text is now read, and ``too_large`` past
 #: ``--max-doc-bytes``).
 JSON_OPTIONS = {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": CORRUPT, "maxStringLen": str(2**31 - 1)}
+#: The skip reason of a line that is not JSON and holds bytes that are not UTF-8: a file in another
+#: encoding (Latin-1, Windows-1252, ...), which only converting it to UTF-8 fixes.
+NOT_UTF8 = "not_utf8"
+#: The skip reasons of lines Spark's JSON parser rejects; their ``detail`` is the line's start.
+MALFORMED = ("malformed_json", NOT_UTF8)
+#: What the summary says after the skipped counts when a reason is among them: what to do about it.
+SKIP_HINTS = {NOT_UTF8: "lines holding bytes that are not UTF-8: the file is in another encoding (Latin-1, "
+                        "Windows-1252, ...); convert it first, for example iconv -f LATIN1 -t UTF-8 in.jsonl > out.jsonl"}
 ID, TEXT, REASON, HASH, SOURCE, DETAIL = ("_dsel_id", "_dsel_text", "_dsel_reason", "_dsel_hash",
                                           "_dsel_source", "_dsel_detail")
 INTERNAL = (ID, TEXT, REASON, HASH, SOURCE, DETAIL)
@@ -267,10 +275,16 @@ def _binary_hint(kind: T.DataType) -> str:
             "and some older writers do), pass --conf spark.sql.parquet.binaryAsString=true; else ")
 
 
-def _check_columns(df: DataFrame, cfg: DselConfig, role: str) -> DataFrame:
+def _check_columns(df: DataFrame, cfg: DselConfig, role: str,
+                   not_utf8: Optional[Callable[[], bool]] = None) -> DataFrame:
+    """Check the input's columns for the config.  ``not_utf8`` tells whether a line rejected as JSON
+    holds bytes that are not UTF-8 (by default from ``df``'s rejected lines), asked only when every
+    line is rejected."""
     fields = {f.name: f.dataType for f in df.schema.fields}
     visible = [n for n in fields if n != CORRUPT]
     if cfg.text_column not in fields:
+        if not visible and (not_utf8 or (lambda: _rejected_not_utf8(df)))():
+            raise DselError(f"every line of the {role} input is malformed JSON, with {SKIP_HINTS[NOT_UTF8]}")
         if not visible:
             raise DselError(f"every line of the {role} input is malformed JSON: dsel reads JSON lines, one "
                             "object per line. Convert a pretty-printed JSON file or array first (for example "
@@ -293,6 +307,16 @@ def _check_columns(df: DataFrame, cfg: DselConfig, role: str) -> DataFrame:
     return df
 
 
+def _rejected_not_utf8(df: DataFrame) -> bool:
+    """Whether a line of ``df``'s files, every one of which Spark's JSON reader rejected, is not UTF-8
+    (read as text: Spark refuses a query of the corrupt-record column alone)."""
+    files = df.inputFiles() if CORRUPT in df.columns else []
+    if not files:
+        return False
+    lines = df.sparkSession.read.text(files)
+    return lines.where(~F.is_valid_utf8(F.col("value"))).limit(1).count() > 0
+
+
 def prepare(df: DataFrame, cfg: DselConfig, max_doc_bytes: Optional[int] = None) -> DataFrame:
     """Add the internal ``_dsel_*`` columns (see the module docstring) to a DataFrame from read_input."""
     text = F.col(f"`{cfg.text_column}`")
@@ -303,7 +327,8 @@ def prepare(df: DataFrame, cfg: DselConfig, max_doc_bytes: Optional[int] = None)
     detail = F.lit(None).cast("string")
     if CORRUPT in df.columns:
         corrupt = F.col(CORRUPT)
-        reason = F.when(corrupt.isNotNull(), F.lit("malformed_json")).when(text.isNull(), F.lit("null_text"))
+        malformed = F.when(F.is_valid_utf8(corrupt), F.lit("malformed_json")).otherwise(F.lit(NOT_UTF8))
+        reason = F.when(corrupt.isNotNull(), malformed).when(text.isNull(), F.lit("null_text"))
         detail = F.substring(corrupt, 1, 200)
     reason = reason.when(doc_id.isNull(), F.lit("null_id")).when(F.octet_length(text) > limit, F.lit("too_large"))
     return (df.withColumn(REASON, reason)

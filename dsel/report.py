@@ -2,13 +2,23 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Optional
+
+from dsel.read import SKIP_HINTS
 
 
 def kl_text(value: Optional[float]) -> str:
     """A KL reduction as printed, or why there is none (a target none of the selection was chosen for)."""
     return "none chosen" if value is None else f"{value:.4f}"
+
+
+def _records(seen: dict[str, int]) -> str:
+    """Records read, and the skipped ones by reason (``seen``: records by skip reason, "" the usable)."""
+    skipped = {k: v for k, v in sorted(seen.items()) if k}
+    reasons = ", ".join(f"{k}={v:,}" for k, v in skipped.items())
+    return f"{sum(seen.values()):>12,}" + (f"  (skipped {sum(skipped.values()):,}: {reasons})" if skipped else "")
 
 
 @dataclass
@@ -20,6 +30,7 @@ class Summary:
     started: float = field(default_factory=time.time)
     read: Optional[int] = None
     skipped: dict[str, int] = field(default_factory=dict)
+    target_records: dict[str, dict[str, int]] = field(default_factory=dict)  # per target fit now: by reason, "" usable
     scored: Optional[int] = None
     eligible: Optional[int] = None
     filtered: dict[str, int] = field(default_factory=dict)  # scored documents each eligibility filter removed
@@ -57,7 +68,9 @@ class Summary:
                 "scored_now": self.scored_now, "refit": self.refit, "fit_version": self.fit_version,
                 "eligible": self.eligible, "filtered": dict(self.filtered),
                 "selected": self.selected, "selected_words": self.selected_words, "kl_reduction": self.kl_reduction,
-                "kl_smoothing_share": self.kl_smoothing, "kl_reduction_own": dict(self.kl_own)}
+                "kl_smoothing_share": self.kl_smoothing, "kl_reduction_own": dict(self.kl_own),
+                "targets": {name: {"read": sum(seen.values()), "skipped": {k: v for k, v in seen.items() if k}}
+                            for name, seen in self.target_records.items()}}
 
     def format(self) -> str:
         lines = [f"dsel {self.command} — run {self.run_id}"]
@@ -67,6 +80,13 @@ class Summary:
             total = sum(self.skipped.values())
             reasons = ", ".join(f"{k}={v:,}" for k, v in sorted(self.skipped.items())) or "none"
             lines.append(f"  skipped            {total:>12,}  ({reasons})")
+        if self.target_records:
+            total: Counter = sum((Counter(seen) for seen in self.target_records.values()), Counter())
+            lines.append(f"  target read        {_records(total)}")
+            if len(self.target_records) > 1:
+                lines.extend(f"    {name:<16} {_records(seen)}" for name, seen in self.target_records.items())
+        seen_reasons = set(self.skipped).union(*self.target_records.values())
+        lines.extend(f"  hint: {reason}: {SKIP_HINTS[reason]}" for reason in sorted(seen_reasons & set(SKIP_HINTS)))
         if self.featurized is not None and self.featurized != self.read:
             lines.append(f"  featurized now     {self.featurized:>12,}  (the rest were featurized by earlier runs)")
         if self.scored is not None:

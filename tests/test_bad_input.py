@@ -43,14 +43,26 @@ def test_bad_records_are_counted_and_nothing_else_is_lost(spark, good):
         json.dumps({"id": good["raw"][1]["id"], "text": "another text under an existing id " * 20}),
         json.dumps(big),
     ]
+    latin1 = json.dumps({"id": "latin1", "text": "caf\u00e9 au lait " * 20}, ensure_ascii=False).encode("latin-1")
     path = root / "raw_bad.jsonl.gz"
-    with gzip.open(path, "wt", encoding="utf-8") as fh:
-        fh.write("\n".join(lines) + "\n")
-    summary = run(spark, raw=[str(path)], target=[good["target"]], out=str(root / "out1"), num_samples=10)
-    assert summary.skipped == {"malformed_json": 1, "null_text": 2, "empty_text": 2, "null_id": 1,
+    with gzip.open(path, "wb") as fh:  # a line from a file in another encoding: not UTF-8
+        fh.write(("\n".join(lines) + "\n").encode("utf-8") + latin1 + b"\n")
+    # the target's bad records are counted as well, in the pass that counts its n-grams
+    target = root / "target_bad.jsonl"
+    target.write_bytes(open(good["target"], "rb").read() + b'{"id": "t-broken", "text": "unterminated\n'
+                       + json.dumps({"id": "t-null", "text": None}).encode() + b"\n" + latin1 + b"\n")
+    summary = run(spark, raw=[str(path)], target=[str(target)], out=str(root / "out1"), num_samples=10)
+    assert summary.skipped == {"malformed_json": 1, "not_utf8": 1, "null_text": 2, "empty_text": 2, "null_id": 1,
                                "duplicate_id": 1}
-    assert summary.read == len(lines)
+    assert summary.read == len(lines) + 1
     assert summary.read == summary.scored + sum(summary.skipped.values())
+    targets = summary.counts()["targets"]
+    assert targets == {str(target): {"read": 40 + 3, "skipped": {"malformed_json": 1, "not_utf8": 1, "null_text": 1}}}
+    text = summary.format()
+    assert "target read                  43  (skipped 3: malformed_json=1, not_utf8=1, null_text=1)" in text
+    assert text.count("not_utf8: lines holding bytes that are not UTF-8") == 1 and "iconv -f LATIN1" in text
+    not_utf8 = spark.read.format("delta").load(str(root / "out1" / "skipped")).where("reason = 'not_utf8'").first()
+    assert not_utf8["detail"].startswith('{"id": "latin1", "text": "caf')
     weights = spark.read.format("delta").load(str(root / "out1" / "weights"))
     big_row = weights.where("id = 'big'").first()
     assert big_row is not None and big_row["num_words"] > 300_000
@@ -107,6 +119,11 @@ def test_target_sharing_no_ngram_warns(spark, good):
                     "spark.sql.parquet.binaryAsString=true; else point --text-column"),
     ("bad_id_column", "has no id column 'doc'"),
     ("pretty_printed_json", "every line of the raw input is malformed JSON: dsel reads JSON lines"),
+    ("latin1_target", "every line of the target input is malformed JSON, with lines holding bytes that are not "
+                      "UTF-8: the file is in another encoding (Latin-1, Windows-1252, ...); convert it first, for "
+                      "example iconv -f LATIN1 -t UTF-8"),
+    ("latin1_raw", "every line of the raw input is malformed JSON, with lines holding bytes that are not UTF-8"),
+    ("latin1_raw_spark_reader", "every line of the raw input is malformed JSON, with lines holding bytes"),
     ("truncated_gzip", "(OSError: Truncated compressed stream): the file is damaged"),
     ("truncated_gzip_spark_reader", "(EOFException: Unexpected end of input stream): the file is damaged"),
     ("xz_file", "is xz-compressed, which Spark's JSON reader does not read; decompress it, or recompress it"),
@@ -128,6 +145,13 @@ def test_mistakes_get_one_clear_message(spark, good, case, message, capsys):
         empty = root / "empty.jsonl"
         empty.write_text(json.dumps({"id": "e", "text": ""}) + "\n")
         argv[4] = str(empty)
+    elif case.startswith("latin1"):  # saved by an editor in Latin-1: every line holds an accented letter
+        latin = root / case / "latin1.jsonl"
+        latin.parent.mkdir()
+        latin.write_bytes("".join(json.dumps({"id": str(i), "text": f"r\u00e9sum\u00e9 number {i} " * 30},
+                                             ensure_ascii=False) + "\n" for i in range(2)).encode("latin-1"))
+        argv[4 if case == "latin1_target" else 2] = str(latin)
+        argv += ["--json-reader", "spark"] if case.endswith("spark_reader") else []
     elif case == "numeric_text":
         argv[4] = write_jsonl(root / "numbers.jsonl", [{"id": "n", "text": 12345}])
     elif case == "binary_text":

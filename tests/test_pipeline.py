@@ -240,6 +240,12 @@ def test_several_targets_get_quotas(spark, corpus, tmp_path):
         assert summary.kl_own[name] > headline["per_target"][name]["kl_reduction"]
     run = delta(spark, tmp_path / "out" / "runs").first()
     assert json.loads(run["counts"])["kl_reduction_own"] == pytest.approx(summary.kl_own)
+    # each target's records, counted in the pass that counted its n-grams, are in the summary and the run table
+    target_docs = sum(1 for _ in open(corpus["target"], encoding="utf-8"))
+    assert json.loads(run["counts"])["targets"] == {corpus["target"]: {"read": target_docs, "skipped": {}},
+                                                    movies: {"read": 30, "skipped": {}}}
+    assert f"  target read        {target_docs + 30:>12,}\n" in summary.format()
+    assert f"    {movies:<16} {30:>12,}\n" in summary.format()
 
 
 def test_export_jsonl_and_parquet(spark, corpus, contract_run, tmp_path):

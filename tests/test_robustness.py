@@ -135,6 +135,16 @@ def test_strict_mode_fails_on_skipped_records(spark, small, tmp_path, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "null_text=1" in err and "skipped" in err
+    # a skipped target record fails it too, naming the record
+    target = tmp_path / "target.jsonl"
+    target.write_bytes(open(small["target"], "rb").read() + b'{"id": "t-null", "text": null}\n')
+    good = write_jsonl(tmp_path / "good" / "a.jsonl", sample_docs("sci_abstracts", 10, seed=8))
+    argv = ["run", "--raw", good, "--target", str(target), "--out", str(tmp_path / "o2"), "--num-samples", "3",
+            "--strict"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "target records were skipped" in err[0] and "null_text=1" in err[0], err
+    assert "null_text in file://" in err[0] and "id 't-null'" in err[0]
 
 
 def test_pickle_is_never_used():
