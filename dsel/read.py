@@ -40,8 +40,9 @@ NOT_UTF8 = "not_utf8"
 #: The skip reasons of lines Spark's JSON parser rejects; their ``detail`` is the line's start.
 MALFORMED = ("malformed_json", NOT_UTF8)
 #: What the summary says after the skipped counts when a reason is among them: what to do about it.
-SKIP_HINTS = {NOT_UTF8: "lines holding bytes that are not UTF-8: the file is in another encoding (Latin-1, "
-                        "Windows-1252, ...); convert it first, for example iconv -f LATIN1 -t UTF-8 in.jsonl > out.jsonl"}
+SKIP_HINTS = {NOT_UTF8: ("lines holding bytes that are not UTF-8: the file is in another encoding (Latin-1, "
+                         "Windows-1252, ...); convert it first, for example "
+                         "iconv -f LATIN1 -t UTF-8 in.jsonl > out.jsonl")}
 ID, TEXT, REASON, HASH, SOURCE, DETAIL = ("_dsel_id", "_dsel_text", "_dsel_reason", "_dsel_hash",
                                           "_dsel_source", "_dsel_detail")
 INTERNAL = (ID, TEXT, REASON, HASH, SOURCE, DETAIL)
