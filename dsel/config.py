@@ -201,7 +201,7 @@ class DselConfig:
             _int_range("num_tokens_to_fit", as_int, 1, None)
             self.num_tokens_to_fit = as_int
         if self.num_samples is not None:
-            _int_range("num_samples", self.num_samples, 0, None)
+            _int_range("num_samples", self.num_samples, 1, None)  # 0 selects nothing: 'dsel score' scores only
         if self.num_tokens is not None:
             _int_range("num_tokens", self.num_tokens, 1, None)
         if self.num_samples is not None and self.num_tokens is not None:

@@ -117,9 +117,11 @@ def detect_format(source: str) -> str:
                 return "delta"
             files = _local_files(first)
             names = [n.lower() for n in files]
-            if names and all(n.endswith(".parquet") for n in names):
+            if not names:
+                raise DselError(f"directory {source} holds no data files (only hidden ones, or none); check the path")
+            if all(n.endswith(".parquet") for n in names):
                 return "parquet"
-            if names and all(n.endswith(_JSON_SUFFIXES) for n in names):
+            if all(n.endswith(_JSON_SUFFIXES) for n in names):
                 return "json"
             check_decompressible(files)
             for kind, suffixes in (("JSON-lines", _JSON_SUFFIXES), ("Parquet", (".parquet",))):
@@ -283,6 +285,9 @@ def _check_columns(df: DataFrame, cfg: DselConfig, role: str,
     line is rejected."""
     fields = {f.name: f.dataType for f in df.schema.fields}
     visible = [n for n in fields if n != CORRUPT]
+    if not fields:  # Spark's reader infers no column, not even the corrupt record's, from no lines
+        raise DselError(f"the {role} input ({', '.join(getattr(cfg, role, None) or [])}) holds no records: its files "
+                        f"are empty or hold only blank lines; check --{role}")
     if cfg.text_column not in fields:
         if not visible and (not_utf8 or (lambda: _rejected_not_utf8(df)))():
             raise DselError(f"every line of the {role} input is malformed JSON, with {SKIP_HINTS[NOT_UTF8]}")

@@ -119,6 +119,9 @@ def test_target_sharing_no_ngram_warns(spark, good):
                     "spark.sql.parquet.binaryAsString=true; else point --text-column"),
     ("bad_id_column", "has no id column 'doc'"),
     ("pretty_printed_json", "every line of the raw input is malformed JSON: dsel reads JSON lines"),
+    ("empty_target_file", "the target input ({root}/blank.jsonl) holds no records: its files are empty or hold "
+                          "only blank lines; check --target"),
+    ("empty_raw_directory", "directory {root}/empty-raw holds no data files (only hidden ones, or none); check the path"),
     ("latin1_target", "every line of the target input is malformed JSON, with lines holding bytes that are not "
                       "UTF-8: the file is in another encoding (Latin-1, Windows-1252, ...); convert it first, for "
                       "example iconv -f LATIN1 -t UTF-8"),
@@ -145,6 +148,13 @@ def test_mistakes_get_one_clear_message(spark, good, case, message, capsys):
         empty = root / "empty.jsonl"
         empty.write_text(json.dumps({"id": "e", "text": ""}) + "\n")
         argv[4] = str(empty)
+    elif case == "empty_target_file":  # a file truncated to nothing, or blank lines only
+        (root / "blank.jsonl").write_text("\n  \n")
+        argv[4] = str(root / "blank.jsonl")
+    elif case == "empty_raw_directory":  # an export that has not run yet: only a marker file
+        (root / "empty-raw").mkdir()
+        (root / "empty-raw" / "_SUCCESS").write_text("")
+        argv[2] = str(root / "empty-raw")
     elif case.startswith("latin1"):  # saved by an editor in Latin-1: every line holds an accented letter
         latin = root / case / "latin1.jsonl"
         latin.parent.mkdir()
@@ -194,6 +204,7 @@ def test_mistakes_get_one_clear_message(spark, good, case, message, capsys):
         argv[2] = str(packed)
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
+    message = message.format(root=root)
     assert len(err) == 1 and err[0].startswith("dsel: error:") and message in err[0], err
 
 

@@ -37,6 +37,7 @@ def test_toml_takes_the_same_keys_and_flags_win(tmp_path):
     ({"num_buckets": 0}, "num_buckets"),
     ({"num_tokens_to_fit": "lots"}, "num_tokens_to_fit"),
     ({"num_samples": 5, "num_tokens": 5}, "num_tokens"),
+    ({"num_samples": 0}, "num_samples"),
     ({"hash_kind": "md5"}, "hash_kind"),
     ({"text_column": "a`b"}, "text_column"),
     ({"run_id": "x; DROP TABLE y"}, "run_id"),
