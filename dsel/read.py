@@ -40,9 +40,9 @@ NOT_UTF8 = "not_utf8"
 #: The skip reasons of lines Spark's JSON parser rejects; their ``detail`` is the line's start.
 MALFORMED = ("malformed_json", NOT_UTF8)
 #: What the summary says after the skipped counts when a reason is among them: what to do about it.
-SKIP_HINTS = {NOT_UTF8: ("lines holding bytes that are not UTF-8: the file is in another encoding (Latin-1, "
-                         "Windows-1252, ...); convert it first, for example "
-                         "iconv -f LATIN1 -t UTF-8 in.jsonl > out.jsonl")}
+SKIP_HINTS = {NOT_UTF8: ("lines holding bytes that are not UTF-8: a file in another encoding (Latin-1, "
+                         "Windows-1252, ...), to convert first, for example iconv -f LATIN1 -t UTF-8 in.jsonl > "
+                         "out.jsonl (or a compressed or binary file under a name that does not say so)")}
 ID, TEXT, REASON, HASH, SOURCE, DETAIL = ("_dsel_id", "_dsel_text", "_dsel_reason", "_dsel_hash",
                                           "_dsel_source", "_dsel_detail")
 INTERNAL = (ID, TEXT, REASON, HASH, SOURCE, DETAIL)
@@ -58,6 +58,40 @@ _NOT_DECOMPRESSED = {".tar.gz": "a tar archive", ".tgz": "a tar archive", ".tar.
                      ".tar.zst": "a tar archive", ".tar": "a tar archive", ".zip": "a zip archive",
                      ".7z": "a 7-Zip archive", ".xz": "xz-compressed", ".lzma": "lzma-compressed",
                      ".br": "brotli-compressed", ".lzo": "LZO-compressed", ".z": "compress(1)-compressed"}
+
+
+#: What a file's first bytes say it is, when every line of a JSON input is rejected: (magic, offset,
+#: what it is, the suffix that names it or None, the fix).
+_MAGIC = (
+    (b"\x1f\x8b", 0, "gzip-compressed", ".gz", "name it to end in .jsonl.gz (the codec is chosen by the name)"),
+    (b"\x28\xb5\x2f\xfd", 0, "zstd-compressed", ".zst", "name it to end in .jsonl.zst (the codec is chosen by "
+                                                      "the name)"),
+    (b"BZh", 0, "bzip2-compressed", ".bz2", "name it to end in .jsonl.bz2 (the codec is chosen by the name)"),
+    (b"\x04\x22\x4d\x18", 0, "lz4-compressed", ".lz4", "name it to end in .jsonl.lz4 (the codec is chosen by "
+                                                     "the name)"),
+    (b"PAR1", 0, "a Parquet file", ".parquet", "pass --{role}-format parquet"),
+    (b"\xfd7zXZ\x00", 0, "xz-compressed", None, "decompress it, or recompress it with gzip or zstd"),
+    (b"PK\x03\x04", 0, "a zip archive", None, "extract it and pass the JSON-lines files inside"),
+    (b"7z\xbc\xaf\x27\x1c", 0, "a 7-Zip archive", None, "extract it and pass the JSON-lines files inside"),
+    (b"ustar", 257, "a tar archive", None, "extract it and pass the JSON-lines files inside"),
+)
+
+
+def _not_json_lines(files: list[str], role: str) -> Optional[str]:
+    """Why the first of ``files`` that is not JSON-lines text is not, judged by its first bytes (a
+    compressed file or a Parquet file under a name Spark reads as plain text, binary data), or None."""
+    for name in files[:1000]:
+        try:
+            with open(name, "rb") as fh:
+                head = fh.read(4096)
+        except OSError:
+            continue
+        for magic, at, kind, suffix, fix in _MAGIC:
+            if head[at:at + len(magic)] == magic and not (suffix and name.lower().endswith(suffix)):
+                return f"{name} is {kind}, which its name does not say; {fix.format(role=role)}"
+        if b"\x00" in head:
+            return f"{name} is not text (it holds NUL bytes); dsel reads JSON lines: check --{role}"
+    return None
 
 
 def _is_uri(path: str) -> bool:
@@ -289,6 +323,10 @@ def _check_columns(df: DataFrame, cfg: DselConfig, role: str,
         raise DselError(f"the {role} input ({', '.join(getattr(cfg, role, None) or [])}) holds no records: its files "
                         f"are empty or hold only blank lines; check --{role}")
     if cfg.text_column not in fields:
+        sources = getattr(cfg, role, None) or []
+        binary = None if visible else _not_json_lines([f for s in sources for f in _local_files(s)], role)
+        if binary:
+            raise DselError(f"every line of the {role} input is malformed JSON: {binary}")
         if not visible and (not_utf8 or (lambda: _rejected_not_utf8(df)))():
             raise DselError(f"every line of the {role} input is malformed JSON, with {SKIP_HINTS[NOT_UTF8]}")
         if not visible:

@@ -123,8 +123,12 @@ def test_target_sharing_no_ngram_warns(spark, good):
                           "only blank lines; check --target"),
     ("empty_raw_directory", "directory {root}/empty-raw holds no data files (only hidden ones, or none); check the path"),
     ("latin1_target", "every line of the target input is malformed JSON, with lines holding bytes that are not "
-                      "UTF-8: the file is in another encoding (Latin-1, Windows-1252, ...); convert it first, for "
+                      "UTF-8: a file in another encoding (Latin-1, Windows-1252, ...), to convert first, for "
                       "example iconv -f LATIN1 -t UTF-8"),
+    ("gzip_named_jsonl", "every line of the raw input is malformed JSON: {root}/gzip_named/raw.jsonl is "
+                         "gzip-compressed, which its name does not say; name it to end in .jsonl.gz"),
+    ("parquet_named_jsonl", "every line of the target input is malformed JSON: {root}/parquet_named/t.jsonl is a "
+                            "Parquet file, which its name does not say; pass --target-format parquet"),
     ("latin1_raw", "every line of the raw input is malformed JSON, with lines holding bytes that are not UTF-8"),
     ("latin1_raw_spark_reader", "every line of the raw input is malformed JSON, with lines holding bytes"),
     ("truncated_gzip", "(OSError: Truncated compressed stream): the file is damaged"),
@@ -155,6 +159,14 @@ def test_mistakes_get_one_clear_message(spark, good, case, message, capsys):
         (root / "empty-raw").mkdir()
         (root / "empty-raw" / "_SUCCESS").write_text("")
         argv[2] = str(root / "empty-raw")
+    elif case == "gzip_named_jsonl":  # compressed, but named as plain text: Spark reads its bytes as lines
+        (root / "gzip_named").mkdir()
+        (root / "gzip_named" / "raw.jsonl").write_bytes(gzip.compress(open(raw, "rb").read()))
+        argv[2] = str(root / "gzip_named" / "raw.jsonl")
+    elif case == "parquet_named_jsonl":
+        (root / "parquet_named").mkdir()
+        pq.write_table(pa.table({"id": ["a"], "text": ["a target document"]}), root / "parquet_named" / "t.jsonl")
+        argv[4] = str(root / "parquet_named" / "t.jsonl")
     elif case.startswith("latin1"):  # saved by an editor in Latin-1: every line holds an accented letter
         latin = root / case / "latin1.jsonl"
         latin.parent.mkdir()
