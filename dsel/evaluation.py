@@ -83,6 +83,7 @@ def evaluate(spark: SparkSession, cfg: DselConfig, label_column: str, target_lab
         raise DselError(f"raw input has column(s) {', '.join(clashing)}, which dsel evaluate adds to "
                         "OUT/evaluation/selected; rename them, or evaluate without --out")
     if cfg.out:
+        OutputPaths(cfg.out).check_apart({"raw": cfg.raw or [], "target": cfg.target or []})
         OutputPaths(cfg.out).check_owned()  # before the work, not after
     targets = read_targets(spark, cfg)
     rule = Filters.of(cfg)

@@ -65,6 +65,23 @@ class OutputPaths:
     def lock(self) -> str:
         return self.table("lock")
 
+    def check_apart(self, inputs: dict[str, Sequence[str]]) -> None:
+        """Refuse an --out inside a local input directory (``inputs``: role -> paths): the next read
+        of that directory would take dsel's tables for input files."""
+        local = local_dir(self.out)
+        if local is None:
+            return
+        out = os.path.realpath(local)
+        for role, sources in inputs.items():
+            for source in sources:
+                path = local_dir(source)
+                if path is None or not os.path.isdir(path):
+                    continue
+                inside = os.path.realpath(path)
+                if out == inside or out.startswith(inside.rstrip(os.sep) + os.sep):
+                    raise DselError(f"--out {self.out} is inside the {role} input directory {source}, where dsel's "
+                                    f"tables would be read as {role} input; choose an --out outside it")
+
     def check_owned(self) -> None:
         """Refuse to write into a local directory that holds data dsel did not write."""
         local = local_dir(self.out)

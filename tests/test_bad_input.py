@@ -122,6 +122,8 @@ def test_target_sharing_no_ngram_warns(spark, good):
     ("empty_target_file", "the target input ({root}/blank.jsonl) holds no records: its files are empty or hold "
                           "only blank lines; check --target"),
     ("empty_raw_directory", "directory {root}/empty-raw holds no data files (only hidden ones, or none); check the path"),
+    ("out_inside_raw_directory", "--out {root}/raw-dir/out is inside the raw input directory {root}/raw-dir, where "
+                                 "dsel's tables would be read as raw input; choose an --out outside it"),
     ("latin1_target", "every line of the target input is malformed JSON, with lines holding bytes that are not "
                       "UTF-8: a file in another encoding (Latin-1, Windows-1252, ...), to convert first, for "
                       "example iconv -f LATIN1 -t UTF-8"),
@@ -159,6 +161,9 @@ def test_mistakes_get_one_clear_message(spark, good, case, message, capsys):
         (root / "empty-raw").mkdir()
         (root / "empty-raw" / "_SUCCESS").write_text("")
         argv[2] = str(root / "empty-raw")
+    elif case == "out_inside_raw_directory":  # the next run would read OUT's Parquet files as raw input
+        write_jsonl(root / "raw-dir" / "a.jsonl", good["raw"][:10])
+        argv[2], argv[6] = str(root / "raw-dir"), str(root / "raw-dir" / "out")
     elif case == "gzip_named_jsonl":  # compressed, but named as plain text: Spark reads its bytes as lines
         (root / "gzip_named").mkdir()
         (root / "gzip_named" / "raw.jsonl").write_bytes(gzip.compress(open(raw, "rb").read()))
