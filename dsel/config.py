@@ -44,6 +44,7 @@ class DselConfig:
     raw_format: str = "auto"
     target_format: str = "auto"
     text_column: str = "text"
+    target_text_column: Optional[str] = None
     id_column: str = "id"
     ngrams: int = 2
     num_buckets: int = 10_000
@@ -98,6 +99,12 @@ class DselConfig:
         values = dict(values.get("dsel", values))
         values.update({k: v for k, v in (overrides or {}).items() if v is not None})
         return cls.from_mapping(values)
+
+    def for_targets(self) -> "DselConfig":
+        """The settings the targets are read with: ``target_text_column`` as their text column, if given."""
+        if self.target_text_column in (None, self.text_column):
+            return self
+        return dataclasses.replace(self, text_column=self.target_text_column)
 
     def replace(self, **changes: Any) -> "DselConfig":
         cfg = dataclasses.replace(self, **changes)
@@ -171,8 +178,10 @@ class DselConfig:
                                   'e.g. {"/data/raw": 12}')
         _choice("json_reader", self.json_reader, JSON_READERS)
         _choice("features_writer", self.features_writer, FEATURES_WRITERS)
-        for key in ("text_column", "id_column"):
+        for key in ("text_column", "id_column", "target_text_column"):
             value = getattr(self, key)
+            if key == "target_text_column" and value is None:
+                continue
             if not isinstance(value, str) or not value or "`" in value:
                 raise ConfigError(key, f"must be a non-empty column name without backticks, got {value!r}")
         _int_range("ngrams", self.ngrams, 1, 8)
@@ -270,6 +279,7 @@ FIELD_HELP: dict[str, str] = {
     'raw_format': 'format of --raw: auto, json, parquet, delta or table',
     'target_format': 'format of --target: auto, json, parquet, delta or table',
     'text_column': 'column holding the document text (default text)',
+    'target_text_column': "the targets' text column, when it is not --text-column's (default: --text-column)",
     'id_column': 'column holding the document id (default id; without it ids are the SHA-256 of the text)',
     'ngrams': 'n of the n-grams: 2 means unigrams and bigrams',
     'num_buckets': 'hash buckets (default 10000)',

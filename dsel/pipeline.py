@@ -73,10 +73,11 @@ def read_targets(spark: SparkSession, cfg: DselConfig, summary: Optional[Summary
     """(name, prepared DataFrame) per target: one per --target, or one in all with combine_targets."""
     groups = [cfg.target] if cfg.combine_targets else [[t] for t in cfg.target]
     targets, states = [], []
+    settings = cfg.for_targets()
     for group in groups:
         state: dict = {}
-        targets.append((",".join(group), prepare(read_input(spark, group, cfg.target_format, cfg, "target",
-                                                            state=state), cfg)))
+        targets.append((",".join(group), prepare(read_input(spark, group, cfg.target_format, settings, "target",
+                                                            state=state), settings)))
         states.append(state)
     if summary is not None:
         summary.inputs["targets"] = states
@@ -330,7 +331,8 @@ def _fit_of(cfg: DselConfig, summary: Summary) -> dict:
     """What a fit depends on besides the raw documents: the targets and the fit settings."""
     return {"target": cfg.target, "target_format": cfg.target_format, "combine_targets": cfg.combine_targets,
             "num_tokens_to_fit": cfg.num_tokens_to_fit, "targets": summary.inputs.get("targets"),
-            "text_column": cfg.text_column, "id_column": cfg.id_column, **cfg.fit_params()}
+            "text_column": cfg.text_column, "id_column": cfg.id_column,
+            **({"target_text_column": cfg.target_text_column} if cfg.target_text_column else {}), **cfg.fit_params()}
 
 
 def refit_reason(spark: SparkSession, cfg: DselConfig, summary: Summary) -> Optional[str]:

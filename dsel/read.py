@@ -319,6 +319,7 @@ def _check_columns(df: DataFrame, cfg: DselConfig, role: str,
     line is rejected."""
     fields = {f.name: f.dataType for f in df.schema.fields}
     visible = [n for n in fields if n != CORRUPT]
+    flag = "--target-text-column" if role == "target" else "--text-column"
     if not fields:  # Spark's reader infers no column, not even the corrupt record's, from no lines
         raise DselError(f"the {role} input ({', '.join(getattr(cfg, role, None) or [])}) holds no records: its files "
                         f"are empty or hold only blank lines; check --{role}")
@@ -334,10 +335,12 @@ def _check_columns(df: DataFrame, cfg: DselConfig, role: str,
                             "object per line. Convert a pretty-printed JSON file or array first (for example "
                             "jq -c '.[]' in.json > in.jsonl), or pass --" + role + "-format if it is not JSON")
         raise DselError(f"{role} input has no column '{cfg.text_column}'; its columns are "
-                        f"{', '.join(visible)}. Pass --text-column NAME")
+                        f"{', '.join(visible)}. Pass {flag} NAME")
     if not isinstance(fields[cfg.text_column], T.StringType):
         raise DselError(f"{role} column '{cfg.text_column}' has type {fields[cfg.text_column].simpleString()}, "
-                        f"not string; {_binary_hint(fields[cfg.text_column])}point --text-column at a string column")
+                        f"not string; {_binary_hint(fields[cfg.text_column])}point {flag} at a string column")
+    if role == "target":  # a target's ids are not used: without an id column they are derived from the text
+        return df
     if cfg.id_column in fields and not isinstance(fields[cfg.id_column], (T.StringType, T.IntegralType)):
         raise DselError(f"{role} column '{cfg.id_column}' has type {fields[cfg.id_column].simpleString()}; "
                         f"ids must be strings or integers. {_binary_hint(fields[cfg.id_column])}Pass --id-column NAME")

@@ -248,6 +248,31 @@ def test_several_targets_get_quotas(spark, corpus, tmp_path):
     assert f"    {movies:<16} {30:>12,}\n" in summary.format()
 
 
+def test_targets_with_their_own_text_column_and_no_ids(spark, corpus, contract_run, tmp_path):
+    # A lake's raw table (doc_id, body) and a hand-made target file (content only): the target needs
+    # neither the raw's id column nor its text column's name, and the fit and weights are the contract
+    # run's (the same texts under the default column names)
+    raw = write_jsonl(tmp_path / "raw.jsonl", [{"doc_id": d["id"], "body": d["text"]} for d in corpus["raw_docs"]])
+    own = write_jsonl(tmp_path / "own.jsonl", [{"content": json.loads(line)["text"]}
+                                               for line in open(corpus["target"], encoding="utf-8")])
+    base = {"raw": [raw], "target": [own], "num_samples": 50, "seed": 3, "text_column": "body", "id_column": "doc_id"}
+    execute(spark, DselConfig.from_mapping({**base, "target_text_column": "content", "out": str(tmp_path / "o")}),
+            "run")
+    contract, _ = contract_run
+    for table, columns in (("log_ratios", ["target", "bucket", "raw_count", "target_count", "log_ratio", "ngrams"]),
+                           ("weights", ["id", "doc_hash", "num_words", "log_weight", "log_weights"])):
+        got = delta(spark, tmp_path / "o" / table).select(*columns).orderBy(*columns[:2]).collect()
+        want = (spark.read.format("delta").option("versionAsOf", 0).load(str(contract / table))
+                .select(*columns).orderBy(*columns[:2]).collect())
+        assert got == want, table
+    selected = delta(spark, tmp_path / "o" / "selected")
+    assert selected.count() == 50 and selected.where("doc_id is null or body is null").count() == 0
+    # a target without the text column names the option that fixes it
+    with pytest.raises(DselError, match=r"target input has no column 'body'; its columns are content\. "
+                                        r"Pass --target-text-column NAME"):
+        execute(spark, DselConfig.from_mapping({**base, "out": str(tmp_path / "missing")}), "run")
+
+
 def test_export_jsonl_and_parquet(spark, corpus, contract_run, tmp_path):
     out, _ = contract_run
     for fmt in ("jsonl", "parquet"):
