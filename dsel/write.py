@@ -316,8 +316,10 @@ def read_table(spark: SparkSession, path: str, what: str) -> DataFrame:
     from delta.tables import DeltaTable
 
     if not DeltaTable.isDeltaTable(spark, path):
-        raise DselError(f"no {what} table at {path}; run 'dsel {'fit' if what == 'log_ratios' else 'score'}' "
-                        "(or 'dsel run') with the same --out first")
+        if what == "runs":
+            raise DselError(f"no runs table at {path}; every dsel command writes one: check the --out given")
+        writer = {"log_ratios": "fit", "selected": "select"}.get(what, "score")
+        raise DselError(f"no {what} table at {path}; run 'dsel {writer}' (or 'dsel run') with the same --out first")
     return spark.read.format("delta").load(path)
 
 

@@ -256,3 +256,12 @@ def test_binary_text_reads_with_the_setting_the_message_names(spark, good, tmp_p
     finally:
         spark.conf.unset("spark.sql.parquet.binaryAsString")
     assert summary.scored == len(good["raw"]) and summary.selected == 10
+
+
+def test_a_missing_table_names_the_command_that_writes_it(spark, good, tmp_path, capsys):
+    out = tmp_path / "never-run"
+    assert main(["report", "--out", str(out)]) == 2
+    assert f"no selected table at {out / 'selected'}; run 'dsel select' (or 'dsel run')" in capsys.readouterr().err
+    raw = write_jsonl(tmp_path / "raw" / "a.jsonl", good["raw"][:5])
+    assert main(["select", "--raw", raw, "--out", str(out), "--num-samples", "3"]) == 2
+    assert f"no weights table at {out / 'weights'}; run 'dsel score' (or 'dsel run')" in capsys.readouterr().err
