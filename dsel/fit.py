@@ -193,6 +193,10 @@ def fit(raw_features: DataFrame, targets: list[tuple[str, DataFrame]], cfg: Dsel
         if not np.any((row > 0) & (raw_counts > 0)):
             result.warnings.append(f"target {name} shares no n-gram bucket with the raw data: its weights only "
                                    "reflect document length. Check that raw and target are the right inputs")
+        elif np.array_equal(row, raw_counts):
+            result.warnings.append(f"target {name} has the raw data's very histogram (is it the raw input?): every "
+                                   "weight is 0, so the selection is uniform among the eligible documents. Check "
+                                   "that raw and target are the right inputs")
     return result
 
 

@@ -107,6 +107,11 @@ def test_target_sharing_no_ngram_warns(spark, good):
                   num_buckets=1_000_000)
     assert any("shares no n-gram bucket" in w for w in summary.warnings)
     assert summary.selected == 5
+    # the raw input given as the target too: every weight is 0, and the summary says why
+    summary = run(spark, raw=[raw], target=[raw], out=str(good["root"] / "out5"), num_samples=5)
+    assert any(w.startswith(f"target {raw} has the raw data's very histogram") for w in summary.warnings)
+    weights = spark.read.format("delta").load(str(good["root"] / "out5" / "weights"))
+    assert weights.where("log_weight != 0").count() == 0
 
 
 @pytest.mark.parametrize("case, message", [
