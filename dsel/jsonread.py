@@ -12,7 +12,8 @@ column types seen (``raw_types``, on one row per task), from which the raw schem
 It gives exactly what Spark's reader gives, by these rules (checked by ``tests/test_jsonread.py``
 against Spark on real and bad input):
 
-* Lines end at ``\\n``, ``\\r\\n`` or ``\\r``; a UTF-8 BOM at the start of a file is dropped;
+* Lines end at ``\\n``, ``\\r\\n`` or ``\\r``; a UTF-8 BOM at the start of a line is dropped (as
+  Jackson drops it at the start of its input, which under Spark's reader is one line);
   whitespace-only lines are no records.  A split owns the lines that start inside it.  A line
   holding bytes that are not UTF-8 is parsed alone (below); a line
   that starts as UTF-16 or UTF-32 does makes the run fall back to Spark's reader (see below).
@@ -489,12 +490,14 @@ def _field_value(value: Any, line: str, key: str) -> Optional[bytes]:
 
 
 def _cr_split(raw: bytes, offset: int) -> Iterator[tuple[int, bytes]]:
+    """The lines of ``raw`` split at lone carriage returns, each without a leading byte-order mark."""
     if b"\r" not in raw:
         yield offset, raw
         return
     pos = 0
     for piece in raw.split(b"\r"):
-        yield offset + pos, piece
+        bom = 3 if piece.startswith(_BOM) else 0
+        yield offset + pos + bom, piece[bom:]
         pos += len(piece) + 1
 
 
@@ -659,8 +662,12 @@ def _parse_block(piece: bytes, offset: int, summary: _Summary, text_col: str, id
         starts, ends = starts[:-1], ends[:-1]
     nonempty = ends > starts
     ends = ends - (nonempty & (data[np.maximum(ends - 1, 0)] == 13))
-    if offset == 0 and piece.startswith(_BOM):
-        starts[0] += 3
+    # Spark's reader hands Jackson each line alone, and Jackson skips a byte-order mark at the start of
+    # its input: a file's first line, or any line (files joined with cat keep their marks)
+    last = max(len(piece) - 1, 0)
+    bom = ((ends - starts >= 3) & (data[np.minimum(starts, last)] == 0xEF) & (data[np.minimum(starts + 1, last)] == 0xBB)
+           & (data[np.minimum(starts + 2, last)] == 0xBF))
+    starts = starts + 3 * bom
     first = data[np.minimum(starts, len(piece) - 1)]
     if _other_encoding(data, starts, ends, first):
         summary.fallback.append("a line is UTF-16 or UTF-32 (Spark's parser detects the encoding of each line)")
