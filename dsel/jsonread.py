@@ -665,8 +665,9 @@ def _parse_block(piece: bytes, offset: int, summary: _Summary, text_col: str, id
     # Spark's reader hands Jackson each line alone, and Jackson skips a byte-order mark at the start of
     # its input: a file's first line, or any line (files joined with cat keep their marks)
     last = max(len(piece) - 1, 0)
-    bom = ((ends - starts >= 3) & (data[np.minimum(starts, last)] == 0xEF) & (data[np.minimum(starts + 1, last)] == 0xBB)
-           & (data[np.minimum(starts + 2, last)] == 0xBF))
+    bom = ends - starts >= 3
+    for i, byte in enumerate(_BOM):
+        bom &= data[np.minimum(starts + i, last)] == byte
     starts = starts + 3 * bom
     first = data[np.minimum(starts, len(piece) - 1)]
     if _other_encoding(data, starts, ends, first):
