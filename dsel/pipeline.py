@@ -790,9 +790,10 @@ def _run(spark: SparkSession, cfg: DselConfig, summary: Summary) -> None:
     if cfg.num_samples is None and cfg.num_tokens is None:
         raise DselError("give --num-samples K or --num-tokens N")
     # Spark's reader: one schema inference for the whole run; the pyarrow reader needs none
+    # the targets first: a mistake in them (path, column, format) is told before the long raw pass
+    read_targets(spark, cfg, summary)
     raw = None if fast_plan(spark, cfg) is not None else read_raw(spark, cfg, summary=summary)
     feats = featurize(spark, cfg, summary, raw)
-    read_targets(spark, cfg, summary)
     reason = refit_reason(spark, cfg, summary)
     fitted = fit(spark, cfg, summary, feats, reason) if reason else load_fit(spark, cfg, summary)
     if not reason:
