@@ -46,7 +46,7 @@ class Fit:
     raw_features_total: Optional[int] = None  # all usable raw features, when known
     warnings: list[str] = field(default_factory=list)
     target_ngrams: Optional[list[dict[int, list[str]]]] = None  # per target: bucket -> sample n-grams
-    target_records: Optional[list[dict[str, int]]] = None  # per target: records by skip reason ("": usable)
+    target_records: Optional[list[dict]] = None  # per target: {"read": records, "skipped": {reason: records}}
 
     @property
     def log_ratios(self) -> np.ndarray:
@@ -140,12 +140,12 @@ def fit_raw(raw_features: DataFrame, cfg: DselConfig,
 
 def fit_targets(targets: list[tuple[str, DataFrame]], cfg: DselConfig,
                 ngrams: Optional[list[dict[int, list[str]]]] = None,
-                records: Optional[list[dict[str, int]]] = None) -> np.ndarray:
+                records: Optional[list[dict]] = None) -> np.ndarray:
     """Target bucket counts, one row per target, each counted in full.
 
     When ``ngrams`` is a list, each target's sample n-grams (bucket -> n-grams, smallest key first)
-    are appended to it; when ``records`` is a list, each target's records by skip reason ("" for
-    the usable ones), counted in the same pass.
+    are appended to it; when ``records`` is a list, each target's records read and skipped by reason
+    (``{"read": n, "skipped": {reason: n}}``), counted in the same pass.
     """
     counts = []
     for name, df in targets:
@@ -161,16 +161,17 @@ def fit_targets(targets: list[tuple[str, DataFrame]], cfg: DselConfig,
                 dense[bucket] = count
             else:
                 sample.setdefault(bucket, []).append((key, gram.encode("utf-8"), gram))
+        read, skipped = sum(seen.values()), {k: v for k, v in sorted(seen.items()) if k}
         if dense.sum() == 0:
-            skipped = ", ".join(f"{k}={v:,}" for k, v in sorted(seen.items()) if k)
-            read = f"{sum(seen.values()):,} records read" + (f", skipped: {skipped}" if skipped else "")
-            raise DselError(f"target {name} has no usable text ({read}); check --target and --text-column"
-                            + "".join(f". {k}: {SKIP_HINTS[k]}" for k in sorted(seen) if k in SKIP_HINTS))
+            reasons = ", ".join(f"{k}={v:,}" for k, v in skipped.items())
+            raise DselError(f"target {name} has no usable text ({read:,} records read"
+                            + (f", skipped: {reasons}" if reasons else "") + "); check --target and --text-column"
+                            + "".join(f". {k}: {SKIP_HINTS[k]}" for k in skipped if k in SKIP_HINTS))
         counts.append(dense)
         if ngrams is not None:
             ngrams.append({b: [g for _, _, g in sorted(v)] for b, v in sample.items()})
         if records is not None:
-            records.append(dict(sorted(seen.items())))
+            records.append({"read": read, "skipped": skipped})
     return np.stack(counts)
 
 
@@ -183,7 +184,7 @@ def fit(raw_features: DataFrame, targets: list[tuple[str, DataFrame]], cfg: Dsel
     each target is a DataFrame from :func:`dsel.read.prepare`, counted from its text.
     """
     samples: list[dict[int, list[str]]] = []
-    records: list[dict[str, int]] = []
+    records: list[dict] = []
     # first: an empty target fails before the long raw pass
     target_counts = fit_targets(targets, cfg, samples, records)
     raw_counts, raw_total = fit_raw(raw_features, cfg, counted, first_bins)

@@ -490,13 +490,14 @@ def _field_value(value: Any, line: str, key: str) -> Optional[bytes]:
 
 
 def _cr_split(raw: bytes, offset: int) -> Iterator[tuple[int, bytes]]:
-    """The lines of ``raw`` split at lone carriage returns, each without a leading byte-order mark."""
+    """The lines of ``raw`` split at lone carriage returns; those after one without a leading byte-order
+    mark (the first line's is dropped with the other lines', see :func:`_parse_block`)."""
     if b"\r" not in raw:
         yield offset, raw
         return
     pos = 0
-    for piece in raw.split(b"\r"):
-        bom = 3 if piece.startswith(_BOM) else 0
+    for i, piece in enumerate(raw.split(b"\r")):
+        bom = 3 if i and piece.startswith(_BOM) else 0
         yield offset + pos + bom, piece[bom:]
         pos += len(piece) + 1
 
@@ -521,7 +522,7 @@ def _one_line(raw: bytes, offset: int, block: _Block, summary: _Summary, text_co
         ok = isinstance(value, dict)
         block.starts.append(at)
         block.lengths.append(len(sub))
-        block.not_utf8.append(undecoded and not ok)
+        block.not_utf8.append(undecoded)  # never ok: nothing was decoded
         if not ok:
             summary.malformed += 1
             block.ids.append(None)

@@ -383,9 +383,9 @@ def fit(spark: SparkSession, cfg: DselConfig, summary: Summary, feats: Optional[
     return result
 
 
-def _strict_targets(targets: list[tuple[str, DataFrame]], records: dict[str, dict[str, int]]) -> None:
+def _strict_targets(targets: list[tuple[str, DataFrame]], records: dict[str, dict]) -> None:
     """Strict mode: fail when a target record was skipped, naming the first few (a target is small)."""
-    skipped = {name: {k: v for k, v in seen.items() if k} for name, seen in records.items()}
+    skipped = {name: seen["skipped"] for name, seen in records.items()}
     if not any(skipped.values()):
         return
     examples = []

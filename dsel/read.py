@@ -61,19 +61,17 @@ _NOT_DECOMPRESSED = {".tar.gz": "a tar archive", ".tgz": "a tar archive", ".tar.
 
 
 #: What a file's first bytes say it is, when every line of a JSON input is rejected: (magic, offset,
-#: what it is, the suffix that names it or None, the fix).
+#: what it is, the suffix that names it, or None for what Spark's JSON reader does not decompress).
 _MAGIC = (
-    (b"\x1f\x8b", 0, "gzip-compressed", ".gz", "name it to end in .jsonl.gz (the codec is chosen by the name)"),
-    (b"\x28\xb5\x2f\xfd", 0, "zstd-compressed", ".zst", "name it to end in .jsonl.zst (the codec is chosen by "
-                                                      "the name)"),
-    (b"BZh", 0, "bzip2-compressed", ".bz2", "name it to end in .jsonl.bz2 (the codec is chosen by the name)"),
-    (b"\x04\x22\x4d\x18", 0, "lz4-compressed", ".lz4", "name it to end in .jsonl.lz4 (the codec is chosen by "
-                                                     "the name)"),
-    (b"PAR1", 0, "a Parquet file", ".parquet", "pass --{role}-format parquet"),
-    (b"\xfd7zXZ\x00", 0, "xz-compressed", None, "decompress it, or recompress it with gzip or zstd"),
-    (b"PK\x03\x04", 0, "a zip archive", None, "extract it and pass the JSON-lines files inside"),
-    (b"7z\xbc\xaf\x27\x1c", 0, "a 7-Zip archive", None, "extract it and pass the JSON-lines files inside"),
-    (b"ustar", 257, "a tar archive", None, "extract it and pass the JSON-lines files inside"),
+    (b"\x1f\x8b", 0, "gzip-compressed", ".gz"),
+    (b"\x28\xb5\x2f\xfd", 0, "zstd-compressed", ".zst"),
+    (b"BZh", 0, "bzip2-compressed", ".bz2"),
+    (b"\x04\x22\x4d\x18", 0, "lz4-compressed", ".lz4"),
+    (b"PAR1", 0, "a Parquet file", ".parquet"),
+    (b"\xfd7zXZ\x00", 0, "xz-compressed", None),
+    (b"PK\x03\x04", 0, "a zip archive", None),
+    (b"7z\xbc\xaf\x27\x1c", 0, "a 7-Zip archive", None),
+    (b"ustar", 257, "a tar archive", None),
 )
 
 
@@ -86,9 +84,12 @@ def _not_json_lines(files: list[str], role: str) -> Optional[str]:
                 head = fh.read(4096)
         except OSError:
             continue
-        for magic, at, kind, suffix, fix in _MAGIC:
+        for magic, at, kind, suffix in _MAGIC:
             if head[at:at + len(magic)] == magic and not (suffix and name.lower().endswith(suffix)):
-                return f"{name} is {kind}, which its name does not say; {fix.format(role=role)}"
+                fix = (f"pass --{role}-format parquet" if suffix == ".parquet" else
+                       f"name it to end in .jsonl{suffix} (the codec is chosen by the name)" if suffix else
+                       _unread_fix(kind))
+                return f"{name} is {kind}, which its name does not say; {fix}"
         if b"\x00" in head:
             return f"{name} is not text (it holds NUL bytes); dsel reads JSON lines: check --{role}"
     return None
@@ -109,9 +110,13 @@ def check_decompressible(names: list[str]) -> None:
         lowered = name.lower()
         kind = next((k for suffix, k in _NOT_DECOMPRESSED.items() if lowered.endswith(suffix)), None)
         if kind is not None:
-            fix = ("extract it and pass the JSON-lines files inside" if "archive" in kind else
-                   "decompress it, or recompress it with gzip or zstd (.gz, .zst)")
-            raise DselError(f"{name} is {kind}, which Spark's JSON reader does not read; {fix}")
+            raise DselError(f"{name} is {kind}, which Spark's JSON reader does not read; {_unread_fix(kind)}")
+
+
+def _unread_fix(kind: str) -> str:
+    """What to do with an archive or a file in a codec Spark's JSON reader does not decompress."""
+    return ("extract it and pass the JSON-lines files inside" if "archive" in kind else
+            "decompress it, or recompress it with gzip or zstd (.gz, .zst)")
 
 
 def _matches(path: str) -> list[str]:
@@ -320,11 +325,11 @@ def _check_columns(df: DataFrame, cfg: DselConfig, role: str,
     fields = {f.name: f.dataType for f in df.schema.fields}
     visible = [n for n in fields if n != CORRUPT]
     flag = "--target-text-column" if role == "target" else "--text-column"
+    sources = getattr(cfg, role, None) or []
     if not fields:  # Spark's reader infers no column, not even the corrupt record's, from no lines
-        raise DselError(f"the {role} input ({', '.join(getattr(cfg, role, None) or [])}) holds no records: its files "
+        raise DselError(f"the {role} input ({', '.join(sources)}) holds no records: its files "
                         f"are empty or hold only blank lines; check --{role}")
     if cfg.text_column not in fields:
-        sources = getattr(cfg, role, None) or []
         binary = None if visible else _not_json_lines([f for s in sources for f in _local_files(s)], role)
         if binary:
             raise DselError(f"every line of the {role} input is malformed JSON: {binary}")

@@ -14,11 +14,10 @@ def kl_text(value: Optional[float]) -> str:
     return "none chosen" if value is None else f"{value:.4f}"
 
 
-def _records(seen: dict[str, int]) -> str:
-    """Records read, and the skipped ones by reason (``seen``: records by skip reason, "" the usable)."""
-    skipped = {k: v for k, v in sorted(seen.items()) if k}
-    reasons = ", ".join(f"{k}={v:,}" for k, v in skipped.items())
-    return f"{sum(seen.values()):>12,}" + (f"  (skipped {sum(skipped.values()):,}: {reasons})" if skipped else "")
+def _records(read: int, skipped: dict[str, int]) -> str:
+    """Records read, and the skipped ones by reason."""
+    reasons = ", ".join(f"{k}={v:,}" for k, v in sorted(skipped.items()))
+    return f"{read:>12,}" + (f"  (skipped {sum(skipped.values()):,}: {reasons})" if skipped else "")
 
 
 @dataclass
@@ -30,7 +29,7 @@ class Summary:
     started: float = field(default_factory=time.time)
     read: Optional[int] = None
     skipped: dict[str, int] = field(default_factory=dict)
-    target_records: dict[str, dict[str, int]] = field(default_factory=dict)  # per target fit now: by reason, "" usable
+    target_records: dict[str, dict] = field(default_factory=dict)  # per target fit now: {"read", "skipped"}
     scored: Optional[int] = None
     eligible: Optional[int] = None
     filtered: dict[str, int] = field(default_factory=dict)  # scored documents each eligibility filter removed
@@ -69,8 +68,7 @@ class Summary:
                 "eligible": self.eligible, "filtered": dict(self.filtered),
                 "selected": self.selected, "selected_words": self.selected_words, "kl_reduction": self.kl_reduction,
                 "kl_smoothing_share": self.kl_smoothing, "kl_reduction_own": dict(self.kl_own),
-                "targets": {name: {"read": sum(seen.values()), "skipped": {k: v for k, v in seen.items() if k}}
-                            for name, seen in self.target_records.items()}}
+                "targets": dict(self.target_records)}
 
     def format(self) -> str:
         lines = [f"dsel {self.command} — run {self.run_id}"]
@@ -80,12 +78,14 @@ class Summary:
             total = sum(self.skipped.values())
             reasons = ", ".join(f"{k}={v:,}" for k, v in sorted(self.skipped.items())) or "none"
             lines.append(f"  skipped            {total:>12,}  ({reasons})")
+        targets = self.target_records.values()
         if self.target_records:
-            total: Counter = sum((Counter(seen) for seen in self.target_records.values()), Counter())
-            lines.append(f"  target read        {_records(total)}")
+            total: Counter = sum((Counter(t["skipped"]) for t in targets), Counter())
+            lines.append(f"  target read        {_records(sum(t['read'] for t in targets), total)}")
             if len(self.target_records) > 1:
-                lines.extend(f"    {name:<16} {_records(seen)}" for name, seen in self.target_records.items())
-        seen_reasons = set(self.skipped).union(*self.target_records.values())
+                lines.extend(f"    {name:<16} {_records(t['read'], t['skipped'])}"
+                             for name, t in self.target_records.items())
+        seen_reasons = set(self.skipped).union(*(t["skipped"] for t in targets))
         lines.extend(f"  hint: {reason}: {SKIP_HINTS[reason]}" for reason in sorted(seen_reasons & set(SKIP_HINTS)))
         if self.featurized is not None and self.featurized != self.read:
             lines.append(f"  featurized now     {self.featurized:>12,}  (the rest were featurized by earlier runs)")
