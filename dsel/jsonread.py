@@ -60,7 +60,7 @@ from dsel.config import DselConfig
 from dsel.errors import CANNOT_READ, DselError
 from dsel.featurize import FEATURES_SCHEMA
 from dsel.read import (CORRUPT, ID, INTERNAL, JSON_OPTIONS, MALFORMED, NOT_UTF8, _check_columns, check_decompressible,
-                       detect_format, parallelism)
+                       arrow_path, detect_format, parallelism)
 from dsel.write import forget_commit
 
 #: Extra columns of a features table written by this reader (after FEATURES_SCHEMA's).
@@ -370,9 +370,7 @@ class _Summary:
 
 def _open(uri: str, codec: Optional[str]):
     """``uri`` as a stream decompressed with ``codec`` (see :func:`_codec`), or as a seekable file."""
-    from pyarrow import fs
-
-    filesystem, path = fs.FileSystem.from_uri(uri)
+    filesystem, path = arrow_path(uri)
     return filesystem.open_input_stream(path, compression=codec) if codec else filesystem.open_input_file(path)
 
 
@@ -831,7 +829,7 @@ def plan(spark: SparkSession, cfg: DselConfig) -> tuple[Optional[Plan], str]:
     sizes = {}
     try:
         for name in files:
-            filesystem, path = fs.FileSystem.from_uri(name)
+            filesystem, path = arrow_path(name)
             info = filesystem.get_file_info(path)
             if info.type != fs.FileType.File:
                 return None, f"pyarrow cannot open {name}"

@@ -27,8 +27,8 @@ from dsel import __version__, jsonread
 from dsel.config import DselConfig
 from dsel.errors import DselError, user_error
 from dsel.fit import Fit, bin_counts, fit as fit_histograms
-from dsel.read import (DETAIL, HASH, ID, INTERNAL, REASON, SOURCE, file_states, files_digest, fingerprint,
-                       parallelism, parquet_files, per_file, plain_parquet, prepare, read_input)
+from dsel.read import (DETAIL, HASH, ID, INTERNAL, REASON, SOURCE, arrow_path, file_states, files_digest,
+                       fingerprint, parallelism, parquet_files, per_file, plain_parquet, prepare, read_input)
 from dsel.report import Summary
 from dsel.score import (DUPLICATES_ON_DRIVER, duplicates as duplicate_records, score as score_records, score_files,
                         score_files_function, skipped as skipped_records, unique_weights, unique_weights_batch,
@@ -561,13 +561,11 @@ def _direct_weights(spark: SparkSession, cfg: DselConfig, paths: OutputPaths, fi
     As :func:`_write_weights` writes them: each file in descending ``log_weight`` (with Parquet's page
     index), at least four files per core, and more when the features are large, so that no task
     orders more than the weights of :data:`WEIGHTS_TASK_BYTES` of features, in a multiple of the cores."""
-    from pyarrow import fs
-
     files = parquet_files(spark, feats)
     if not files:
         return None
-    filesystem = fs.FileSystem.from_uri(files[0])[0]
-    size = sum(i.size or 0 for i in filesystem.get_file_info([fs.FileSystem.from_uri(f)[1] for f in files]))
+    filesystem = arrow_path(files[0])[0]
+    size = sum(i.size or 0 for i in filesystem.get_file_info([arrow_path(f)[1] for f in files]))
     if not _workers_write(spark, cfg, paths.weights, size, DIRECT_WEIGHTS_MIN_BYTES):
         return None
     scoring = score_files_function(files, fitted.log_ratios, drop)

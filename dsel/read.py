@@ -95,6 +95,22 @@ def _not_json_lines(files: list[str], role: str) -> Optional[str]:
     return None
 
 
+#: the printable ASCII characters, which Spark's file URIs hold as they are or as %-escapes
+_URI_KEPT = "".join(chr(i) for i in range(33, 127))
+
+
+def arrow_path(uri: str) -> tuple[Any, str]:
+    """pyarrow's (file system, path) of a file URI as Spark lists it (``inputFiles``,
+    ``input_file_name``). Spark %-escapes some characters (a space, #, %) but leaves the others that
+    are not ASCII (say ``día.jsonl``) as they are, which pyarrow's URI parser rejects: they are
+    %-escaped as UTF-8 first, and pyarrow unescapes everything."""
+    from urllib.parse import quote
+
+    from pyarrow import fs
+
+    return fs.FileSystem.from_uri(quote(uri, safe=_URI_KEPT))
+
+
 def _is_uri(path: str) -> bool:
     return "://" in path and not path.startswith("file://")
 
@@ -437,11 +453,10 @@ def per_file(spark: SparkSession, files: list[str], run, schema: str, tasks: Opt
 def parquet_parts(files: list[str], batches: Iterator[pa.RecordBatch], columns: list[str]) -> Iterator[pa.RecordBatch]:
     """In a task: the ``columns`` of each file whose index the input batches hold, in record batches."""
     import pyarrow.parquet as pq
-    from pyarrow import fs
 
     for batch in batches:
         for index in batch.column(0).to_pylist():
-            filesystem, path = fs.FileSystem.from_uri(files[index])
+            filesystem, path = arrow_path(files[index])
             with filesystem.open_input_file(path) as handle:
                 yield from pq.ParquetFile(handle).iter_batches(batch_size=8192, columns=columns)
 

@@ -6,6 +6,7 @@ import gzip
 import json
 import random
 import re
+from urllib.parse import unquote
 
 import numpy as np
 import pyarrow as pa
@@ -78,7 +79,8 @@ def inputs(tmp_path_factory):
     # a byte-order mark, Windows line ends, a lone carriage return, no final newline
     tail = lines[90:]
     body = "\r\n".join(tail[:-2]) + "\r\n" + tail[-2] + "\r\ufeff" + tail[-1]
-    (raw / "c.jsonl").write_bytes(b"\xef\xbb\xbf" + body.encode("utf-8"))
+    # a name Spark's URIs hold partly %-escaped (space, #) and partly as is (í), which pyarrow must open too
+    (raw / "c día #1.jsonl").write_bytes(b"\xef\xbb\xbf" + body.encode("utf-8"))
     return {"root": root, "raw": str(raw), "target": target}
 
 
@@ -88,6 +90,14 @@ def _run(spark, inputs, name, **extra):
                                    "num_samples": 30, "seed": 4, "min_length": 20, "run_id": "same", **extra})
     summary = execute(spark, cfg, "run")
     return out, summary
+
+
+def _ran(spark, inputs, name, **extra):
+    """The output of test_fast_reader_matches_spark_reader's run ``name``, made now if that test did not run."""
+    out = inputs["root"] / name
+    if not (out / "selected").exists():
+        _run(spark, inputs, name, **extra)
+    return out
 
 
 def _table(spark, out, name, columns=None, order=None):
@@ -181,7 +191,7 @@ def test_fast_reader_matches_spark_reader(spark, inputs, monkeypatch):
     assert all(r["line_start"] is not None for r in weights)
     files = {}
     for r in weights:
-        path = r["source_file"].removeprefix("file://")
+        path = unquote(r["source_file"].removeprefix("file://"))
         if path not in files:
             files[path] = (gzip.open if path.endswith(".gz") else open)(path, "rb").read()
         line = json.loads(files[path][r["line_start"]:r["line_start"] + r["line_length"]])
@@ -218,9 +228,7 @@ def test_fit_bins_counted_from_the_parquet_files_equal_spark_decoding(spark, inp
     from dsel.featurize import FIT_BINS
     from dsel.fit import _dense, feature_histograms, fit_raw
 
-    out = inputs["root"] / "fast"
-    if not (out / "features").exists():
-        _run(spark, inputs, "fast")
+    out = _ran(spark, inputs, "fast")
     feats = spark.read.format("delta").load(str(out / "features"))
     per_bin = _dense(feature_histograms(feats, F.col("fit_bin"), FIT_BINS, 10_000), FIT_BINS, 10_000)
     files = sorted(feats.inputFiles())
@@ -291,8 +299,7 @@ def test_features_files_are_read_directly_only_while_they_hold_the_table_rows(sp
 
 
 def test_reselect_reads_back_only_the_chosen_lines(spark, inputs):
-    fast, _ = _run(spark, inputs, "fast-reselect")
-    slow, _ = _run(spark, inputs, "slow-reselect", json_reader="spark")
+    fast, slow = _ran(spark, inputs, "fast"), _ran(spark, inputs, "slow", json_reader="spark")
     kl = {}
     for out, reader in ((fast, "auto"), (slow, "spark")):
         cfg = DselConfig.from_mapping({"raw": [inputs["raw"]], "target": [inputs["target"]], "out": str(out),
