@@ -41,7 +41,8 @@ from dsel.baselines import COLUMNS, dsir_selection, heuristic_classification, ra
 from dsel.config import DselConfig
 from dsel.errors import DselError
 from dsel.evaluate import histograms_by_group, kl_summary
-from dsel.read import HASH, ID, REASON, TEXT
+from dsel.read import HASH, ID, REASON, SKIP_HINTS, TEXT
+from dsel.report import record_counts
 from dsel.select import Filters, eligible, with_raw_columns
 from dsel.write import OutputPaths, write_table
 
@@ -101,6 +102,10 @@ def evaluate(spark: SparkSession, cfg: DselConfig, label_column: str, target_lab
         stats = joined.agg(F.countDistinct("id").alias("eligible"),
                            F.countDistinct(F.when(F.col("_l_hit"), F.col("id"))).alias("hits")).first()
         eligible_count, label_docs = int(stats["eligible"]), int(stats["hits"])
+        # the pool's records: read, and skipped by reason (unusable, or an id's losing duplicate)
+        by_reason = {r[0]: int(r[1]) for r in feats.groupBy("skip_reason").count().collect()}
+        read, usable, scored = sum(by_reason.values()), by_reason.pop(None, 0), w.count()
+        skipped = {**by_reason, **({"duplicate_id": usable - scored} if usable > scored else {})}
         if k is None:
             k = label_docs
         if k <= 0:
@@ -153,7 +158,9 @@ def evaluate(spark: SparkSession, cfg: DselConfig, label_column: str, target_lab
             picked.unpersist()
     result: dict[str, Any] = {"k": k, "label_docs": label_docs, "eligible": eligible_count,
                               "label_column": label_column, "target_label": target_label,
-                              "targets": fitted.target_names, "run_id": run_id, "methods": {}}
+                              "targets": fitted.target_names, "run_id": run_id, "methods": {},
+                              "pool_records": {"read": read, "skipped": skipped},
+                              "target_records": dict(zip(fitted.target_names, fitted.target_records or []))}
     for i, method in enumerate(methods):
         n, hit = hits.get(method, (0, 0))
         kl = kl_summary(fitted.target_counts, fitted.raw_counts, hists[i], fitted.target_names)
@@ -208,6 +215,12 @@ def format_table(result: dict[str, Any]) -> str:
         lines.append(f"  {method:<31}{row['precision']:>12.3f}{row['kl_reduction']:>14.4f}"
                      f"{row['kl_reduction_epsilon']:>12.4f}{row['selected']:>10,}{row['seconds']:>7.1f}s")
     lines.append("  KL reduction: add-one smoothing; (eps 1e-8): add-1e-8 smoothing (see dsel.evaluate)")
+    pool, targets = result["pool_records"], result["target_records"]
+    lines.append(f"  pool read   {record_counts(pool['read'], pool['skipped'])}")
+    lines.extend(f"  target read {record_counts(t['read'], t['skipped'])}" + (f"  {name}" if len(targets) > 1 else "")
+                 for name, t in targets.items())
+    reasons = set(pool["skipped"]).union(*(t["skipped"] for t in targets.values()))
+    lines.extend(f"  hint: {reason}: {SKIP_HINTS[reason]}" for reason in sorted(reasons & set(SKIP_HINTS)))
     for path in result.get("tables", {}).values():
         lines.append(f"  wrote {path} (Delta)")
     lines.append(f"  time {result['seconds']:.1f}s")

@@ -376,7 +376,8 @@ def fit(spark: SparkSession, cfg: DselConfig, summary: Summary, feats: Optional[
     schema = _features_schema(spark, paths)
     written = write_table(result.to_frame(spark), paths.log_ratios,
                           _metadata(cfg, summary, dsel_fit=result.params, targets=result.target_names,
-                                    raw_schema=schema, fit_of=_fit_of(cfg, summary), raw_rows=summary.read))
+                                    raw_schema=schema, fit_of=_fit_of(cfg, summary), raw_rows=summary.read,
+                                    target_records=result.target_records))
     summary.tables[paths.log_ratios] = written.version
     summary.fit_version, summary.refit = written.version, reason
     summary.stage("fit", started)
@@ -407,7 +408,8 @@ def load_fit(spark: SparkSession, cfg: DselConfig, summary: Optional[Summary] = 
     frame = read_table(spark, path, "log_ratios")
     version = last_commit(spark, path).version if version is None else version
     frame = spark.read.format("delta").option("versionAsOf", version).load(path)
-    stored = (_commit_at(spark, path, version) or {}).get("dsel_fit")
+    meta = _commit_at(spark, path, version) or {}
+    stored = meta.get("dsel_fit")
     if stored is None:
         raise DselError(f"{path} was not written by 'dsel fit'; run 'dsel fit' with this --out")
     wanted = cfg.fit_params()
@@ -417,6 +419,8 @@ def load_fit(spark: SparkSession, cfg: DselConfig, summary: Optional[Summary] = 
                             f"pass --{key.replace('_', '-')} {value} or run 'dsel fit' again")
     if summary is not None:
         summary.fit_version = version
+        # what the fit read of the targets (an older fit stored nothing: no line then)
+        summary.fit_target_records = dict(zip(meta.get("targets") or [], meta.get("target_records") or []))
     return Fit.from_frame(frame, stored)
 
 

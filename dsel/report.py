@@ -14,7 +14,7 @@ def kl_text(value: Optional[float]) -> str:
     return "none chosen" if value is None else f"{value:.4f}"
 
 
-def _records(read: int, skipped: dict[str, int]) -> str:
+def record_counts(read: int, skipped: dict[str, int]) -> str:
     """Records read, and the skipped ones by reason."""
     reasons = ", ".join(f"{k}={v:,}" for k, v in sorted(skipped.items()))
     return f"{read:>12,}" + (f"  (skipped {sum(skipped.values()):,}: {reasons})" if skipped else "")
@@ -30,6 +30,7 @@ class Summary:
     read: Optional[int] = None
     skipped: dict[str, int] = field(default_factory=dict)
     target_records: dict[str, dict] = field(default_factory=dict)  # per target fit now: {"read", "skipped"}
+    fit_target_records: dict[str, dict] = field(default_factory=dict)  # the same, stored by the fit reused
     scored: Optional[int] = None
     eligible: Optional[int] = None
     filtered: dict[str, int] = field(default_factory=dict)  # scored documents each eligibility filter removed
@@ -78,13 +79,14 @@ class Summary:
             total = sum(self.skipped.values())
             reasons = ", ".join(f"{k}={v:,}" for k, v in sorted(self.skipped.items())) or "none"
             lines.append(f"  skipped            {total:>12,}  ({reasons})")
-        targets = self.target_records.values()
-        if self.target_records:
+        records, label = ((self.target_records, "target read") if self.target_records
+                          else (self.fit_target_records, "target read at fit"))
+        targets = records.values()
+        if records:
             total: Counter = sum((Counter(t["skipped"]) for t in targets), Counter())
-            lines.append(f"  target read        {_records(sum(t['read'] for t in targets), total)}")
-            if len(self.target_records) > 1:
-                lines.extend(f"    {name:<16} {_records(t['read'], t['skipped'])}"
-                             for name, t in self.target_records.items())
+            lines.append(f"  {label:<18} {record_counts(sum(t['read'] for t in targets), total)}")
+            if len(records) > 1:
+                lines.extend(f"    {name:<16} {record_counts(t['read'], t['skipped'])}" for name, t in records.items())
         seen_reasons = set(self.skipped).union(*(t["skipped"] for t in targets))
         lines.extend(f"  hint: {reason}: {SKIP_HINTS[reason]}" for reason in sorted(seen_reasons & set(SKIP_HINTS)))
         if self.featurized is not None and self.featurized != self.read:

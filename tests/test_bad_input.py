@@ -4,6 +4,7 @@ from __future__ import annotations
 import gzip
 import json
 import lzma
+import re
 import tarfile
 
 import pyarrow as pa
@@ -61,6 +62,11 @@ def test_bad_records_are_counted_and_nothing_else_is_lost(spark, good):
     text = summary.format()
     assert "target read                  43  (skipped 3: malformed_json=1, not_utf8=1, null_text=1)" in text
     assert text.count("not_utf8: lines holding bytes that are not UTF-8") == 1 and "iconv -f LATIN1" in text
+    # a later command that uses the fit says what the fit read of the target (the run table counts this run's)
+    again = execute(spark, DselConfig.from_mapping({"raw": [str(path)], "out": str(root / "out1"), "num_samples": 5}),
+                    "select")
+    assert re.search(r"\n  target read at fit +43  \(skipped 3: malformed_json=1, not_utf8=1, null_text=1\)\n",
+                     again.format()) and again.counts()["targets"] == {}
     not_utf8 = spark.read.format("delta").load(str(root / "out1" / "skipped")).where("reason = 'not_utf8'").first()
     assert not_utf8["detail"].startswith('{"id": "latin1", "text": "caf')
     weights = spark.read.format("delta").load(str(root / "out1" / "weights"))

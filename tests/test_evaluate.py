@@ -92,7 +92,10 @@ def test_dsir_beats_random_and_the_classifier_filter_is_in_the_table(spark, pool
                      "--out", str(out)]) == 0
         printed = capsys.readouterr().out
         assert "precision@k" in printed and "heuristic-classification" in printed
+        # what it read of the pool and the target, as dsel run's summary says it
+        assert f"\n  pool read   {len(pool['docs']):>12,}\n  target read {TARGET_DOCS:>12,}\n" in printed
         result = json.loads(out_json.read_text())
+        assert result["pool_records"] == {"read": len(pool["docs"]), "skipped": {}}
         _check_evaluation_tables(spark, out, result, printed, domain)
     else:
         cfg = DselConfig.from_mapping({"raw": [pool["raw"]], "target": [pool["targets"][domain]], "seed": 0})
