@@ -108,18 +108,39 @@ def build_session(master: Optional[str] = None, conf: Optional[dict[str, str]] =
     if publish is not None:
         atexit.register(publish)
     if under_submit or "spark.jars.packages" in settings or "spark.jars" in settings:
-        return builder.getOrCreate()
+        return quiet(builder.getOrCreate())
     from delta import configure_spark_with_delta_pip
 
     packages = configure_spark_with_delta_pip(SparkSession.Builder())._options["spark.jars.packages"]
     cache = jar_cache(packages, settings.get("spark.jars.repositories", ""))
     jars = _cached_jars(cache)
     if jars:
-        return builder.config("spark.jars", jars).getOrCreate()
+        return quiet(builder.config("spark.jars", jars).getOrCreate())
     spark = configure_spark_with_delta_pip(builder).getOrCreate()
     conf = spark.sparkContext.getConf()
     if conf.get("spark.jars.packages", "") == packages:
         _remember_jars(cache, conf.get("spark.jars", ""))
+    return quiet(spark)
+
+
+#: Driver loggers whose warnings dsel's own queries raise by design, which would only alarm a user:
+#: the window that ranks a selection of at most ``dsel.select.RANK_BIN_ROWS`` rows, all in one
+#: partition ("No Partition Defined ... serious performance degradation"; larger selections are
+#: ranked in key bins), Delta's UPDATE of the one-row lock table ("Could not validate number of
+#: records due to missing statistics"), and Spark shortening a long plan in its own messages.
+QUIET_LOGGERS = ("org.apache.spark.sql.execution.window.WindowExec",
+                 "org.apache.spark.sql.delta.commands.UpdateCommand",
+                 "org.apache.spark.util.SparkStringUtils")
+
+
+def quiet(spark: SparkSession) -> SparkSession:
+    """Raise :data:`QUIET_LOGGERS` to ERROR in the driver of a session dsel built (their errors still show)."""
+    try:
+        log4j = spark.sparkContext._jvm.org.apache.logging.log4j  # type: ignore[union-attr]
+        for name in QUIET_LOGGERS:
+            log4j.core.config.Configurator.setLevel(name, log4j.Level.ERROR)
+    except Exception:  # Spark Connect (no JVM here), or another logging backend: the warnings stay
+        pass
     return spark
 
 

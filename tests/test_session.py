@@ -16,6 +16,9 @@ spark = build_session("local[1]", {"spark.ui.enabled": "false",
                                    "spark.driver.extraJavaOptions": "-Xlog:class+load=info:file=" + sys.argv[1]})
 assert spark.range(5).count() == 5
 assert spark.conf.get("spark.sql.shuffle.partitions") == "8"  # local mode: 4 per core, at least 8
+from pyspark.sql import Window, functions as F
+# a window over one partition, as dsel ranks a small selection: Spark's warning about it is quieted
+assert spark.range(5).withColumn("r", F.row_number().over(Window.orderBy("id"))).count() == 5
 """
 
 
@@ -24,6 +27,7 @@ def _session(cache: Path, log: Path) -> None:
     done = subprocess.run([sys.executable, "-c", SCRIPT, str(log)], env=env, capture_output=True, text=True,
                           timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "WARN" in done.stderr and "No Partition Defined" not in done.stderr  # Spark logs here, not that warning
 
 
 def test_a_first_session_writes_the_class_archive_and_the_next_one_maps_it(tmp_path):
