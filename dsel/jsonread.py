@@ -489,13 +489,14 @@ def _field_value(value: Any, line: str, key: str) -> Optional[bytes]:
 
 def _cr_split(raw: bytes, offset: int) -> Iterator[tuple[int, bytes]]:
     """The lines of ``raw`` split at lone carriage returns; those after one without a leading byte-order
-    mark (the first line's is dropped with the other lines', see :func:`_parse_block`)."""
+    mark unless they are just the mark (the first line's is dropped with the other lines', see
+    :func:`_parse_block`)."""
     if b"\r" not in raw:
         yield offset, raw
         return
     pos = 0
     for i, piece in enumerate(raw.split(b"\r")):
-        bom = 3 if i and piece.startswith(_BOM) else 0
+        bom = 3 if i and len(piece) > 3 and piece.startswith(_BOM) else 0
         yield offset + pos + bom, piece[bom:]
         pos += len(piece) + 1
 
@@ -662,9 +663,10 @@ def _parse_block(piece: bytes, offset: int, summary: _Summary, text_col: str, id
     nonempty = ends > starts
     ends = ends - (nonempty & (data[np.maximum(ends - 1, 0)] == 13))
     # Spark's reader hands Jackson each line alone, and Jackson skips a byte-order mark at the start of
-    # its input: a file's first line, or any line (files joined with cat keep their marks)
+    # its input: a file's first line, or any line (files joined with cat keep their marks). It looks for
+    # one only in an input of 4 bytes or more: a line (up to a lone CR) that is just the mark is malformed
     last = max(len(piece) - 1, 0)
-    bom = ends - starts >= 3
+    bom = (ends - starts >= 4) & (data[np.minimum(starts + 3, last)] != 13)
     for i, byte in enumerate(_BOM):
         bom &= data[np.minimum(starts + i, last)] == byte
     starts = starts + 3 * bom
