@@ -333,6 +333,18 @@ def _binary_hint(kind: T.DataType) -> str:
             "and some older writers do), pass --conf spark.sql.parquet.binaryAsString=true; else ")
 
 
+def _nested_fix(fields: dict[str, T.DataType], name: str, flag: str) -> Optional[str]:
+    """The fix for a ``name`` that is a field inside a struct column (``meta.body``), or None."""
+    head, _, rest = name.partition(".")
+    kind = fields.get(head)
+    if not rest or not isinstance(kind, T.StructType):
+        return None
+    leaf = rest.rsplit(".", 1)[-1]
+    return (f"'{name}' is a field inside the struct column '{head}', and dsel reads top-level columns only: "
+            f"make it one first, for example jq -c '. + {{\"{leaf}\": .{name}}}' in.jsonl > flat.jsonl (or a "
+            f"Spark select into a Parquet or Delta table), then pass {flag} {leaf}")
+
+
 def _check_columns(df: DataFrame, cfg: DselConfig, role: str,
                    not_utf8: Optional[Callable[[], bool]] = None) -> DataFrame:
     """Check the input's columns for the config.  ``not_utf8`` tells whether a line rejected as JSON
@@ -355,11 +367,14 @@ def _check_columns(df: DataFrame, cfg: DselConfig, role: str,
             raise DselError(f"every line of the {role} input is malformed JSON: dsel reads JSON lines, one "
                             "object per line. Convert a pretty-printed JSON file or array first (for example "
                             "jq -c '.[]' in.json > in.jsonl), or pass --" + role + "-format if it is not JSON")
-        raise DselError(f"{role} input has no column '{cfg.text_column}'; its columns are "
-                        f"{', '.join(visible)}. Pass {flag} NAME")
+        raise DselError(f"{role} input has no column '{cfg.text_column}'; its columns are {', '.join(visible)}. "
+                        + (_nested_fix(fields, cfg.text_column, flag) or f"Pass {flag} NAME"))
     if not isinstance(fields[cfg.text_column], T.StringType):
-        raise DselError(f"{role} column '{cfg.text_column}' has type {fields[cfg.text_column].simpleString()}, "
-                        f"not string; {_binary_hint(fields[cfg.text_column])}point {flag} at a string column")
+        kind = fields[cfg.text_column]
+        inside = (" (dsel reads top-level columns only: make the field you want one first, for example with jq "
+                  "or a Spark select)" if isinstance(kind, T.StructType) else "")
+        raise DselError(f"{role} column '{cfg.text_column}' has type {kind.simpleString()}, "
+                        f"not string; {_binary_hint(kind)}point {flag} at a string column{inside}")
     if role == "target":  # a target's ids are not used: without an id column they are derived from the text
         return df
     if cfg.id_column in fields and not isinstance(fields[cfg.id_column], (T.StringType, T.IntegralType)):
@@ -367,7 +382,8 @@ def _check_columns(df: DataFrame, cfg: DselConfig, role: str,
                         f"ids must be strings or integers. {_binary_hint(fields[cfg.id_column])}Pass --id-column NAME")
     if cfg.id_column != "id" and cfg.id_column not in fields:
         raise DselError(f"{role} input has no id column '{cfg.id_column}'; its columns are {', '.join(visible)}. "
-                        "Fix --id-column, or leave it at 'id' to derive ids from the text")
+                        + (_nested_fix(fields, cfg.id_column, "--id-column")
+                           or "Fix --id-column, or leave it at 'id' to derive ids from the text"))
     clashing = [c for c in OUTPUT_COLUMNS + INTERNAL if c in fields]
     if role == "raw" and clashing:
         raise DselError(f"raw input already has column(s) {', '.join(clashing)}, which dsel adds to its "
