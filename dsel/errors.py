@@ -44,6 +44,9 @@ def user_error(exc: BaseException) -> Optional[DselError]:
         path = found.group(1)
         causes = re.findall(r"Caused by: ([\w.$]+): ([^\n]*)", text)
         cause = f"{causes[-1][0].rsplit('.', 1)[-1]}: {causes[-1][1].strip()}" if causes else "read error"
+    if "Relative path in absolute URI" in cause:  # Hadoop's checksum file (.NAME.crc) of a name holding ':'
+        return DselError(f"cannot read {path}: Hadoop's file system, which Spark's readers use, cannot open a file "
+                         f"whose name holds ':' ({cause}); rename the file without ':'")
     if "FileNotFound" in cause or "No such file" in cause:
         return DselError(f"cannot read {path}: it went away while dsel was reading the input ({cause}); "
                          "run again once the input no longer changes")

@@ -152,6 +152,8 @@ def test_target_sharing_no_ngram_warns(spark, good):
     ("xz_file_given_as_json", "is xz-compressed, which Spark's JSON reader does not read"),
     ("directory_with_a_readme", "holds JSON-lines files and 1 other file(s) (README.md), which Spark would read "
                                 "as data too; pass a glob of the data files, such as"),
+    ("colon_in_a_file_name", "Hadoop's file system, which Spark's readers use, cannot open a file whose name holds "
+                             "':' (URISyntaxException: Relative path in absolute URI"),
     ("tar_archive", "is a tar archive, which Spark's JSON reader does not read; extract it and pass the JSON-lines"),
 ])
 def test_mistakes_get_one_clear_message(spark, good, case, message, capsys):
@@ -230,6 +232,10 @@ def test_mistakes_get_one_clear_message(spark, good, case, message, capsys):
         (folder / "README.md").write_text("# A dataset card\n")
         argv[2] = str(folder)
         message += f" {folder}/*.jsonl"
+    elif case == "colon_in_a_file_name":  # a timestamp in the name; the pyarrow reader opens it, Spark's cannot
+        argv[2] = write_jsonl(root / case / "2026-11-30T00:00:00.jsonl", good["raw"][:10])
+        argv += ["--json-reader", "spark"]
+        message = f"cannot read file://{argv[2]}: {message}"
     elif case == "tar_archive":  # its name ends in .gz, as JSON lines compressed with gzip do
         packed = root / "raw.tar.gz"
         with tarfile.open(packed, "w:gz") as tar:
