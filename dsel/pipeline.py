@@ -830,7 +830,7 @@ def reproduce(spark: SparkSession, cfg: DselConfig, summary: Summary, source_out
     params.update(out=cfg.out, run_id=summary.run_id, pin_versions=pins or None, export=cfg.export,
                   export_format=cfg.export_format, break_lock=False)
     again = DselConfig.from_mapping(params)
-    fitted = load_fit(spark, again, None, source.log_ratios, int(row["fit_version"]))
+    fitted = load_fit(spark, again, summary, source.log_ratios, int(row["fit_version"]))
     feats = featurize(spark, again, summary)
     recorded = inputs.get("raw") or {}
     if "digest" in recorded and recorded.get("digest") != summary.inputs.get("raw", {}).get("digest"):
@@ -840,6 +840,7 @@ def reproduce(spark: SparkSession, cfg: DselConfig, summary: Summary, source_out
     paths = OutputPaths(cfg.out)
     written = write_table(fitted.to_frame(spark), paths.log_ratios,
                           _metadata(again, summary, dsel_fit=fitted.params, targets=fitted.target_names,
+                                    target_records=list(summary.fit_target_records.values()) or None,
                                     reproduces={"out": source_out, "run_id": source_run,
                                                 "fit_version": int(row["fit_version"])}))
     summary.tables[paths.log_ratios], summary.fit_version = written.version, written.version

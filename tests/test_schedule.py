@@ -8,6 +8,7 @@ import subprocess
 import threading
 
 import pytest
+from delta.tables import DeltaTable
 from pyspark.sql import types as T
 
 from dsel.config import DselConfig
@@ -99,8 +100,12 @@ def test_incremental_scores_equal_a_full_rescore_and_past_runs_reproduce(spark, 
     out, root = growing["base"]["out"], growing["root"]
     # Reproducing day2 featurizes and scores everything from scratch with day2's fit and inputs.
     again = DselConfig.from_mapping({"out": str(root / "again2")})
-    execute(spark, again, "reproduce", source_out=out, source_run="day2")
+    summary = execute(spark, again, "reproduce", source_out=out, source_run="day2")
     assert _weights(spark, root / "again2") == _weights(spark, out)
+    # the copied fit keeps what the fit read of the target, and the summary says it
+    copied = DeltaTable.forPath(spark, str(root / "again2" / "log_ratios")).history(1).first()["userMetadata"]
+    copied = json.loads(copied)
+    assert copied["target_records"][0]["read"] > 0 and "\n  target read at fit " in summary.format()
     assert _selected(spark, root / "again2") == _selected(spark, out)
     # day1 read version 0 of the raw table, which has grown since: time travel gives its selection back.
     day1_selected = json.loads(_run_row(spark, out, "day1")["table_versions"])[f"{out}/selected"]
