@@ -278,9 +278,10 @@ FIELD_HELP: dict[str, str] = {
     'json_sampling_ratio': 'Fraction of JSON lines Spark reads to infer the schema of the extra columns.',
     'raw_format': 'format of --raw: auto, json, parquet, delta or table',
     'target_format': 'format of --target: auto, json, parquet, delta or table',
-    'text_column': 'column holding the document text (default text)',
+    'text_column': 'column holding the document text (default text); meta.body names a field inside a struct',
     'target_text_column': "the targets' text column, when it is not --text-column's (default: --text-column)",
-    'id_column': 'column holding the document id (default id; without it ids are the SHA-256 of the text)',
+    'id_column': 'column holding the document id (default id; without it ids are the SHA-256 of the text); '
+                 'meta.id names a field inside a struct',
     'ngrams': 'n of the n-grams: 2 means unigrams and bigrams',
     'num_buckets': 'hash buckets (default 10000)',
     'hash_kind': 'murmur3 (default) or sha256 (reproduces data-selection 1.0.3 exactly)',

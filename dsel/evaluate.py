@@ -156,14 +156,14 @@ def run_kl_reduction(spark: SparkSession, cfg: DselConfig, fitted: Optional[Fit]
     (the rows being written there).
     """
     from dsel.fit import Fit
-    from dsel.read import prepare
+    from dsel.read import field_type, prepare
     from dsel.write import OutputPaths, read_table
 
     cfg.require("out")
     paths = OutputPaths(cfg.out)
     fitted = fitted or Fit.from_frame(read_table(spark, paths.log_ratios, "log_ratios"), cfg.fit_params())
     selected = read_table(spark, paths.selected, "selected") if selected is None else selected
-    if cfg.text_column not in selected.columns:
+    if field_type(selected.schema, cfg.text_column) is None:
         raise DselError(f"{paths.selected} has no text column '{cfg.text_column}'; pass the run's --text-column")
     names = list(fitted.target_names)
     own = None

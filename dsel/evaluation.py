@@ -41,7 +41,7 @@ from dsel.baselines import COLUMNS, dsir_selection, heuristic_classification, ra
 from dsel.config import DselConfig
 from dsel.errors import DselError
 from dsel.evaluate import histograms_by_group, kl_summary
-from dsel.read import HASH, ID, REASON, SKIP_HINTS, TEXT
+from dsel.read import HASH, ID, REASON, SKIP_HINTS, TEXT, column
 from dsel.report import record_counts
 from dsel.select import Filters, eligible, with_raw_columns
 from dsel.write import OutputPaths, write_table
@@ -142,7 +142,7 @@ def evaluate(spark: SparkSession, cfg: DselConfig, label_column: str, target_lab
         index = {method: i for i, method in enumerate(methods)}
         group = F.element_at(F.create_map(*[x for m, i in index.items() for x in (F.lit(m), F.lit(i))]),
                              F.col("method"))
-        texts = picked.select(F.col(f"`{cfg.text_column}`").alias(TEXT), F.lit(None).cast("string").alias(REASON),
+        texts = picked.select(column(picked.schema, cfg.text_column).alias(TEXT), F.lit(None).cast("string").alias(REASON),
                               "method")  # picked documents are usable: they were scored
         hists = histograms_by_group(texts, cfg, group, len(methods))
         hits = {r["method"]: (int(r["n"]), int(r["hits"])) for r in picked.groupBy("method").agg(

@@ -813,6 +813,9 @@ def plan(spark: SparkSession, cfg: DselConfig) -> tuple[Optional[Plan], str]:
         return None, "the raw input could not be listed"
     if kinds != {"json"}:
         return None, f"the raw input is {', '.join(sorted(kinds))}, not JSON lines"
+    dotted = [c for c in (cfg.text_column, cfg.id_column) if "." in c]
+    if dotted:
+        return None, f"the column '{dotted[0]}' may be a field inside a struct column, which Spark's reader reads"
     if float(cfg.json_sampling_ratio) < 1.0:
         return None, "json_sampling_ratio < 1 asks for Spark's schema inference on a sample"
     try:

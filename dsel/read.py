@@ -20,7 +20,7 @@ import re
 from typing import Any, Callable, Iterator, Optional
 
 import pyarrow as pa
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.errors import AnalysisException
@@ -333,16 +333,35 @@ def _binary_hint(kind: T.DataType) -> str:
             "and some older writers do), pass --conf spark.sql.parquet.binaryAsString=true; else ")
 
 
-def _nested_fix(fields: dict[str, T.DataType], name: str, flag: str) -> Optional[str]:
-    """The fix for a ``name`` that is a field inside a struct column (``meta.body``), or None."""
-    head, _, rest = name.partition(".")
-    kind = fields.get(head)
-    if not rest or not isinstance(kind, T.StructType):
-        return None
-    leaf = rest.rsplit(".", 1)[-1]
-    return (f"'{name}' is a field inside the struct column '{head}', and dsel reads top-level columns only: "
-            f"make it one first, for example jq -c '. + {{\"{leaf}\": .{name}}}' in.jsonl > flat.jsonl (or a "
-            f"Spark select into a Parquet or Delta table), then pass {flag} {leaf}")
+def field_type(schema: T.StructType, name: str) -> Optional[T.DataType]:
+    """The type of column ``name`` in ``schema``: a top-level column of that name, or else a field
+    inside struct columns (``meta.body``); None when there is neither."""
+    kind: Optional[T.DataType] = schema
+    for part in ([name] if name in schema.fieldNames() else name.split(".")):
+        if not isinstance(kind, T.StructType):
+            return None
+        kind = next((f.dataType for f in kind.fields if f.name == part), None)
+    return kind
+
+
+def column(schema: T.StructType, name: str) -> Column:
+    """Column ``name`` (see :func:`field_type`), each part quoted."""
+    parts = [name] if name in schema.fieldNames() else name.split(".")
+    return F.col(".".join(f"`{part}`" for part in parts))
+
+
+def _head(fields: dict[str, T.DataType], name: str) -> tuple[Optional[T.DataType], str]:
+    """The type and name of the top-level column that ``name``'s first part names."""
+    head = name.split(".")[0]
+    return fields.get(head), head
+
+
+def _struct_hint(kind: Optional[T.DataType], name: str, flag: str) -> str:
+    """When column ``name`` has type ``kind`` and it is a struct: its fields, as the flag to pass."""
+    if not isinstance(kind, T.StructType):
+        return ""
+    inner = ", ".join(f.name for f in kind.fields)
+    return f" ('{name}' is a struct with the fields {inner}: pass {flag} {name}.FIELD for a field inside it)"
 
 
 def _check_columns(df: DataFrame, cfg: DselConfig, role: str,
@@ -357,7 +376,8 @@ def _check_columns(df: DataFrame, cfg: DselConfig, role: str,
     if not fields:  # Spark's reader infers no column, not even the corrupt record's, from no lines
         raise DselError(f"the {role} input ({', '.join(sources)}) holds no records: its files "
                         f"are empty or hold only blank lines; check --{role}")
-    if cfg.text_column not in fields:
+    text_type = field_type(df.schema, cfg.text_column)
+    if text_type is None:
         binary = None if visible else _not_json_lines([f for s in sources for f in _local_files(s)], role)
         if binary:
             raise DselError(f"every line of the {role} input is malformed JSON: {binary}")
@@ -367,23 +387,23 @@ def _check_columns(df: DataFrame, cfg: DselConfig, role: str,
             raise DselError(f"every line of the {role} input is malformed JSON: dsel reads JSON lines, one "
                             "object per line. Convert a pretty-printed JSON file or array first (for example "
                             "jq -c '.[]' in.json > in.jsonl), or pass --" + role + "-format if it is not JSON")
-        raise DselError(f"{role} input has no column '{cfg.text_column}'; its columns are {', '.join(visible)}. "
-                        + (_nested_fix(fields, cfg.text_column, flag) or f"Pass {flag} NAME"))
-    if not isinstance(fields[cfg.text_column], T.StringType):
-        kind = fields[cfg.text_column]
-        inside = (" (dsel reads top-level columns only: make the field you want one first, for example with jq "
-                  "or a Spark select)" if isinstance(kind, T.StructType) else "")
-        raise DselError(f"{role} column '{cfg.text_column}' has type {kind.simpleString()}, "
-                        f"not string; {_binary_hint(kind)}point {flag} at a string column{inside}")
+        raise DselError(f"{role} input has no column '{cfg.text_column}'; its columns are {', '.join(visible)}"
+                        f"{_struct_hint(*_head(fields, cfg.text_column), flag)}. Pass {flag} NAME")
+    if not isinstance(text_type, T.StringType):
+        raise DselError(f"{role} column '{cfg.text_column}' has type {text_type.simpleString()}, not string; "
+                        f"{_binary_hint(text_type)}point {flag} at a string column"
+                        f"{_struct_hint(text_type, cfg.text_column, flag)}")
     if role == "target":  # a target's ids are not used: without an id column they are derived from the text
         return df
-    if cfg.id_column in fields and not isinstance(fields[cfg.id_column], (T.StringType, T.IntegralType)):
-        raise DselError(f"{role} column '{cfg.id_column}' has type {fields[cfg.id_column].simpleString()}; "
-                        f"ids must be strings or integers. {_binary_hint(fields[cfg.id_column])}Pass --id-column NAME")
-    if cfg.id_column != "id" and cfg.id_column not in fields:
-        raise DselError(f"{role} input has no id column '{cfg.id_column}'; its columns are {', '.join(visible)}. "
-                        + (_nested_fix(fields, cfg.id_column, "--id-column")
-                           or "Fix --id-column, or leave it at 'id' to derive ids from the text"))
+    id_type = field_type(df.schema, cfg.id_column)
+    if id_type is not None and not isinstance(id_type, (T.StringType, T.IntegralType)):
+        raise DselError(f"{role} column '{cfg.id_column}' has type {id_type.simpleString()}; "
+                        f"ids must be strings or integers. {_binary_hint(id_type)}Pass --id-column NAME"
+                        f"{_struct_hint(id_type, cfg.id_column, '--id-column')}")
+    if cfg.id_column != "id" and id_type is None:
+        raise DselError(f"{role} input has no id column '{cfg.id_column}'; its columns are {', '.join(visible)}"
+                        f"{_struct_hint(*_head(fields, cfg.id_column), '--id-column')}. "
+                        "Fix --id-column, or leave it at 'id' to derive ids from the text")
     clashing = [c for c in OUTPUT_COLUMNS + INTERNAL if c in fields]
     if role == "raw" and clashing:
         raise DselError(f"raw input already has column(s) {', '.join(clashing)}, which dsel adds to its "
@@ -403,9 +423,9 @@ def _rejected_not_utf8(df: DataFrame) -> bool:
 
 def prepare(df: DataFrame, cfg: DselConfig, max_doc_bytes: Optional[int] = None) -> DataFrame:
     """Add the internal ``_dsel_*`` columns (see the module docstring) to a DataFrame from read_input."""
-    text = F.col(f"`{cfg.text_column}`")
-    has_id = cfg.id_column in df.columns
-    doc_id = F.col(f"`{cfg.id_column}`").cast("string") if has_id else F.sha2(text, 256)
+    text = column(df.schema, cfg.text_column)
+    has_id = field_type(df.schema, cfg.id_column) is not None
+    doc_id = column(df.schema, cfg.id_column).cast("string") if has_id else F.sha2(text, 256)
     limit = cfg.max_doc_bytes if max_doc_bytes is None else max_doc_bytes
     reason = F.when(text.isNull(), F.lit("null_text"))
     detail = F.lit(None).cast("string")

@@ -128,9 +128,9 @@ def test_target_sharing_no_ngram_warns(spark, good):
                     "the string annotation (Impala, Hive and some older writers do), pass --conf "
                     "spark.sql.parquet.binaryAsString=true; else point --text-column"),
     ("bad_id_column", "has no id column 'doc'"),
-    ("nested_text_column", "raw input has no column 'meta.body'; its columns are id, meta. 'meta.body' is a field "
-                           "inside the struct column 'meta', and dsel reads top-level columns only: make it one "
-                           "first, for example jq -c '. + {{\"body\": .meta.body}}' in.jsonl > flat.jsonl"),
+    ("nested_text_column", "raw input has no column 'meta.text'; its columns are id, meta ('meta' is a struct with "
+                           "the fields body, lang: pass --text-column meta.FIELD for a field inside it). Pass "
+                           "--text-column NAME"),
     ("pretty_printed_json", "every line of the raw input is malformed JSON: dsel reads JSON lines"),
     ("empty_target_file", "the target input ({root}/blank.jsonl) holds no records: its files are empty or hold "
                           "only blank lines; check --target"),
@@ -201,8 +201,9 @@ def test_mistakes_get_one_clear_message(spark, good, case, message, capsys):
         pq.write_table(pa.table({"id": [d["id"] for d in good["raw"]],
                                  "text": pa.array([d["text"].encode() for d in good["raw"]], pa.binary())}), argv[2])
     elif case == "nested_text_column":  # a lake export with the text inside a struct
-        argv[2] = write_jsonl(root / "nested.jsonl", [{"id": d["id"], "meta": {"body": d["text"]}} for d in good["raw"]])
-        argv += ["--text-column", "meta.body", "--target-text-column", "text"]
+        argv[2] = write_jsonl(root / "nested.jsonl", [{"id": d["id"], "meta": {"body": d["text"], "lang": "en"}}
+                                                      for d in good["raw"]])
+        argv += ["--text-column", "meta.text", "--target-text-column", "text"]
     elif case == "bad_id_column":
         argv += ["--id-column", "doc"]
     elif case == "pretty_printed_json":

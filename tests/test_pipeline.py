@@ -267,6 +267,18 @@ def test_targets_with_their_own_text_column_and_no_ids(spark, corpus, contract_r
         assert got == want, table
     selected = delta(spark, tmp_path / "o" / "selected")
     assert selected.count() == 50 and selected.where("doc_id is null or body is null").count() == 0
+    # the text and the id inside a struct column, as lake exports nest them: the same weights and selection
+    nested = write_jsonl(tmp_path / "nested.jsonl", [{"doc": {"meta": {"id": d["id"]}, "body": d["text"]}, "n": 1}
+                                                     for d in corpus["raw_docs"]])
+    execute(spark, DselConfig.from_mapping({**base, "raw": [nested], "text_column": "doc.body",
+                                            "id_column": "doc.meta.id", "target_text_column": "content",
+                                            "out": str(tmp_path / "nested")}), "run")
+    columns = ["id", "doc_hash", "num_words", "log_weight", "log_weights"]
+    assert (delta(spark, tmp_path / "nested" / "weights").select(*columns).orderBy("id").collect()
+            == delta(spark, tmp_path / "o" / "weights").select(*columns).orderBy("id").collect())
+    chosen = delta(spark, tmp_path / "nested" / "selected").orderBy("rank")
+    assert [(r["doc"]["meta"]["id"], r["doc"]["body"]) for r in chosen.collect()] == \
+        [(r["doc_id"], r["body"]) for r in selected.orderBy("rank").collect()]
     # a target without the text column names the option that fixes it
     with pytest.raises(DselError, match=r"target input has no column 'body'; its columns are content\. "
                                         r"Pass --target-text-column NAME"):
