@@ -60,7 +60,7 @@ from dsel.config import DselConfig
 from dsel.errors import CANNOT_READ, DselError
 from dsel.featurize import FEATURES_SCHEMA
 from dsel.read import (CORRUPT, ID, INTERNAL, JSON_OPTIONS, MALFORMED, NOT_UTF8, _check_columns, check_decompressible,
-                       arrow_path, detect_format, parallelism)
+                       arrow_path, detect_format, file_options, parallelism)
 from dsel.write import forget_commit
 
 #: Extra columns of a features table written by this reader (after FEATURES_SCHEMA's).
@@ -819,7 +819,7 @@ def plan(spark: SparkSession, cfg: DselConfig) -> tuple[Optional[Plan], str]:
     if float(cfg.json_sampling_ratio) < 1.0:
         return None, "json_sampling_ratio < 1 asks for Spark's schema inference on a sample"
     try:
-        listed = spark.read.format("text").load(cfg.raw)
+        listed = spark.read.format("text").options(**file_options(cfg.raw)).load(cfg.raw)
         files = sorted(listed.inputFiles())
     except Exception:
         return None, "Spark's file listing failed; its reader reports why"

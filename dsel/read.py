@@ -144,16 +144,44 @@ def _local_files(source: str) -> list[str]:
     starting with '.' or '_' left out); [] for a URI or a path that does not exist."""
     if _is_uri(source):
         return []
-    path = _local(source)
-    matches = _matches(path)
+    return _files_of(_matches(_local(source)))
+
+
+def _files_of(matches: list[str]) -> list[str]:
+    """The files that paths name: themselves, or those under a directory (names starting with '.' or
+    '_' left out, files and directories, as Spark leaves them out)."""
     files = []
     for match in matches:
-        if os.path.isdir(match):
-            files += [os.path.join(root, n) for root, _, names in os.walk(match) for n in names
-                      if not n.startswith((".", "_"))]
-        else:
+        if not os.path.isdir(match):
             files.append(match)
+            continue
+        for root, dirs, names in os.walk(match):
+            dirs[:] = [d for d in dirs if not d.startswith((".", "_"))]
+            files += [os.path.join(root, n) for n in names if not n.startswith((".", "_"))]
     return files
+
+
+def _in_subdirectories(source: str) -> bool:
+    """Whether a local directory (or a glob's directories) holds data files in subdirectories that are
+    not partitions (``key=value``), such as ``raw/2026-11-30/part-0.jsonl``: Spark's file readers skip
+    those unless told to look recursively. Names starting with '.' or '_' are skipped, as Spark does."""
+    if _is_uri(source):
+        return False
+    for top in _matches(_local(source)):
+        if not os.path.isdir(top) or os.path.isdir(os.path.join(top, "_delta_log")):
+            continue
+        for root, dirs, names in os.walk(top):
+            dirs[:] = [d for d in dirs if not d.startswith((".", "_"))]
+            if root != top and any(not n.startswith((".", "_")) for n in names):
+                if not all("=" in part for part in os.path.relpath(root, top).split(os.sep)):
+                    return True
+    return False
+
+
+def file_options(sources: list[str]) -> dict[str, str]:
+    """Options for Spark's file readers of ``sources``: a recursive lookup when a directory keeps data
+    files in subdirectories that are not partitions (which it then reads, with no partition columns)."""
+    return {"recursiveFileLookup": "true"} if any(_in_subdirectories(s) for s in sources) else {}
 
 
 def detect_format(source: str) -> str:
@@ -164,8 +192,16 @@ def detect_format(source: str) -> str:
         if not matches:
             if "/" not in source and _TABLE_NAME.match(source):
                 return "table"
-            raise DselError(f"input not found: {source}. Check the path, or pass a catalog table "
+            tilde = " (dsel does not expand ~: write the home directory out)" if source.startswith("~") else ""
+            raise DselError(f"input not found: {source}{tilde}. Check the path, or pass a catalog table "
                             "name (catalog.schema.table) with --raw-format/--target-format table")
+        if "**" in path:  # Spark's (Hadoop's) globs take ** as *, within one directory level
+            deeper = sorted(set(_files_of(glob.glob(path, recursive=True))) - set(_files_of(matches)))
+            if deeper:
+                raise DselError(f"{source}: '**' matches within one directory level in Spark's globs, not at "
+                                f"any depth, so {len(deeper):,} file(s) it matches at other depths, such as "
+                                f"{deeper[0]}, would not be read; pass the directory (dsel reads every file under "
+                                "it), or a glob per level, or '*' if one level is what you mean")
         first = matches[0]
         if os.path.isdir(first):
             if os.path.isdir(os.path.join(first, "_delta_log")):
@@ -225,14 +261,14 @@ def read_input(spark: SparkSession, sources: list[str], fmt: str, cfg: DselConfi
         if kind == "json":
             for source in sources:
                 check_decompressible(_local_files(source))
-            reader = spark.read.options(**JSON_OPTIONS)
+            reader = spark.read.options(**JSON_OPTIONS, **file_options(sources))
             if schema is not None:
                 if CORRUPT not in schema.fieldNames():
                     schema = T.StructType(schema.fields + [T.StructField(CORRUPT, T.StringType())])
                 reader = reader.schema(schema)
             df = reader.option("samplingRatio", cfg.json_sampling_ratio).json(sources)
         elif kind == "parquet":
-            df = spark.read.parquet(*sources)
+            df = spark.read.options(**file_options(sources)).parquet(*sources)
         elif kind == "delta":
             if len(sources) != 1:
                 raise DselError(f"give one Delta table per --{role}; got {len(sources)} paths")

@@ -121,6 +121,8 @@ def test_target_sharing_no_ngram_warns(spark, good):
 
 @pytest.mark.parametrize("case, message", [
     ("missing_raw", "input not found"),
+    ("tilde_in_a_config_path", "input not found: ~/dsel-no-such-input.jsonl (dsel does not expand ~: write the home "
+                               "directory out)"),
     ("missing_column", "has no column 'body'"),
     ("empty_target", "has no usable text"),
     ("numeric_text", "not string"),
@@ -154,6 +156,9 @@ def test_target_sharing_no_ngram_warns(spark, good):
                                 "as data too; pass a glob of the data files, such as"),
     ("colon_in_a_file_name", "Hadoop's file system, which Spark's readers use, cannot open a file whose name holds "
                              "':' (URISyntaxException: Relative path in absolute URI"),
+    ("recursive_glob", "'**' matches within one directory level in Spark's globs, not at any depth, so 2 file(s) "
+                       "it matches at other depths, such as {root}/recursive_glob/2026/11/b.jsonl, would not be "
+                       "read; pass the directory (dsel reads every file under it)"),
     ("tar_archive", "is a tar archive, which Spark's JSON reader does not read; extract it and pass the JSON-lines"),
 ])
 def test_mistakes_get_one_clear_message(spark, good, case, message, capsys):
@@ -163,6 +168,8 @@ def test_mistakes_get_one_clear_message(spark, good, case, message, capsys):
             "--num-samples", "3"]
     if case == "missing_raw":
         argv[2] = str(root / "nope.jsonl")
+    elif case == "tilde_in_a_config_path":  # a shell expands ~, a TOML file or a notebook's config does not
+        argv[2] = "~/dsel-no-such-input.jsonl"
     elif case == "missing_column":
         argv += ["--text-column", "body"]
     elif case == "empty_target":
@@ -237,6 +244,11 @@ def test_mistakes_get_one_clear_message(spark, good, case, message, capsys):
         argv[2] = write_jsonl(root / case / "2026-11-30T00:00:00.jsonl", good["raw"][:10])
         argv += ["--json-reader", "spark"]
         message = f"cannot read file://{argv[2]}: {message}"
+    elif case == "recursive_glob":  # '**' as Python's recursive glob reads it: a user expects every depth
+        write_jsonl(root / case / "2026" / "a.jsonl", good["raw"][:5])
+        write_jsonl(root / case / "2026" / "11" / "b.jsonl", good["raw"][5:10])
+        write_jsonl(root / case / "c.jsonl", good["raw"][10:15])
+        argv[2] = str(root / case / "**" / "*.jsonl")
     elif case == "tar_archive":  # its name ends in .gz, as JSON lines compressed with gzip do
         packed = root / "raw.tar.gz"
         with tarfile.open(packed, "w:gz") as tar:

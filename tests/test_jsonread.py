@@ -367,15 +367,18 @@ def test_utf16_lines_fall_back_to_spark_reader(spark, inputs, tmp_path, capsys):
 def test_zstd_files_are_read_by_the_fast_reader(spark, inputs, tmp_path, capsys):
     # The Pile and RedPajama ship JSON lines as .jsonl.zst: the workers decompress them with pyarrow
     # (one task per file, several zstd frames in one file), and select reads the chosen lines back
+    # Also a directory sharded by day, as exports write them: Spark's readers skip subdirectories that are
+    # not partitions (key=value) unless told to look recursively, and dsel tells them (Spark skips '_' ones)
     docs = sample_docs("movie_reviews", 30, seed=7) + sample_docs("sci_abstracts", 30, seed=7)
     raw = tmp_path / "raw"
-    raw.mkdir()
-    for name, part in (("a.jsonl.zst", docs[:20]), ("b.jsonl.zstd", docs[20:40])):
+    (raw / "2026-11-30" / "more").mkdir(parents=True)
+    write_jsonl(raw / "_temporary" / "0" / "part-0.jsonl", docs[:3])
+    for name, part in (("a.jsonl.zst", docs[:20]), ("2026-11-30/b.jsonl.zstd", docs[20:40])):
         with pa.CompressedOutputStream(str(raw / name), "zstd") as out:
             out.write("".join(json.dumps(d) + "\n" for d in part[:10]).encode())
         with open(raw / name, "ab") as fh, pa.CompressedOutputStream(fh, "zstd") as out:  # a second frame
             out.write("".join(json.dumps(d) + "\n" for d in part[10:]).encode())
-    write_jsonl(raw / "c.jsonl", docs[40:])
+    write_jsonl(raw / "2026-11-30" / "more" / "c.jsonl", docs[40:])
     cfg = {"raw": [str(raw)], "target": [inputs["target"]], "num_samples": 25, "min_length": 5, "run_id": "same"}
     plan, why = jsonread.plan(spark, DselConfig.from_mapping(cfg))
     assert plan is not None and why == "" and len(plan.files) == 3
