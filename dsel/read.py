@@ -170,11 +170,10 @@ def _in_subdirectories(source: str) -> bool:
     for top in _matches(_local(source)):
         if not os.path.isdir(top) or os.path.isdir(os.path.join(top, "_delta_log")):
             continue
-        for root, dirs, names in os.walk(top):
-            dirs[:] = [d for d in dirs if not d.startswith((".", "_"))]
-            if root != top and any(not n.startswith((".", "_")) for n in names):
-                if not all("=" in part for part in os.path.relpath(root, top).split(os.sep)):
-                    return True
+        for name in _files_of([top]):
+            folder = os.path.relpath(os.path.dirname(name), top)
+            if folder != "." and not all("=" in part for part in folder.split(os.sep)):
+                return True
     return False
 
 
