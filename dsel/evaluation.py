@@ -41,8 +41,8 @@ from dsel.baselines import COLUMNS, dsir_selection, heuristic_classification, ra
 from dsel.config import DselConfig
 from dsel.errors import DselError
 from dsel.evaluate import histograms_by_group, kl_summary
-from dsel.read import HASH, ID, REASON, SKIP_HINTS, TEXT, column
-from dsel.report import record_counts
+from dsel.read import HASH, ID, REASON, TEXT, column
+from dsel.report import hint_lines, record_counts
 from dsel.select import Filters, eligible, with_raw_columns
 from dsel.write import OutputPaths, write_table
 
@@ -219,8 +219,7 @@ def format_table(result: dict[str, Any]) -> str:
     lines.append(f"  pool read   {record_counts(pool['read'], pool['skipped'])}")
     lines.extend(f"  target read {record_counts(t['read'], t['skipped'])}" + (f"  {name}" if len(targets) > 1 else "")
                  for name, t in targets.items())
-    reasons = set(pool["skipped"]).union(*(t["skipped"] for t in targets.values()))
-    lines.extend(f"  hint: {reason}: {SKIP_HINTS[reason]}" for reason in sorted(reasons & set(SKIP_HINTS)))
+    lines.extend(hint_lines(pool["skipped"], *(t["skipped"] for t in targets.values())))
     for path in result.get("tables", {}).values():
         lines.append(f"  wrote {path} (Delta)")
     lines.append(f"  time {result['seconds']:.1f}s")

@@ -372,7 +372,7 @@ def field_type(schema: T.StructType, name: str) -> Optional[T.DataType]:
     """The type of column ``name`` in ``schema``: a top-level column of that name, or else a field
     inside struct columns (``meta.body``); None when there is neither."""
     kind: Optional[T.DataType] = schema
-    for part in ([name] if name in schema.fieldNames() else name.split(".")):
+    for part in _parts(schema, name):
         if not isinstance(kind, T.StructType):
             return None
         kind = next((f.dataType for f in kind.fields if f.name == part), None)
@@ -381,8 +381,12 @@ def field_type(schema: T.StructType, name: str) -> Optional[T.DataType]:
 
 def column(schema: T.StructType, name: str) -> Column:
     """Column ``name`` (see :func:`field_type`), each part quoted."""
-    parts = [name] if name in schema.fieldNames() else name.split(".")
-    return F.col(".".join(f"`{part}`" for part in parts))
+    return F.col(".".join(f"`{part}`" for part in _parts(schema, name)))
+
+
+def _parts(schema: T.StructType, name: str) -> list[str]:
+    """The path to column ``name``: itself when a top-level column has that name, else its dotted parts."""
+    return [name] if name in schema.fieldNames() else name.split(".")
 
 
 def _head(fields: dict[str, T.DataType], name: str) -> tuple[Optional[T.DataType], str]:

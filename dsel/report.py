@@ -20,6 +20,12 @@ def record_counts(read: int, skipped: dict[str, int]) -> str:
     return f"{read:>12,}" + (f"  (skipped {sum(skipped.values()):,}: {reasons})" if skipped else "")
 
 
+def hint_lines(*skipped: dict[str, int]) -> list[str]:
+    """One line per skip reason seen in any of ``skipped`` that has a known fix, with the fix."""
+    seen = set().union(*skipped)
+    return [f"  hint: {reason}: {SKIP_HINTS[reason]}" for reason in sorted(seen & set(SKIP_HINTS))]
+
+
 @dataclass
 class Summary:
     """What a command read, skipped, kept and wrote, and how long it took."""
@@ -87,8 +93,7 @@ class Summary:
             lines.append(f"  {label:<18} {record_counts(sum(t['read'] for t in targets), total)}")
             if len(records) > 1:
                 lines.extend(f"    {name:<16} {record_counts(t['read'], t['skipped'])}" for name, t in records.items())
-        seen_reasons = set(self.skipped).union(*(t["skipped"] for t in targets))
-        lines.extend(f"  hint: {reason}: {SKIP_HINTS[reason]}" for reason in sorted(seen_reasons & set(SKIP_HINTS)))
+        lines.extend(hint_lines(self.skipped, *(t["skipped"] for t in targets)))
         if self.featurized is not None and self.featurized != self.read:
             lines.append(f"  featurized now     {self.featurized:>12,}  (the rest were featurized by earlier runs)")
         if self.scored is not None:
