@@ -818,8 +818,9 @@ def plan(spark: SparkSession, cfg: DselConfig) -> tuple[Optional[Plan], str]:
         return None, f"the column '{dotted[0]}' may be a field inside a struct column, which Spark's reader reads"
     if float(cfg.json_sampling_ratio) < 1.0:
         return None, "json_sampling_ratio < 1 asks for Spark's schema inference on a sample"
+    options = file_options(cfg.raw)  # a layout Spark would read only in part is refused here
     try:
-        listed = spark.read.format("text").options(**file_options(cfg.raw)).load(cfg.raw)
+        listed = spark.read.format("text").options(**options).load(cfg.raw)
         files = sorted(listed.inputFiles())
     except Exception:
         return None, "Spark's file listing failed; its reader reports why"

@@ -164,17 +164,29 @@ def _files_of(matches: list[str]) -> list[str]:
 def _in_subdirectories(source: str) -> bool:
     """Whether a local directory (or a glob's directories) holds data files in subdirectories that are
     not partitions (``key=value``), such as ``raw/2026-11-30/part-0.jsonl``: Spark's file readers skip
-    those unless told to look recursively. Names starting with '.' or '_' are skipped, as Spark does."""
+    those unless told to look recursively. Names starting with '.' or '_' are skipped, as Spark does.
+
+    When a file's directories include a partition (``lang=en/``, ``2026/lang=en/``, ``lang=en/2026/``),
+    Spark reads every file in such directories with the partition columns, so no lookup is needed; but
+    then it silently leaves out the files in no partition directory, so a mix of both is refused."""
     if _is_uri(source):
         return False
+    deeper = False
     for top in _matches(_local(source)):
         if not os.path.isdir(top) or os.path.isdir(os.path.join(top, "_delta_log")):
             continue
+        inside, outside = [], []
         for name in _files_of([top]):
             folder = os.path.relpath(os.path.dirname(name), top)
-            if folder != "." and not all("=" in part for part in folder.split(os.sep)):
-                return True
-    return False
+            parts = [] if folder == "." else folder.split(os.sep)
+            (inside if any("=" in part for part in parts) else outside).append((name, bool(parts)))
+        if inside and outside:
+            raise DselError(f"{source} mixes files in partition directories (such as {inside[0][0]}) with files "
+                            f"in none (such as {outside[0][0]}); Spark would read only the partitioned ones, so "
+                            f"{len(outside):,} file(s) would be lost. Move those files into partition "
+                            "directories, or into an input of their own")
+        deeper = deeper or any(nested for _, nested in outside)
+    return deeper
 
 
 def file_options(sources: list[str]) -> dict[str, str]:

@@ -159,6 +159,10 @@ def test_target_sharing_no_ngram_warns(spark, good):
     ("recursive_glob", "'**' matches within one directory level in Spark's globs, not at any depth, so 2 file(s) "
                        "it matches at other depths, such as {root}/recursive_glob/2026/11/b.jsonl, would not be "
                        "read; pass the directory (dsel reads every file under it)"),
+    ("loose_and_partitioned_files", "{root}/loose_and_partitioned_files mixes files in partition directories "
+                                    "(such as {root}/loose_and_partitioned_files/lang=en/a.jsonl) with files in none "
+                                    "(such as {root}/loose_and_partitioned_files/b.jsonl); Spark would read only the "
+                                    "partitioned ones, so 1 file(s) would be lost. Move those files"),
     ("tar_archive", "is a tar archive, which Spark's JSON reader does not read; extract it and pass the JSON-lines"),
 ])
 def test_mistakes_get_one_clear_message(spark, good, case, message, capsys):
@@ -249,6 +253,10 @@ def test_mistakes_get_one_clear_message(spark, good, case, message, capsys):
         write_jsonl(root / case / "2026" / "11" / "b.jsonl", good["raw"][5:10])
         write_jsonl(root / case / "c.jsonl", good["raw"][10:15])
         argv[2] = str(root / case / "**" / "*.jsonl")
+    elif case == "loose_and_partitioned_files":  # Spark would silently leave out b.jsonl
+        write_jsonl(root / case / "lang=en" / "a.jsonl", good["raw"][:5])
+        write_jsonl(root / case / "b.jsonl", good["raw"][5:10])
+        argv[2] = str(root / case)
     elif case == "tar_archive":  # its name ends in .gz, as JSON lines compressed with gzip do
         packed = root / "raw.tar.gz"
         with tarfile.open(packed, "w:gz") as tar:

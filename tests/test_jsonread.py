@@ -435,6 +435,8 @@ def test_other_inputs_use_spark_reader(spark, tmp_path):
     plan, why = jsonread.plan(spark, DselConfig.from_mapping({"raw": [plain]}))
     assert plan is not None and plan.files == [f"file://{plain}"] and why == ""
     write_jsonl(tmp_path / "parts" / "lang=en" / "a.jsonl", docs)
+    # a plain directory below a partition keeps the partition column: no recursive lookup, Spark's reader
+    write_jsonl(tmp_path / "parts" / "lang=fr" / "2026" / "b.jsonl", docs)
     for values, reason in (({"raw": [parquet]}, "parquet"), ({"raw": [plain], "json_reader": "spark"}, "spark"),
                            ({"raw": [plain], "json_sampling_ratio": 0.5}, "sample"),
                            ({"raw": [str(tmp_path / "parts")]}, "partition"),
