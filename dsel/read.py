@@ -291,6 +291,11 @@ def read_input(spark: SparkSession, sources: list[str], fmt: str, cfg: DselConfi
             df = (spark.table(sources[0]) if version is None
                   else spark.sql(f"SELECT * FROM {sources[0]} VERSION AS OF {int(version)}"))
     except AnalysisException as exc:
+        repeated = re.search(r"COLUMN_ALREADY_EXISTS\].*?`([^`]*)`", str(exc))
+        if repeated:
+            raise DselError(f"cannot read {role} input {', '.join(sources)} as {kind}: it holds the column "
+                            f"'{repeated.group(1)}' twice, or names that differ only in case (Spark's columns "
+                            f"ignore case); {_CASE_FIX}") from None
         raise DselError(f"cannot read {role} input {', '.join(sources)} as {kind}: "
                         f"{str(exc).splitlines()[0]}. Check the path and --{role}-format") from None
     df = _check_columns(df, cfg, role)
@@ -455,11 +460,34 @@ def _check_columns(df: DataFrame, cfg: DselConfig, role: str,
         raise DselError(f"{role} input has no id column '{cfg.id_column}'; its columns are {', '.join(visible)}"
                         f"{_struct_hint(*_head(fields, cfg.id_column), '--id-column')}. "
                         "Fix --id-column, or leave it at 'id' to derive ids from the text")
+    same = case_clashes(df.schema)
+    if role == "raw" and same:  # Spark may tell them apart (spark.sql.caseSensitive), OUT/selected cannot
+        raise DselError(f"raw input has columns whose names differ only in case ({', '.join(same)}), which a "
+                        f"Delta table such as OUT/selected cannot hold; {_CASE_FIX}")
     clashing = [c for c in OUTPUT_COLUMNS + INTERNAL if c in fields]
     if role == "raw" and clashing:
         raise DselError(f"raw input already has column(s) {', '.join(clashing)}, which dsel adds to its "
                         "output; rename them before selecting")
     return df
+
+
+_CASE_FIX = "rename or drop the repeated key in the data (for example with jq or a Spark job), then run again"
+
+
+def case_clashes(kind: T.DataType, prefix: str = "") -> list[str]:
+    """The names of ``kind``'s struct fields, at any depth, that differ only in case (``text``, ``Text``),
+    as paths (``meta.Id``): Delta tables never tell them apart, Spark's columns only when case-sensitive."""
+    if isinstance(kind, T.ArrayType):
+        return case_clashes(kind.elementType, prefix)
+    if isinstance(kind, T.MapType):
+        return case_clashes(kind.valueType, prefix)
+    if not isinstance(kind, T.StructType):
+        return []
+    seen: dict[str, list[str]] = {}
+    for f in kind.fields:
+        seen.setdefault(f.name.lower(), []).append(f.name)
+    found = [prefix + n for names in seen.values() if len(names) > 1 for n in names]
+    return found + [n for f in kind.fields for n in case_clashes(f.dataType, f"{prefix}{f.name}.")]
 
 
 def _rejected_not_utf8(df: DataFrame) -> bool:

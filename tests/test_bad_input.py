@@ -163,6 +163,9 @@ def test_target_sharing_no_ngram_warns(spark, good):
                                     "(such as {root}/loose_and_partitioned_files/lang=en/a.jsonl) with files in none "
                                     "(such as {root}/loose_and_partitioned_files/b.jsonl); Spark would read only the "
                                     "partitioned ones, so 1 file(s) would be lost. Move those files"),
+    ("keys_differing_in_case", "raw input has columns whose names differ only in case (Text, text, meta.ID, "
+                               "meta.id), which a Delta table such as OUT/selected cannot hold; rename or drop"),
+    ("repeated_key_spark_reader", "as json: it holds the column 'text' twice, or names that differ only in case"),
     ("tar_archive", "is a tar archive, which Spark's JSON reader does not read; extract it and pass the JSON-lines"),
 ])
 def test_mistakes_get_one_clear_message(spark, good, case, message, capsys):
@@ -257,6 +260,12 @@ def test_mistakes_get_one_clear_message(spark, good, case, message, capsys):
         write_jsonl(root / case / "lang=en" / "a.jsonl", good["raw"][:5])
         write_jsonl(root / case / "b.jsonl", good["raw"][5:10])
         argv[2] = str(root / case)
+    elif case in ("keys_differing_in_case", "repeated_key_spark_reader"):  # the pyarrow reader featurized
+        # such records, then failed with a traceback at select; Spark's reader refuses them with its own words
+        docs = [{"id": d["id"], "text": d["text"], "Text": "x", "meta": {"id": 1, "ID": 2}} for d in good["raw"][:10]]
+        argv[2] = write_jsonl(root / f"{case}.jsonl", docs)
+        if case == "repeated_key_spark_reader":
+            argv += ["--json-reader", "spark"]
     elif case == "tar_archive":  # its name ends in .gz, as JSON lines compressed with gzip do
         packed = root / "raw.tar.gz"
         with tarfile.open(packed, "w:gz") as tar:
