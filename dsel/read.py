@@ -64,7 +64,7 @@ _NOT_DECOMPRESSED = {".tar.gz": "a tar archive", ".tgz": "a tar archive", ".tar.
 #: what it is, the suffix that names it, or None for what Spark's JSON reader does not decompress).
 _MAGIC = (
     (b"\x1f\x8b", 0, "gzip-compressed", ".gz"),
-    (b"\x28\xb5\x2f\xfd", 0, "zstd-compressed", ".zst"),
+    (b"\x28\xb5\x2f\xfd", 0, "zstd-compressed", ".zst"),  # or .zstd
     (b"BZh", 0, "bzip2-compressed", ".bz2"),
     (b"\x04\x22\x4d\x18", 0, "lz4-compressed", ".lz4"),
     (b"PAR1", 0, "a Parquet file", ".parquet"),
@@ -75,24 +75,55 @@ _MAGIC = (
 )
 
 
+def _head_of(name: str) -> Optional[bytes]:
+    """A local file's first bytes (enough for every magic number of :data:`_MAGIC`), None if unreadable."""
+    try:
+        with open(name, "rb") as fh:
+            return fh.read(4096)
+    except OSError:
+        return None
+
+
+def _mislabelled(name: str, head: bytes, role: str) -> Optional[str]:
+    """Why ``name`` cannot be read as the JSON lines its name says, judged by its first bytes (a
+    compressed file, an archive or a Parquet file under a name Spark reads as plain text), or None."""
+    for magic, at, kind, suffix in _MAGIC:
+        named = suffix and name.lower().endswith((suffix, ".zstd") if suffix == ".zst" else suffix)
+        if head[at:at + len(magic)] == magic and not named:
+            fix = (f"pass --{role}-format parquet" if suffix == ".parquet" else
+                   f"name it to end in .jsonl{suffix} (the codec is chosen by the name)" if suffix else
+                   _unread_fix(kind))
+            return f"{name} is {kind}, which its name does not say; {fix}"
+    return None
+
+
 def _not_json_lines(files: list[str], role: str) -> Optional[str]:
-    """Why the first of ``files`` that is not JSON-lines text is not, judged by its first bytes (a
-    compressed file or a Parquet file under a name Spark reads as plain text, binary data), or None."""
+    """Why the first of ``files`` that is not JSON-lines text is not, judged by its first bytes (see
+    :func:`_mislabelled`, or binary data), or None."""
     for name in files[:1000]:
-        try:
-            with open(name, "rb") as fh:
-                head = fh.read(4096)
-        except OSError:
+        head = _head_of(name)
+        if head is None:
             continue
-        for magic, at, kind, suffix in _MAGIC:
-            if head[at:at + len(magic)] == magic and not (suffix and name.lower().endswith(suffix)):
-                fix = (f"pass --{role}-format parquet" if suffix == ".parquet" else
-                       f"name it to end in .jsonl{suffix} (the codec is chosen by the name)" if suffix else
-                       _unread_fix(kind))
-                return f"{name} is {kind}, which its name does not say; {fix}"
+        why = _mislabelled(name, head, role)
+        if why:
+            return why
         if b"\x00" in head:
             return f"{name} is not text (it holds NUL bytes); dsel reads JSON lines: check --{role}"
     return None
+
+
+def check_labelled(names: list[str], role: str = "raw") -> None:
+    """Raise for the first local file of ``names`` (paths or file URIs) whose first bytes say it is
+    compressed, an archive or Parquet while its name says plain JSON lines: every line Spark (or the
+    pyarrow reader) would read from it is malformed, so its records would all be skipped."""
+    from urllib.parse import unquote, urlparse
+
+    for name in names:
+        path = unquote(urlparse(name).path) if name.startswith("file:") else name  # as Spark lists files
+        head = None if _is_uri(path) else _head_of(path)
+        why = head and _mislabelled(path, head, role)
+        if why:
+            raise DselError(f"{why}; every line of it would be skipped as malformed")
 
 
 #: the printable ASCII characters, which Spark's file URIs hold as they are or as %-escapes
@@ -272,6 +303,7 @@ def read_input(spark: SparkSession, sources: list[str], fmt: str, cfg: DselConfi
         if kind == "json":
             for source in sources:
                 check_decompressible(_local_files(source))
+                check_labelled(_local_files(source), role)
             reader = spark.read.options(**JSON_OPTIONS, **file_options(sources))
             if schema is not None:
                 if CORRUPT not in schema.fieldNames():

@@ -142,10 +142,10 @@ def test_target_sharing_no_ngram_warns(spark, good):
     ("latin1_target", "every line of the target input is malformed JSON, with lines holding bytes that are not "
                       "UTF-8: a file in another encoding (Latin-1, Windows-1252, ...), to convert first, for "
                       "example iconv -f LATIN1 -t UTF-8"),
-    ("gzip_named_jsonl", "every line of the raw input is malformed JSON: {root}/gzip_named/raw.jsonl is "
-                         "gzip-compressed, which its name does not say; name it to end in .jsonl.gz"),
-    ("parquet_named_jsonl", "every line of the target input is malformed JSON: {root}/parquet_named/t.jsonl is a "
-                            "Parquet file, which its name does not say; pass --target-format parquet"),
+    ("gzip_named_jsonl", "{root}/gzip_named/raw.jsonl is gzip-compressed, which its name does not say; name it to "
+                         "end in .jsonl.gz (the codec is chosen by the name); every line of it would be skipped"),
+    ("parquet_named_jsonl", "{root}/parquet_named/t.jsonl is a Parquet file, which its name does not say; pass "
+                            "--target-format parquet; every line of it would be skipped as malformed"),
     ("latin1_raw", "every line of the raw input is malformed JSON, with lines holding bytes that are not UTF-8"),
     ("latin1_raw_spark_reader", "every line of the raw input is malformed JSON, with lines holding bytes"),
     ("truncated_gzip", "(OSError: Truncated compressed stream): the file is damaged"),
@@ -194,9 +194,10 @@ def test_mistakes_get_one_clear_message(spark, good, case, message, capsys):
         write_jsonl(root / "raw-dir" / "a.jsonl", good["raw"][:10])
         argv[2], argv[6] = str(root / "raw-dir"), str(root / "raw-dir" / "out")
     elif case == "gzip_named_jsonl":  # compressed, but named as plain text: Spark reads its bytes as lines
-        (root / "gzip_named").mkdir()
+        (root / "gzip_named").mkdir()  # beside a good file, its records were skipped (not_utf8) and the run went on
         (root / "gzip_named" / "raw.jsonl").write_bytes(gzip.compress(open(raw, "rb").read()))
-        argv[2] = str(root / "gzip_named" / "raw.jsonl")
+        write_jsonl(root / "gzip_named" / "more.jsonl", good["raw"][10:20])
+        argv[2] = str(root / "gzip_named")
     elif case == "parquet_named_jsonl":
         (root / "parquet_named").mkdir()
         pq.write_table(pa.table({"id": ["a"], "text": ["a target document"]}), root / "parquet_named" / "t.jsonl")
