@@ -27,6 +27,7 @@ from pyspark.errors import AnalysisException
 
 from dsel.config import DselConfig
 from dsel.errors import DselError
+from dsel.write import case_clashes
 
 CORRUPT = "_corrupt_record"
 #: How dsel has Spark parse JSON lines (its reader, ``from_json``): unusable lines kept in CORRUPT, and
@@ -504,22 +505,6 @@ def _check_columns(df: DataFrame, cfg: DselConfig, role: str,
 
 
 _CASE_FIX = "rename or drop the repeated key in the data (for example with jq or a Spark job), then run again"
-
-
-def case_clashes(kind: T.DataType, prefix: str = "") -> list[str]:
-    """The names of ``kind``'s struct fields, at any depth, that differ only in case (``text``, ``Text``),
-    as paths (``meta.Id``): Delta tables never tell them apart, Spark's columns only when case-sensitive."""
-    if isinstance(kind, T.ArrayType):
-        return case_clashes(kind.elementType, prefix)
-    if isinstance(kind, T.MapType):
-        return case_clashes(kind.valueType, prefix)
-    if not isinstance(kind, T.StructType):
-        return []
-    seen: dict[str, list[str]] = {}
-    for f in kind.fields:
-        seen.setdefault(f.name.lower(), []).append(f.name)
-    found = [prefix + n for names in seen.values() if len(names) > 1 for n in names]
-    return found + [n for f in kind.fields for n in case_clashes(f.dataType, f"{prefix}{f.name}.")]
 
 
 def _rejected_not_utf8(df: DataFrame) -> bool:

@@ -135,6 +135,9 @@ def write_table(df: DataFrame, path: str, metadata: dict[str, Any], mode: str = 
     every new table): its rows must be its Parquet files' rows, as the workers read those directly.
     """
     check_table(df.sparkSession, path, df.schema, appending=mode != "overwrite")
+    mapped = bool(names_to_map(df.schema))
+    if mapped:
+        map_column_names(df.sparkSession, path)
     writer = (df.write.format("delta").mode(mode)
               .option("userMetadata", json.dumps(metadata, sort_keys=True, default=str)))
     if mode == "overwrite":
@@ -147,11 +150,68 @@ def write_table(df: DataFrame, path: str, metadata: dict[str, Any], mode: str = 
         writer = writer.option("delta.dataSkippingNumIndexedCols", "0")
     if not compressed:
         writer = writer.option("compression", "uncompressed")
+    if mapped:
+        writer = writer.option("delta.columnMapping.mode", "name")
     try:
         writer.save(path)
     finally:
         forget_commit(path)
     return last_commit(df.sparkSession, path)
+
+
+#: the characters Delta allows in column names only under column mapping
+_UNMAPPED = re.compile(r"[ ,;{}()\n\t=]")
+
+
+def _structs(kind: T.DataType, prefix: str = "") -> Iterator[tuple[str, T.StructType]]:
+    """Every struct type in ``kind`` (itself, in its fields, arrays' elements and maps' values), with
+    the path prefix of its fields (``meta.``)."""
+    if isinstance(kind, T.ArrayType):
+        yield from _structs(kind.elementType, prefix)
+    elif isinstance(kind, T.MapType):
+        yield from _structs(kind.valueType, prefix)
+    elif isinstance(kind, T.StructType):
+        yield prefix, kind
+        for f in kind.fields:
+            yield from _structs(f.dataType, f"{prefix}{f.name}.")
+
+
+def names_to_map(kind: T.DataType) -> list[str]:
+    """Column names (paths, at any depth) holding a character a Delta table refuses without column
+    mapping (a space, ``,;{}()=``, a tab or a newline), such as a raw input's ``source url``."""
+    return [prefix + f.name for prefix, struct in _structs(kind) for f in struct.fields if _UNMAPPED.search(f.name)]
+
+
+def case_clashes(kind: T.DataType) -> list[str]:
+    """Column names (paths, at any depth) that differ only in case from a sibling's (``text``, ``Text``):
+    Delta tables never tell them apart, Spark's columns only when case-sensitive."""
+    found = []
+    for prefix, struct in _structs(kind):
+        lowered = [f.name.lower() for f in struct.fields]
+        found += [prefix + f.name for f, low in zip(struct.fields, lowered) if lowered.count(low) > 1]
+    return found
+
+
+def map_column_names(spark: SparkSession, path: str) -> None:
+    """Before writing columns that need it (:func:`names_to_map`) over an existing table without
+    column mapping: turn it on (``delta.columnMapping.mode = name``, which a table may only gain by
+    an ALTER), in a commit that repeats the table's last metadata. A new table gets it from the
+    write's options."""
+    from delta.tables import DeltaTable
+
+    if not DeltaTable.isDeltaTable(spark, path):
+        return
+    properties = DeltaTable.forPath(spark, path).detail().first()["properties"] or {}
+    if properties.get("delta.columnMapping.mode", "none") != "none":
+        return
+    key = "spark.databricks.delta.commitInfo.userMetadata"
+    spark.conf.set(key, json.dumps(commit_metadata(spark, path) or {}, sort_keys=True, default=str))
+    try:
+        spark.sql(f"ALTER TABLE delta.`{sql_path(spark, path)}` SET TBLPROPERTIES ('delta.minReaderVersion' = '2', "
+                  "'delta.minWriterVersion' = '5', 'delta.columnMapping.mode' = 'name')")
+    finally:
+        spark.conf.unset(key)
+        forget_commit(path)
 
 
 def check_outputs(spark: SparkSession, paths: OutputPaths) -> None:

@@ -268,8 +268,10 @@ def test_targets_with_their_own_text_column_and_no_ids(spark, corpus, contract_r
     selected = delta(spark, tmp_path / "o" / "selected")
     assert selected.count() == 50 and selected.where("doc_id is null or body is null").count() == 0
     # the text and the id inside a struct column, as lake exports nest them: the same weights and selection
-    nested = write_jsonl(tmp_path / "nested.jsonl", [{"doc": {"meta": {"id": d["id"]}, "body": d["text"]}, "n": 1}
-                                                     for d in corpus["raw_docs"]])
+    # (and names a Delta table takes only under column mapping: a space, a comma)
+    nested = write_jsonl(tmp_path / "nested.jsonl", [{"doc": {"meta": {"id": d["id"], "first seen": i}, "body": d["text"]},
+                                                      "source url": f"https://example.org/{i}", "a,b": 1}
+                                                     for i, d in enumerate(corpus["raw_docs"])])
     execute(spark, DselConfig.from_mapping({**base, "raw": [nested], "text_column": "doc.body",
                                             "id_column": "doc.meta.id", "target_text_column": "content",
                                             "out": str(tmp_path / "nested")}), "run")
@@ -279,10 +281,26 @@ def test_targets_with_their_own_text_column_and_no_ids(spark, corpus, contract_r
     chosen = delta(spark, tmp_path / "nested" / "selected").orderBy("rank")
     assert [(r["doc"]["meta"]["id"], r["doc"]["body"]) for r in chosen.collect()] == \
         [(r["doc_id"], r["body"]) for r in selected.orderBy("rank").collect()]
+    assert all(r["source url"] == f"https://example.org/{r['doc']['meta']['first seen']}" for r in chosen.collect())
     # a target without the text column names the option that fixes it
     with pytest.raises(DselError, match=r"target input has no column 'body'; its columns are content\. "
                                         r"Pass --target-text-column NAME"):
         execute(spark, DselConfig.from_mapping({**base, "out": str(tmp_path / "missing")}), "run")
+
+
+def test_column_names_that_need_column_mapping_are_written(spark, tmp_path):
+    # OUT/selected written by an earlier run without such names gains column mapping in a commit that
+    # keeps the table's metadata; Delta refused the write with DELTA_INVALID_CHARACTERS_IN_COLUMN_NAMES
+    path, meta = str(tmp_path / "selected"), {"dsel_version": "test", "command": "select"}
+    dsel.write.write_table(spark.createDataFrame([("a", "x")], "id string, text string"), path, meta)
+    odd = spark.createDataFrame([("a", "x", "u", (1,))], "id string, text string, `source url` string, "
+                                                        "meta struct<`x y`: int>")
+    assert dsel.write.names_to_map(odd.schema) == ["source url", "meta.x y"]
+    written = dsel.write.write_table(odd, path, {**meta, "command": "run"})
+    assert written.version == 2 and delta(spark, path).collect() == odd.collect()
+    history = DeltaTable.forPath(spark, path).history().orderBy("version").collect()
+    assert [h["operation"] for h in history] == ["WRITE", "SET TBLPROPERTIES", "WRITE"]
+    assert json.loads(history[1]["userMetadata"])["command"] == "select"  # the ALTER repeats the last metadata
 
 
 def test_export_jsonl_and_parquet(spark, corpus, contract_run, tmp_path):
