@@ -41,7 +41,7 @@ from dsel.baselines import COLUMNS, dsir_selection, heuristic_classification, ra
 from dsel.config import DselConfig
 from dsel.errors import DselError
 from dsel.evaluate import histograms_by_group, kl_summary
-from dsel.read import HASH, ID, REASON, TEXT, column
+from dsel.read import HASH, ID, REASON, TEXT, column, quoted
 from dsel.report import hint_lines, record_counts
 from dsel.select import Filters, eligible, with_raw_columns
 from dsel.write import OutputPaths, map_column_names, names_to_map, write_table
@@ -93,7 +93,7 @@ def evaluate(spark: SparkSession, cfg: DselConfig, label_column: str, target_lab
     w = weight_records(score(feats, fitted)).cache()
     labels = raw.where(F.col(REASON).isNull()).select(
         F.col(ID).alias("_l_id"), F.col(HASH).alias("_l_hash"),
-        (F.col(f"`{label_column}`").cast("string") == F.lit(target_label)).alias("_l_hit"))
+        (F.col(quoted(label_column)).cast("string") == F.lit(target_label)).alias("_l_hit"))
     target = ",".join(fitted.target_names)
     chosen: dict[str, DataFrame] = {}
     try:
@@ -147,7 +147,7 @@ def evaluate(spark: SparkSession, cfg: DselConfig, label_column: str, target_lab
         hists = histograms_by_group(texts, cfg, group, len(methods))
         hits = {r["method"]: (int(r["n"]), int(r["hits"])) for r in picked.groupBy("method").agg(
             F.count("*").alias("n"),
-            F.sum((F.col(f"`{label_column}`").cast("string") == F.lit(target_label)).cast("int")).alias("hits"),
+            F.sum((F.col(quoted(label_column)).cast("string") == F.lit(target_label)).cast("int")).alias("hits"),
         ).collect()}
     finally:
         w.unpersist()

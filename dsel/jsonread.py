@@ -1074,7 +1074,7 @@ def raw_rows(feats: DataFrame, keys: DataFrame, schema_json: str, located: bool 
     table), so the features are not looked up, and each record carries its chosen row's columns
     (see :func:`dsel.select.carried_rows`)."""
     from dsel.featurize import LOCATION_COLUMNS
-    from dsel.read import HASH
+    from dsel.read import HASH, quoted
     from dsel.select import CARRIED, SELECTED_COLUMNS
 
     schema = T.StructType.fromJson(json.loads(schema_json))
@@ -1082,7 +1082,7 @@ def raw_rows(feats: DataFrame, keys: DataFrame, schema_json: str, located: bool 
         schema = T.StructType(schema.fields + [T.StructField(CORRUPT, T.StringType(), True)])
     carried: list = []
     if located:
-        carried = [F.col(f"`{CARRIED}{c}`") for c in SELECTED_COLUMNS]
+        carried = [F.col(quoted(CARRIED + c)) for c in SELECTED_COLUMNS]
         lines = keys.select(F.col("id").alias(ID), F.col("doc_hash").alias(HASH), *LOCATION_COLUMNS,
                             *[F.col(c).alias(f"{CARRIED}{c}") for c in SELECTED_COLUMNS])
     else:

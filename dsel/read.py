@@ -429,9 +429,14 @@ def field_type(schema: T.StructType, name: str) -> Optional[T.DataType]:
     return kind
 
 
+def quoted(name: str) -> str:
+    """``name`` as one part of a Spark column reference: in backticks, a backtick in it doubled."""
+    return "`" + name.replace("`", "``") + "`"
+
+
 def column(schema: T.StructType, name: str) -> Column:
     """Column ``name`` (see :func:`field_type`), each part quoted."""
-    return F.col(".".join(f"`{part}`" for part in _parts(schema, name)))
+    return F.col(".".join(quoted(part) for part in _parts(schema, name)))
 
 
 def _parts(schema: T.StructType, name: str) -> list[str]:

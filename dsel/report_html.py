@@ -46,7 +46,7 @@ from delta.tables import DeltaTable
 from dsel import __version__
 from dsel.config import DselConfig
 from dsel.errors import DselError
-from dsel.read import ID, REASON, TEXT, prepare, read_input
+from dsel.read import ID, REASON, TEXT, prepare, quoted, read_input
 from dsel.report import kl_text
 from dsel.select import Filters, eligible, filter_counts
 from dsel.write import OutputPaths, commit_metadata, read_table
@@ -176,7 +176,7 @@ def collect_report(spark: SparkSession, out: str, label_column: Optional[str] = 
 
     # Label mix.
     if label_column and label_column in selected.columns and label_column in raw_prepared.columns:
-        label = F.col(f"`{label_column}`").cast("string")
+        label = F.col(quoted(label_column)).cast("string")
         raw_mix = {r["l"]: int(r["count"]) for r in
                    raw_prepared.where(F.col(REASON).isNull()).groupBy(label.alias("l")).count().collect()}
         sel_mix = {r["l"]: int(r["count"]) for r in selected.groupBy(label.alias("l")).count().collect()}
@@ -194,7 +194,7 @@ def collect_report(spark: SparkSession, out: str, label_column: Optional[str] = 
                 .select(F.col("_r_id").alias("id"), "num_words", "log_weight",
                         F.substring(F.col(TEXT), 1, SNIPPET_CHARS).alias("snippet"),
                         (F.length(F.col(TEXT)) > SNIPPET_CHARS).alias("truncated"),
-                        *([F.col(f"`{label_column}`").cast("string").alias("label")]
+                        *([F.col(quoted(label_column)).cast("string").alias("label")]
                           if label_column and label_column in raw_prepared.columns else [])))
         rows = [r.asDict() for r in docs.collect()]
         rows.sort(key=lambda r: r["log_weight"], reverse=(side == "highest"))

@@ -41,7 +41,7 @@ from pyspark.sql import functions as F
 
 from dsel.errors import DselError
 from dsel.featurize import LOCATION_COLUMNS, STAT_COLUMNS
-from dsel.read import HASH, ID, user_columns
+from dsel.read import HASH, ID, quoted, user_columns
 
 KEY = "_dsel_key"
 #: Selections up to this size use Spark's top-k directly; larger ones use threshold selection.
@@ -270,13 +270,13 @@ def with_raw_columns(raw: DataFrame, chosen: DataFrame, run_id: str, extra: Sequ
     """
     columns = user_columns(raw)
     names = list(dict.fromkeys([*SELECTED_COLUMNS, *extra, *per]))
-    picked = chosen.select(*[F.col(f"`{n}`").alias(f"{CARRIED}{n}") for n in names])
+    picked = chosen.select(*[F.col(quoted(n)).alias(f"{CARRIED}{n}") for n in names])
     picked = F.broadcast(picked) if broadcast else picked
     joined = raw.join(picked, (raw[ID] == F.col(f"{CARRIED}id")) & (raw[HASH] == F.col(f"{CARRIED}doc_hash")))
     once = Window.partitionBy(*[F.col(f"{CARRIED}{c}") for c in per], F.col(f"{CARRIED}id")).orderBy(
-        F.to_json(F.struct(*[raw[f"`{c}`"] for c in columns])))
+        F.to_json(F.struct(*[raw[quoted(c)] for c in columns])))
     kept = joined.withColumn("_dsel_once", F.row_number().over(once)).where(F.col("_dsel_once") == 1)
-    return _selected_columns(kept, [raw[f"`{c}`"] for c in columns], run_id, extra)
+    return _selected_columns(kept, [raw[quoted(c)] for c in columns], run_id, extra)
 
 
 def carried_rows(raw: DataFrame, run_id: str) -> DataFrame:
@@ -284,7 +284,7 @@ def carried_rows(raw: DataFrame, run_id: str) -> DataFrame:
     columns (named ``CARRIED + name``; :func:`dsel.jsonread.raw_rows` reads them so when the weights
     say where each chosen line is): nothing to join, no duplicates to settle."""
     columns = [c for c in user_columns(raw) if not c.startswith(CARRIED)]
-    return _selected_columns(raw, [raw[f"`{c}`"] for c in columns], run_id, ())
+    return _selected_columns(raw, [raw[quoted(c)] for c in columns], run_id, ())
 
 
 def _selected_columns(rows: DataFrame, raw_columns: list, run_id: str, extra: Sequence[str]) -> DataFrame:

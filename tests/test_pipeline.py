@@ -268,9 +268,10 @@ def test_targets_with_their_own_text_column_and_no_ids(spark, corpus, contract_r
     selected = delta(spark, tmp_path / "o" / "selected")
     assert selected.count() == 50 and selected.where("doc_id is null or body is null").count() == 0
     # the text and the id inside a struct column, as lake exports nest them: the same weights and selection
-    # (and names a Delta table takes only under column mapping: a space, a comma)
+    # (and names a Delta table takes only under column mapping, a space, a comma; a backtick, which
+    # a column reference must double)
     nested = write_jsonl(tmp_path / "nested.jsonl", [{"doc": {"meta": {"id": d["id"], "first seen": i}, "body": d["text"]},
-                                                      "source url": f"https://example.org/{i}", "a,b": 1}
+                                                      "source url": f"https://example.org/{i}", "a,b": 1, "x`y": 2}
                                                      for i, d in enumerate(corpus["raw_docs"])])
     execute(spark, DselConfig.from_mapping({**base, "raw": [nested], "text_column": "doc.body",
                                             "id_column": "doc.meta.id", "target_text_column": "content",
@@ -281,7 +282,8 @@ def test_targets_with_their_own_text_column_and_no_ids(spark, corpus, contract_r
     chosen = delta(spark, tmp_path / "nested" / "selected").orderBy("rank")
     assert [(r["doc"]["meta"]["id"], r["doc"]["body"]) for r in chosen.collect()] == \
         [(r["doc_id"], r["body"]) for r in selected.orderBy("rank").collect()]
-    assert all(r["source url"] == f"https://example.org/{r['doc']['meta']['first seen']}" for r in chosen.collect())
+    assert all(r["source url"] == f"https://example.org/{r['doc']['meta']['first seen']}" and r["x`y"] == 2
+               for r in chosen.collect())
     # a target without the text column names the option that fixes it
     with pytest.raises(DselError, match=r"target input has no column 'body'; its columns are content\. "
                                         r"Pass --target-text-column NAME"):
