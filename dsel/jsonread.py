@@ -818,7 +818,7 @@ def plan(spark: SparkSession, cfg: DselConfig) -> tuple[Optional[Plan], str]:
         return None, f"the column '{dotted[0]}' may be a field inside a struct column, which Spark's reader reads"
     if float(cfg.json_sampling_ratio) < 1.0:
         return None, "json_sampling_ratio < 1 asks for Spark's schema inference on a sample"
-    options = file_options(cfg.raw)  # a layout Spark would read only in part is refused here
+    options = file_options(spark, cfg.raw)  # a layout Spark would read only in part is refused here
     try:
         listed = spark.read.format("text").options(**options).load(cfg.raw)
         files = sorted(listed.inputFiles())

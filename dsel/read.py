@@ -201,30 +201,66 @@ def _in_subdirectories(source: str) -> bool:
     When a file's directories include a partition (``lang=en/``, ``2026/lang=en/``, ``lang=en/2026/``),
     Spark reads every file in such directories with the partition columns, so no lookup is needed; but
     then it silently leaves out the files in no partition directory, so a mix of both is refused."""
-    if _is_uri(source):
-        return False
     deeper = False
     for top in _matches(_local(source)):
         if not os.path.isdir(top) or os.path.isdir(os.path.join(top, "_delta_log")):
             continue
-        inside, outside = [], []
-        for name in _files_of([top]):
-            folder = os.path.relpath(os.path.dirname(name), top)
-            parts = [] if folder == "." else folder.split(os.sep)
-            (inside if any("=" in part for part in parts) else outside).append((name, bool(parts)))
-        if inside and outside:
-            raise DselError(f"{source} mixes files in partition directories (such as {inside[0][0]}) with files "
-                            f"in none (such as {outside[0][0]}); Spark would read only the partitioned ones, so "
-                            f"{len(outside):,} file(s) would be lost. Move those files into partition "
-                            "directories, or into an input of their own")
-        deeper = deeper or any(nested for _, nested in outside)
+        names = _files_of([top])
+        folders = [os.path.relpath(os.path.dirname(name), top) for name in names]
+        deeper = any(_outside_partitions(source, [[] if f == "." else f.split(os.sep) for f in folders], names)) \
+            or deeper
     return deeper
 
 
-def file_options(sources: list[str]) -> dict[str, str]:
+def _outside_partitions(source: str, folders: list[list[str]], names: list[str]) -> list[bool]:
+    """For the files ``names`` in ``folders`` (each a list of directory names below the input's top):
+    whether each file in no partition directory is in a subdirectory; refused when some are in one."""
+    inside = [n for n, parts in zip(names, folders) if any("=" in part for part in parts)]
+    outside = [(n, bool(parts)) for n, parts in zip(names, folders) if not any("=" in part for part in parts)]
+    if inside and outside:
+        raise DselError(f"{source} mixes files in partition directories (such as {inside[0]}) with files in none "
+                        f"(such as {outside[0][0]}); Spark would read only the partitioned ones, so "
+                        f"{len(outside):,} file(s) would be lost. Move those files into partition directories, or "
+                        "into an input of their own")
+    return [nested for _, nested in outside]
+
+
+def _remote_in_subdirectories(spark: SparkSession, source: str) -> bool:
+    """:func:`_in_subdirectories` for a path on another file system (``s3a://``, ``hdfs://``, ``abfss://``),
+    asked of Spark's own listings, which leave out the same names: without partitions, whether a
+    recursive listing finds files the default one leaves out; with partitions, whether some files are
+    in none (below the files' deepest common directory), which is refused."""
+    from pyspark.errors import AnalysisException
+
+    def listing(recursive: bool) -> DataFrame:  # a reader each: a reader's options stay set
+        return spark.read.format("text").option("recursiveFileLookup", str(recursive).lower()).load(source)
+
+    try:
+        every = sorted(listing(True).inputFiles())
+    except AnalysisException:  # no such path: the reader says so
+        return False
+    try:
+        listed = listing(False)
+        partitioned = len(listed.columns) > 1
+    except Exception as exc:  # a SparkRuntimeException
+        if "CONFLICTING_DIRECTORY_STRUCTURES" not in str(exc):
+            raise
+        partitioned = True
+    if not partitioned:
+        return bool(set(every) - set(listed.inputFiles()))
+    folders = [name.split("/")[:-1] for name in every]
+    common = 0
+    while all(len(f) > common and f[common] == folders[0][common] for f in folders):
+        common += 1
+    _outside_partitions(source, [f[common:] for f in folders], every)
+    return False
+
+
+def file_options(spark: SparkSession, sources: list[str]) -> dict[str, str]:
     """Options for Spark's file readers of ``sources``: a recursive lookup when a directory keeps data
     files in subdirectories that are not partitions (which it then reads, with no partition columns)."""
-    return {"recursiveFileLookup": "true"} if any(_in_subdirectories(s) for s in sources) else {}
+    deeper = any(_remote_in_subdirectories(spark, s) if _is_uri(s) else _in_subdirectories(s) for s in sources)
+    return {"recursiveFileLookup": "true"} if deeper else {}
 
 
 def detect_format(source: str) -> str:
@@ -305,14 +341,14 @@ def read_input(spark: SparkSession, sources: list[str], fmt: str, cfg: DselConfi
             for source in sources:
                 check_decompressible(_local_files(source))
                 check_labelled(_local_files(source), role)
-            reader = spark.read.options(**JSON_OPTIONS, **file_options(sources))
+            reader = spark.read.options(**JSON_OPTIONS, **file_options(spark, sources))
             if schema is not None:
                 if CORRUPT not in schema.fieldNames():
                     schema = T.StructType(schema.fields + [T.StructField(CORRUPT, T.StringType())])
                 reader = reader.schema(schema)
             df = reader.option("samplingRatio", cfg.json_sampling_ratio).json(sources)
         elif kind == "parquet":
-            df = spark.read.options(**file_options(sources)).parquet(*sources)
+            df = spark.read.options(**file_options(spark, sources)).parquet(*sources)
         elif kind == "delta":
             if len(sources) != 1:
                 raise DselError(f"give one Delta table per --{role}; got {len(sources)} paths")

@@ -15,8 +15,9 @@ import pytest
 from delta.tables import DeltaTable
 from pyspark.sql import functions as F
 
-from dsel import fit, jsonread, score
+from dsel import fit, jsonread, read, score
 from dsel.config import DselConfig
+from dsel.errors import DselError
 from dsel.featurize import FEATURES_SCHEMA, STAT_COLUMNS
 from dsel.pipeline import execute
 from tests.conftest import sample_docs, write_jsonl
@@ -447,6 +448,23 @@ def test_other_inputs_use_spark_reader(spark, tmp_path):
         plan, why = jsonread.plan(spark, DselConfig.from_mapping(values))
         assert plan is None and reason in why
 
+
+
+def test_directory_layouts_on_other_file_systems_are_judged_by_sparks_listings(spark, tmp_path):
+    # an s3a:// or hdfs:// directory is not walked by Python: Spark's default and recursive listings
+    # are compared (checked here through file:// URIs), with the same answers as the local walk
+    docs = sample_docs("sci_abstracts", 3, seed=6)
+    for name in ("plain/a.jsonl", "plain/2026-11-30/b.jsonl", "parts/lang=en/a.jsonl", "parts/lang=fr/2026/b.jsonl",
+                 "top/a.jsonl", "mixed/lang=en/a.jsonl", "mixed/b.jsonl", "clash/lang=en/a.jsonl", "clash/x/b.jsonl"):
+        write_jsonl(tmp_path / name, docs)
+    layouts = ("plain", "parts", "top")
+    assert [read._remote_in_subdirectories(spark, f"file://{tmp_path / n}") for n in layouts] == [True, False, False]
+    assert [read._in_subdirectories(str(tmp_path / n)) for n in layouts] == [True, False, False]
+    for name in ("mixed", "clash"):
+        for check in (lambda: read._remote_in_subdirectories(spark, f"file://{tmp_path / name}"),
+                      lambda: read._in_subdirectories(str(tmp_path / name))):
+            with pytest.raises(DselError, match="mixes files in partition directories"):
+                check()
 
 def _text_before(text_hash: int, first: bool) -> str:
     """A text whose content hash (xxhash64) comes before ``text_hash`` (``first``) or after it."""
