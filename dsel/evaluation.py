@@ -41,7 +41,7 @@ from dsel.baselines import COLUMNS, dsir_selection, heuristic_classification, ra
 from dsel.config import DselConfig
 from dsel.errors import DselError
 from dsel.evaluate import histograms_by_group, kl_summary
-from dsel.read import HASH, ID, REASON, TEXT, column, quoted
+from dsel.read import HASH, ID, REASON, TEXT, clashes, column, quoted
 from dsel.report import hint_lines, record_counts
 from dsel.select import Filters, eligible, with_raw_columns
 from dsel.write import OutputPaths, map_column_names, names_to_map, write_table
@@ -79,7 +79,7 @@ def evaluate(spark: SparkSession, cfg: DselConfig, label_column: str, target_lab
     if label_column not in raw.columns:
         raise DselError(f"raw input has no label column '{label_column}'; its columns are "
                         f"{', '.join(c for c in raw.columns if not c.startswith('_'))}. Pass --label-column NAME")
-    clashing = [c for c in ("method", "method_score") if c in raw.columns]
+    clashing = clashes(raw.columns, ("method", "method_score"))
     if clashing and cfg.out:
         raise DselError(f"raw input has column(s) {', '.join(clashing)}, which dsel evaluate adds to "
                         "OUT/evaluation/selected; rename them, or evaluate without --out")

@@ -17,7 +17,7 @@ import glob
 import hashlib
 import os
 import re
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 
 import pyarrow as pa
 from pyspark.sql import Column, DataFrame, SparkSession
@@ -538,11 +538,17 @@ def _check_columns(df: DataFrame, cfg: DselConfig, role: str,
     if role == "raw" and same:  # Spark may tell them apart (spark.sql.caseSensitive), OUT/selected cannot
         raise DselError(f"raw input has columns whose names differ only in case ({', '.join(same)}), which a "
                         f"Delta table such as OUT/selected cannot hold; {_CASE_FIX}")
-    clashing = [c for c in OUTPUT_COLUMNS + INTERNAL if c in fields]
+    clashing = clashes(fields, OUTPUT_COLUMNS + INTERNAL)
     if role == "raw" and clashing:
         raise DselError(f"raw input already has column(s) {', '.join(clashing)}, which dsel adds to its "
-                        "output; rename them before selecting")
+                        "output (Delta and Spark's columns ignore case); rename them before selecting")
     return df
+
+
+def clashes(columns: Iterable[str], added: Sequence[str]) -> list[str]:
+    """The ``columns`` whose names are those of columns dsel ``added`` to them, whatever the case."""
+    taken = {a.lower() for a in added}
+    return [c for c in columns if c.lower() in taken]
 
 
 _CASE_FIX = "rename or drop the repeated key in the data (for example with jq or a Spark job), then run again"

@@ -166,6 +166,8 @@ def test_target_sharing_no_ngram_warns(spark, good):
     ("keys_differing_in_case", "raw input has columns whose names differ only in case (Text, text, meta.ID, "
                                "meta.id), which a Delta table such as OUT/selected cannot hold; rename or drop"),
     ("repeated_key_spark_reader", "as json: it holds the column 'text' twice, or names that differ only in case"),
+    ("output_column_in_another_case", "raw input already has column(s) Rank, which dsel adds to its output (Delta "
+                                      "and Spark's columns ignore case); rename them before selecting"),
     ("tar_archive", "is a tar archive, which Spark's JSON reader does not read; extract it and pass the JSON-lines"),
 ])
 def test_mistakes_get_one_clear_message(spark, good, case, message, capsys):
@@ -267,6 +269,8 @@ def test_mistakes_get_one_clear_message(spark, good, case, message, capsys):
         argv[2] = write_jsonl(root / f"{case}.jsonl", docs)
         if case == "repeated_key_spark_reader":
             argv += ["--json-reader", "spark"]
+    elif case == "output_column_in_another_case":  # was a traceback at select (UNRESOLVED_COLUMN rank)
+        argv[2] = write_jsonl(root / f"{case}.jsonl", [{**d, "Rank": i} for i, d in enumerate(good["raw"][:10])])
     elif case == "tar_archive":  # its name ends in .gz, as JSON lines compressed with gzip do
         packed = root / "raw.tar.gz"
         with tarfile.open(packed, "w:gz") as tar:
