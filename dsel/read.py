@@ -551,7 +551,7 @@ def clashes(columns: Iterable[str], added: Sequence[str]) -> list[str]:
     return [c for c in columns if c.lower() in taken]
 
 
-_CASE_FIX = "rename or drop the repeated key in the data (for example with jq or a Spark job), then run again"
+_CASE_FIX = "rename or drop one of them in the data (a JSON key, say with jq, or a column, with a Spark job), then run again"
 
 
 def _rejected_not_utf8(df: DataFrame) -> bool:
