@@ -37,8 +37,9 @@ def run_command(spark, cfg: DselConfig, ns: argparse.Namespace) -> str:
             raise DselError("--k must be a positive number of documents")
         result = evaluate(spark, cfg, ns.label_column, ns.target_label, methods=ns.methods, k=ns.k)
         if ns.json_path:
-            with open(ns.json_path, "w", encoding="utf-8") as fh:
-                json.dump(result, fh, indent=2, sort_keys=True)
+            from dsel.write import write_file
+
+            write_file(spark, ns.json_path, json.dumps(result, indent=2, sort_keys=True))
         return format_table(result)
     from dsel.report_html import format_summary, write_report
 

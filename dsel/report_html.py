@@ -33,7 +33,6 @@ import base64
 import html
 import io
 import json
-import os
 import time
 from typing import Any, Optional
 
@@ -49,7 +48,7 @@ from dsel.errors import DselError
 from dsel.read import ID, REASON, TEXT, prepare, quoted, read_input
 from dsel.report import kl_text
 from dsel.select import Filters, eligible, filter_counts
-from dsel.write import OutputPaths, commit_metadata, read_table
+from dsel.write import OutputPaths, commit_metadata, read_table, write_file
 
 NUM_BINS = 40
 TOP_BUCKETS = 15
@@ -401,13 +400,10 @@ def write_report(spark: SparkSession, out: str, report_dir: Optional[str] = None
     """Write report.json and report.html for the run under ``out``; return the report dict (with paths)."""
     report = collect_report(spark, out, label_column)
     images = plots(report)
-    target_dir = report_dir or default_report_dir(out)
-    os.makedirs(target_dir, exist_ok=True)
-    report["files"] = {"json": os.path.join(target_dir, "report.json"), "html": os.path.join(target_dir, "report.html")}
-    with open(report["files"]["json"], "w", encoding="utf-8") as fh:
-        json.dump(report, fh, indent=2, sort_keys=True, default=str)
-    with open(report["files"]["html"], "w", encoding="utf-8") as fh:
-        fh.write(render_html(report, images))
+    target_dir = (report_dir or default_report_dir(out)).rstrip("/")
+    report["files"] = {"json": target_dir + "/report.json", "html": target_dir + "/report.html"}
+    write_file(spark, report["files"]["json"], json.dumps(report, indent=2, sort_keys=True, default=str))
+    write_file(spark, report["files"]["html"], render_html(report, images))
     return report
 
 

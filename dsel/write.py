@@ -404,6 +404,29 @@ def sql_path(spark: SparkSession, path: str) -> str:
     return path.replace("`", "``")
 
 
+def write_file(spark: SparkSession, path: str, text: str) -> None:
+    """Write ``text`` (UTF-8) to the file ``path``, replacing it: a local path (plain or ``file://``)
+    with Python, creating its directory; any other (``s3a://``, ``abfss://``, ``dbfs:/``) through the
+    Hadoop file system Spark uses for it, as the tables are written."""
+    local = local_dir(path)
+    if local is not None and not re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:", local):
+        os.makedirs(os.path.dirname(os.path.abspath(local)), exist_ok=True)
+        with open(local, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        return
+    _hadoop_write(spark, path, text.encode("utf-8"))
+
+
+def _hadoop_write(spark: SparkSession, path: str, data: bytes) -> None:
+    jvm = spark.sparkContext._jvm  # type: ignore[union-attr]
+    target = jvm.org.apache.hadoop.fs.Path(path)
+    stream = target.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()).create(target, True)
+    try:
+        stream.write(bytearray(data))
+    finally:
+        stream.close()
+
+
 def local_dir(path: str) -> Optional[str]:
     """The local directory of ``path`` (a plain or file:// path), or None for other file systems."""
     local = path[len("file://"):] if path.startswith("file://") else path

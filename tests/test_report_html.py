@@ -62,6 +62,17 @@ def test_report_json_holds_the_kl_reduction_and_the_label_mix(spark, report):
     assert all(len(d["snippet"]) <= 400 for d in highest + data["documents"]["lowest"])
 
 
+
+def test_a_report_beside_an_out_given_as_a_uri(spark, report):
+    # --out file:///... was written to a local directory named 'file:' in the working directory
+    assert main(["report", "--out", f"file://{report['out']}"]) == 0
+    assert json.loads((report["root"] / "out_report" / "report.json").read_text())["kl"] == report["json"]["kl"]
+    # other schemes (s3a://, abfss://, dbfs:/) are written through Hadoop's file system: here its local one
+    from dsel.write import _hadoop_write
+
+    _hadoop_write(spark, f"file://{report['root']}/hadoop/report.json", "día".encode())
+    assert (report["root"] / "hadoop" / "report.json").read_text(encoding="utf-8") == "día"
+
 def test_report_ngrams_come_from_the_fit_and_really_hash_into_their_buckets(spark, report):
     ratios = spark.read.format("delta").load(str(report["out"] / "log_ratios"))
     stored = {r["bucket"]: r["ngrams"] for r in ratios.select("bucket", "ngrams").collect()}
