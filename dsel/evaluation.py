@@ -44,7 +44,7 @@ from dsel.evaluate import histograms_by_group, kl_summary
 from dsel.read import HASH, ID, REASON, TEXT, clashes, column, quoted
 from dsel.report import hint_lines, record_counts
 from dsel.select import Filters, eligible, with_raw_columns
-from dsel.write import OutputPaths, map_column_names, names_to_map, write_table
+from dsel.write import OutputPaths, mapping_names, write_table
 
 from dsel.cli_extra import EVALUATE_METHODS as METHODS  # noqa: E402  (one list for the CLI and the API)
 
@@ -186,10 +186,7 @@ def _write_selected(spark: SparkSession, cfg: DselConfig, rows: DataFrame, run_i
     writer = (rows.write.format("delta").mode("overwrite").option("overwriteSchema", "true").partitionBy("method")
               .option("userMetadata", json.dumps({"run_id": run_id, "command": "evaluate", "methods": list(methods),
                                                   "params": cfg.to_dict()}, sort_keys=True, default=str)))
-    if names_to_map(rows.schema):  # raw columns such as 'source url'
-        map_column_names(spark, path)
-        writer = writer.option("delta.columnMapping.mode", "name")
-    writer.save(path)
+    mapping_names(writer, rows, path).save(path)  # raw columns such as 'source url' need column mapping
     return spark.read.format("delta").load(path)
 
 

@@ -207,8 +207,8 @@ def _in_subdirectories(source: str) -> bool:
             continue
         names = _files_of([top])
         folders = [os.path.relpath(os.path.dirname(name), top) for name in names]
-        deeper = any(_outside_partitions(source, [[] if f == "." else f.split(os.sep) for f in folders], names)) \
-            or deeper
+        nested = _outside_partitions(source, [[] if f == "." else f.split(os.sep) for f in folders], names)
+        deeper = deeper or any(nested)
     return deeper
 
 
@@ -551,7 +551,8 @@ def clashes(columns: Iterable[str], added: Sequence[str]) -> list[str]:
     return [c for c in columns if c.lower() in taken]
 
 
-_CASE_FIX = "rename or drop one of them in the data (a JSON key, say with jq, or a column, with a Spark job), then run again"
+_CASE_FIX = ("rename or drop one of them in the data (a JSON key, say with jq, or a column, with a Spark job), "
+             "then run again")
 
 
 def _rejected_not_utf8(df: DataFrame) -> bool:

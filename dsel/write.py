@@ -135,9 +135,6 @@ def write_table(df: DataFrame, path: str, metadata: dict[str, Any], mode: str = 
     every new table): its rows must be its Parquet files' rows, as the workers read those directly.
     """
     check_table(df.sparkSession, path, df.schema, appending=mode != "overwrite")
-    mapped = bool(names_to_map(df.schema))
-    if mapped:
-        map_column_names(df.sparkSession, path)
     writer = (df.write.format("delta").mode(mode)
               .option("userMetadata", json.dumps(metadata, sort_keys=True, default=str)))
     if mode == "overwrite":
@@ -150,8 +147,7 @@ def write_table(df: DataFrame, path: str, metadata: dict[str, Any], mode: str = 
         writer = writer.option("delta.dataSkippingNumIndexedCols", "0")
     if not compressed:
         writer = writer.option("compression", "uncompressed")
-    if mapped:
-        writer = writer.option("delta.columnMapping.mode", "name")
+    writer = mapping_names(writer, df, path)
     try:
         writer.save(path)
     finally:
@@ -192,11 +188,18 @@ def case_clashes(kind: T.DataType) -> list[str]:
     return found
 
 
-def map_column_names(spark: SparkSession, path: str) -> None:
-    """Before writing columns that need it (:func:`names_to_map`) over an existing table without
-    column mapping: turn it on (``delta.columnMapping.mode = name``, which a table may only gain by
-    an ALTER), in a commit that repeats the table's last metadata. A new table gets it from the
-    write's options."""
+def mapping_names(writer: Any, df: DataFrame, path: str) -> Any:
+    """``writer`` (of ``df`` to the Delta table at ``path``), with column mapping when ``df`` has
+    column names that need it (:func:`names_to_map`), else as it is: a new table gets it from the
+    write's option; an existing one without it first gains it by an ALTER (the only way a table may),
+    in a commit that repeats the table's last metadata."""
+    if not names_to_map(df.schema):
+        return writer
+    _map_column_names(df.sparkSession, path)
+    return writer.option("delta.columnMapping.mode", "name")
+
+
+def _map_column_names(spark: SparkSession, path: str) -> None:
     from delta.tables import DeltaTable
 
     if not DeltaTable.isDeltaTable(spark, path):

@@ -270,9 +270,10 @@ def test_targets_with_their_own_text_column_and_no_ids(spark, corpus, contract_r
     # the text and the id inside a struct column, as lake exports nest them: the same weights and selection
     # (and names a Delta table takes only under column mapping, a space, a comma; a backtick, which
     # a column reference must double)
-    nested = write_jsonl(tmp_path / "nested.jsonl", [{"doc": {"meta": {"id": d["id"], "first seen": i}, "body": d["text"]},
-                                                      "source url": f"https://example.org/{i}", "a,b": 1, "x`y": 2}
-                                                     for i, d in enumerate(corpus["raw_docs"])])
+    nested = write_jsonl(tmp_path / "nested.jsonl",
+                         [{"doc": {"meta": {"id": d["id"], "first seen": i}, "body": d["text"]},
+                           "source url": f"https://example.org/{i}", "a,b": 1, "x`y": 2}
+                          for i, d in enumerate(corpus["raw_docs"])])
     execute(spark, DselConfig.from_mapping({**base, "raw": [nested], "text_column": "doc.body",
                                             "id_column": "doc.meta.id", "target_text_column": "content",
                                             "out": str(tmp_path / "nested")}), "run")
