@@ -61,18 +61,20 @@ _NOT_DECOMPRESSED = {".tar.gz": "a tar archive", ".tgz": "a tar archive", ".tar.
                      ".br": "brotli-compressed", ".lzo": "LZO-compressed", ".z": "compress(1)-compressed"}
 
 
-#: What a file's first bytes say it is, when every line of a JSON input is rejected: (magic, offset,
-#: what it is, the suffix that names it, or None for what Spark's JSON reader does not decompress).
+#: What a file's first bytes say it is: (signature, what it is, the suffix that names it, or None for
+#: what Spark's JSON reader does not decompress). Each signature holds a byte that UTF-8 text (or JSON)
+#: never holds, a NUL or one that is not UTF-8, or a control character, so that no JSON-lines file
+#: matches it: a tar header's "ustar" alone could be a Spanish word ("gustar") at byte 257.
 _MAGIC = (
-    (b"\x1f\x8b", 0, "gzip-compressed", ".gz"),
-    (b"\x28\xb5\x2f\xfd", 0, "zstd-compressed", ".zst"),  # or .zstd
-    (b"BZh", 0, "bzip2-compressed", ".bz2"),
-    (b"\x04\x22\x4d\x18", 0, "lz4-compressed", ".lz4"),
-    (b"PAR1", 0, "a Parquet file", ".parquet"),
-    (b"\xfd7zXZ\x00", 0, "xz-compressed", None),
-    (b"PK\x03\x04", 0, "a zip archive", None),
-    (b"7z\xbc\xaf\x27\x1c", 0, "a 7-Zip archive", None),
-    (b"ustar", 257, "a tar archive", None),
+    (rb"\x1f\x8b\x08", "gzip-compressed", ".gz"),
+    (rb"\x28\xb5\x2f\xfd", "zstd-compressed", ".zst"),  # or .zstd
+    (rb"BZh[1-9](1AY&SY|\x17rE8P\x90)", "bzip2-compressed", ".bz2"),
+    (rb"\x04\x22\x4d\x18", "lz4-compressed", ".lz4"),
+    (rb"PAR1[^\x00]*\x00", "a Parquet file", ".parquet"),
+    (rb"\xfd7zXZ\x00", "xz-compressed", None),
+    (rb"PK\x03\x04", "a zip archive", None),
+    (rb"7z\xbc\xaf\x27\x1c", "a 7-Zip archive", None),
+    (rb".{257}ustar(\x00|  \x00)", "a tar archive", None),
 )
 
 
@@ -88,9 +90,9 @@ def _head_of(name: str) -> Optional[bytes]:
 def _mislabelled(name: str, head: bytes, role: str) -> Optional[str]:
     """Why ``name`` cannot be read as the JSON lines its name says, judged by its first bytes (a
     compressed file, an archive or a Parquet file under a name Spark reads as plain text), or None."""
-    for magic, at, kind, suffix in _MAGIC:
+    for signature, kind, suffix in _MAGIC:
         named = suffix and name.lower().endswith((suffix, ".zstd") if suffix == ".zst" else suffix)
-        if head[at:at + len(magic)] == magic and not named:
+        if re.match(signature, head, re.DOTALL) and not named:
             fix = (f"pass --{role}-format parquet" if suffix == ".parquet" else
                    f"name it to end in .jsonl{suffix} (the codec is chosen by the name)" if suffix else
                    _unread_fix(kind))
