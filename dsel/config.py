@@ -44,7 +44,7 @@ class DselConfig:
     raw_format: str = "auto"
     target_format: str = "auto"
     text_column: str = "text"
-    target_text_column: Optional[str] = None
+    target_text_column: Optional[list[str]] = None
     id_column: str = "id"
     ngrams: int = 2
     num_buckets: int = 10_000
@@ -100,11 +100,14 @@ class DselConfig:
         values.update({k: v for k, v in (overrides or {}).items() if v is not None})
         return cls.from_mapping(values)
 
-    def for_targets(self) -> "DselConfig":
-        """The settings the targets are read with: ``target_text_column`` as their text column, if given."""
-        if self.target_text_column in (None, self.text_column):
+    def for_target(self, index: int) -> "DselConfig":
+        """The settings target ``index`` (in ``target``'s order) is read with: its ``target_text_column``
+        (the one name given, or the index-th of one per target) as the text column, if given."""
+        names = self.target_text_column
+        if not names:
             return self
-        return dataclasses.replace(self, text_column=self.target_text_column)
+        name = names[index] if len(names) > 1 else names[0]
+        return self if name == self.text_column else dataclasses.replace(self, text_column=name)
 
     def replace(self, **changes: Any) -> "DselConfig":
         cfg = dataclasses.replace(self, **changes)
@@ -178,12 +181,18 @@ class DselConfig:
                                   'e.g. {"/data/raw": 12}')
         _choice("json_reader", self.json_reader, JSON_READERS)
         _choice("features_writer", self.features_writer, FEATURES_WRITERS)
-        for key in ("text_column", "id_column", "target_text_column"):
-            value = getattr(self, key)
-            if key == "target_text_column" and value is None:
-                continue
+        if isinstance(self.target_text_column, str):
+            self.target_text_column = [self.target_text_column]
+        names = self.target_text_column or []
+        if not isinstance(names, list):
+            raise ConfigError("target_text_column", f"must be a column name, or a list of one per target, got {names!r}")
+        for key, value in [("text_column", self.text_column), ("id_column", self.id_column),
+                           *[("target_text_column", name) for name in names]]:
             if not isinstance(value, str) or not value or "`" in value:
                 raise ConfigError(key, f"must be a non-empty column name without backticks, got {value!r}")
+        if len(names) > 1 and len(names) != len(self.target):
+            raise ConfigError("target_text_column", f"names {len(names)} columns for {len(self.target)} target(s); "
+                              "give one name for every target, or one per --target, in the same order")
         _int_range("ngrams", self.ngrams, 1, 8)
         _int_range("num_buckets", self.num_buckets, 1, 1 << 26)
         _int_range("hash_seed", self.hash_seed, 0, (1 << 32) - 1)
@@ -279,7 +288,8 @@ FIELD_HELP: dict[str, str] = {
     'raw_format': 'format of --raw: auto, json, parquet, delta or table',
     'target_format': 'format of --target: auto, json, parquet, delta or table',
     'text_column': 'column holding the document text (default text); meta.body names a field inside a struct',
-    'target_text_column': "the targets' text column, when it is not --text-column's (default: --text-column)",
+    'target_text_column': "the targets' text column, when it is not --text-column's; repeat it to name one per "
+                          "--target, in the same order (default: --text-column)",
     'id_column': 'column holding the document id (default id; without it ids are the SHA-256 of the text); '
                  'meta.id names a field inside a struct',
     'ngrams': 'n of the n-grams: 2 means unigrams and bigrams',

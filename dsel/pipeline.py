@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import json
 import math
 import os
@@ -71,14 +72,22 @@ def _stored_raw(spark: SparkSession, cfg: DselConfig, path: str, summary: Option
 
 def read_targets(spark: SparkSession, cfg: DselConfig, summary: Optional[Summary] = None) -> list[tuple[str, DataFrame]]:
     """(name, prepared DataFrame) per target: one per --target, or one in all with combine_targets."""
-    groups = [cfg.target] if cfg.combine_targets else [[t] for t in cfg.target]
-    targets, states = [], []
-    settings = cfg.for_targets()
+    indices = list(range(len(cfg.target)))
+    named = len(cfg.target_text_column or []) > 1  # a text column per target: each is read on its own
+    groups = [indices] if cfg.combine_targets and not named else [[i] for i in indices]
+    parts, states = [], []
     for group in groups:
         state: dict = {}
-        targets.append((",".join(group), prepare(read_input(spark, group, cfg.target_format, settings, "target",
-                                                            state=state), settings)))
+        settings = cfg.for_target(group[0])
+        sources = [cfg.target[i] for i in group]
+        parts.append((",".join(sources), prepare(read_input(spark, sources, cfg.target_format, settings, "target",
+                                                             state=state), settings)))
         states.append(state)
+    if cfg.combine_targets and named:  # one target of them all, as --combine-targets reads them together
+        parts = [(",".join(cfg.target), functools.reduce(lambda a, b: a.unionByName(b, allowMissingColumns=True),
+                                                                [df for _, df in parts]))]
+        states = [{"parts": states}]
+    targets = parts
     if summary is not None:
         summary.inputs["targets"] = states
     return targets
@@ -332,7 +341,13 @@ def _fit_of(cfg: DselConfig, summary: Summary) -> dict:
     return {"target": cfg.target, "target_format": cfg.target_format, "combine_targets": cfg.combine_targets,
             "num_tokens_to_fit": cfg.num_tokens_to_fit, "targets": summary.inputs.get("targets"),
             "text_column": cfg.text_column, "id_column": cfg.id_column,
-            **({"target_text_column": cfg.target_text_column} if cfg.target_text_column else {}), **cfg.fit_params()}
+            **_target_text_columns(cfg), **cfg.fit_params()}
+
+
+def _target_text_columns(cfg: DselConfig) -> dict:
+    """``target_text_column`` as a fit remembers it: one name as a string (as fits before one per target)."""
+    names = cfg.target_text_column or []
+    return {"target_text_column": names[0] if len(names) == 1 else names} if names else {}
 
 
 def refit_reason(spark: SparkSession, cfg: DselConfig, summary: Summary) -> Optional[str]:

@@ -519,8 +519,10 @@ def _check_columns(df: DataFrame, cfg: DselConfig, role: str,
             raise DselError(f"every line of the {role} input is malformed JSON: dsel reads JSON lines, one "
                             "object per line. Convert a pretty-printed JSON file or array first (for example "
                             "jq -c '.[]' in.json > in.jsonl), or pass --" + role + "-format if it is not JSON")
+        each = " (once per --target, in the same order, when their names differ)" if len(cfg.target) > 1 else ""
         raise DselError(f"{role} input has no column '{cfg.text_column}'; its columns are {', '.join(visible)}"
-                        f"{_struct_hint(*_head(fields, cfg.text_column), flag)}. Pass {flag} NAME")
+                        f"{_struct_hint(*_head(fields, cfg.text_column), flag)}. Pass {flag} NAME"
+                        + (each if role == "target" else ""))
     if not isinstance(text_type, T.StringType):
         raise DselError(f"{role} column '{cfg.text_column}' has type {text_type.simpleString()}, not string; "
                         f"{_binary_hint(text_type)}point {flag} at a string column"

@@ -22,6 +22,11 @@ def test_flags_map_to_config_fields():
     assert cfg.fit_cap == 1000
     assert parse("fit", "--num-tokens-to-fit", "all").fit_cap is None
     assert parse("fit").fit_cap == 100_000 * 10_000
+    # --target-text-column: one name for every target (a string in TOML too), or one per --target
+    two = parse("run", "--target", "a", "--target", "b", "--target-text-column", "text", "--target-text-column", "body")
+    assert two.target_text_column == ["text", "body"] and two.for_target(1).text_column == "body"
+    one = DselConfig.from_mapping({"target": ["a", "b"], "target_text_column": "body"})
+    assert one.target_text_column == ["body"] and [one.for_target(i).text_column for i in (0, 1)] == ["body"] * 2
 
 
 def test_toml_takes_the_same_keys_and_flags_win(tmp_path):
@@ -43,6 +48,8 @@ def test_toml_takes_the_same_keys_and_flags_win(tmp_path):
     ({"run_id": "x; DROP TABLE y"}, "run_id"),
     ({"target": ["a", "b"], "target_proportions": [1.0]}, "target_proportions"),
     ({"colour": "red"}, "colour"),
+    ({"target": ["a", "b", "c"], "target_text_column": ["x", "y"]}, "target_text_column"),  # one, or one per target
+    ({"target": ["a"], "target_text_column": [""]}, "target_text_column"),
     ({"max_length": 50}, "max_length"),  # below min_length 100: nothing could be selected
     ({"max_length": 0}, "max_length"),
     ({"max_repetition_ratio": 1.5}, "max_repetition_ratio"),

@@ -210,10 +210,12 @@ def test_token_budget(spark, corpus, contract_run):
 
 
 def test_several_targets_get_quotas(spark, corpus, tmp_path):
-    movies = write_jsonl(tmp_path / "movies.jsonl", sample_docs("movie_reviews", 300, seed=1)[200:230])
+    # the second target keeps its text under another name: one --target-text-column per target
+    movies = write_jsonl(tmp_path / "movies.jsonl", [{"review": d["text"]} for d in
+                                                     sample_docs("movie_reviews", 300, seed=1)[200:230]])
     cfg = DselConfig.from_mapping({"raw": [corpus["raw_dir"]], "target": [corpus["target"], movies],
                                    "out": str(tmp_path / "out"), "num_samples": 40, "seed": 5,
-                                   "target_proportions": [1.0, 1.0]})
+                                   "target_proportions": [1.0, 1.0], "target_text_column": ["text", "review"]})
     summary = execute(spark, cfg, "run")
     selected = delta(spark, tmp_path / "out" / "selected")
     by_target = {r["target"]: r["count"] for r in selected.groupBy("target").count().collect()}
