@@ -78,7 +78,7 @@ def read_targets(spark: SparkSession, cfg: DselConfig, summary: Optional[Summary
     parts, states = [], []
     for group in groups:
         state: dict = {}
-        settings = cfg.for_target(group[0])
+        settings = cfg.for_target(group[0]) if group else cfg
         sources = [cfg.target[i] for i in group]
         parts.append((",".join(sources), prepare(read_input(spark, sources, cfg.target_format, settings, "target",
                                                              state=state), settings)))
