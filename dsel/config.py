@@ -185,7 +185,8 @@ class DselConfig:
             self.target_text_column = [self.target_text_column]
         names = self.target_text_column or []
         if not isinstance(names, list):
-            raise ConfigError("target_text_column", f"must be a column name, or a list of one per target, got {names!r}")
+            raise ConfigError("target_text_column", f"must be a column name, or a list of one per target, "
+                                                    f"got {names!r}")
         for key, value in [("text_column", self.text_column), ("id_column", self.id_column),
                            *[("target_text_column", name) for name in names]]:
             if not isinstance(value, str) or not value or "`" in value:

@@ -73,21 +73,19 @@ def _stored_raw(spark: SparkSession, cfg: DselConfig, path: str, summary: Option
 def read_targets(spark: SparkSession, cfg: DselConfig, summary: Optional[Summary] = None) -> list[tuple[str, DataFrame]]:
     """(name, prepared DataFrame) per target: one per --target, or one in all with combine_targets."""
     indices = list(range(len(cfg.target)))
-    named = len(cfg.target_text_column or []) > 1  # a text column per target: each is read on its own
-    groups = [indices] if cfg.combine_targets and not named else [[i] for i in indices]
-    parts, states = [], []
+    per_target = len(cfg.target_text_column or []) > 1  # a text column per target: each is read on its own
+    groups = [indices] if cfg.combine_targets and not per_target else [[i] for i in indices]
+    targets, states = [], []
     for group in groups:
         state: dict = {}
         settings = cfg.for_target(group[0]) if group else cfg
         sources = [cfg.target[i] for i in group]
-        parts.append((",".join(sources), prepare(read_input(spark, sources, cfg.target_format, settings, "target",
-                                                             state=state), settings)))
+        targets.append((",".join(sources), prepare(read_input(spark, sources, cfg.target_format, settings, "target",
+                                                              state=state), settings)))
         states.append(state)
-    if cfg.combine_targets and named:  # one target of them all, as --combine-targets reads them together
-        parts = [(",".join(cfg.target), functools.reduce(lambda a, b: a.unionByName(b, allowMissingColumns=True),
-                                                                [df for _, df in parts]))]
-        states = [{"parts": states}]
-    targets = parts
+    if cfg.combine_targets and per_target:  # one target of them all, as --combine-targets reads them together
+        union = functools.reduce(lambda a, b: a.unionByName(b, allowMissingColumns=True), [df for _, df in targets])
+        targets, states = [(",".join(cfg.target), union)], [{"parts": states}]
     if summary is not None:
         summary.inputs["targets"] = states
     return targets
