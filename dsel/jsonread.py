@@ -60,7 +60,7 @@ from dsel.config import DselConfig
 from dsel.errors import CANNOT_READ, DselError
 from dsel.featurize import FEATURES_SCHEMA
 from dsel.read import (CORRUPT, ID, INTERNAL, JSON_OPTIONS, MALFORMED, NOT_UTF8, _check_columns, arrow_path,
-                       check_decompressible, check_labelled, detect_format, file_options, parallelism)
+                       check_json_files, detect_format, file_options, parallelism)
 from dsel.write import forget_commit
 
 #: Extra columns of a features table written by this reader (after FEATURES_SCHEMA's).
@@ -828,8 +828,7 @@ def plan(spark: SparkSession, cfg: DselConfig) -> tuple[Optional[Plan], str]:
         return None, "the raw files are in partition directories (key=value), whose columns Spark's reader adds"
     if not files:
         return None, "no raw files"
-    check_decompressible(files)
-    check_labelled(files)
+    check_json_files(files)
     odd = [f for f in files if f.lower().endswith(_OTHER_CODECS)]
     if odd:
         return None, f"{odd[0]} is compressed with a codec the fast reader does not read (it reads gzip and zstd)"

@@ -115,12 +115,15 @@ def _not_json_lines(files: list[str], role: str) -> Optional[str]:
     return None
 
 
-def check_labelled(names: list[str], role: str = "raw") -> None:
-    """Raise for the first local file of ``names`` (paths or file URIs) whose first bytes say it is
-    compressed, an archive or Parquet while its name says plain JSON lines: every line Spark (or the
-    pyarrow reader) would read from it is malformed, so its records would all be skipped."""
+def check_json_files(names: list[str], role: str = "raw") -> None:
+    """Before JSON-lines files are read: raise for the first of ``names`` (paths or file URIs) that is
+    an archive or in a codec Spark's JSON reader does not decompress (:func:`check_decompressible`),
+    then for the first local one whose first bytes say it is compressed, an archive or Parquet while
+    its name says plain JSON lines: every line Spark (or the pyarrow reader) would read from it is
+    malformed, so its records would all be skipped."""
     from urllib.parse import unquote, urlparse
 
+    check_decompressible(names)
     for name in names:
         path = unquote(urlparse(name).path) if name.startswith("file:") else name  # as Spark lists files
         head = None if _is_uri(path) else _head_of(path)
@@ -217,8 +220,9 @@ def _in_subdirectories(source: str) -> bool:
 def _outside_partitions(source: str, folders: list[list[str]], names: list[str]) -> list[bool]:
     """For the files ``names`` in ``folders`` (each a list of directory names below the input's top):
     whether each file in no partition directory is in a subdirectory; refused when some are in one."""
-    inside = [n for n, parts in zip(names, folders) if any("=" in part for part in parts)]
-    outside = [(n, bool(parts)) for n, parts in zip(names, folders) if not any("=" in part for part in parts)]
+    partitioned = [any("=" in part for part in parts) for parts in folders]
+    inside = [n for n, yes in zip(names, partitioned) if yes]
+    outside = [(n, bool(parts)) for n, parts, yes in zip(names, folders, partitioned) if not yes]
     if inside and outside:
         raise DselError(f"{source} mixes files in partition directories (such as {inside[0]}) with files in none "
                         f"(such as {outside[0][0]}); Spark would read only the partitioned ones, so "
@@ -251,9 +255,7 @@ def _remote_in_subdirectories(spark: SparkSession, source: str) -> bool:
     if not partitioned:
         return bool(set(every) - set(listed.inputFiles()))
     folders = [name.split("/")[:-1] for name in every]
-    common = 0
-    while all(len(f) > common and f[common] == folders[0][common] for f in folders):
-        common += 1
+    common = len(os.path.commonprefix(folders))  # the deepest directory all files are under
     _outside_partitions(source, [f[common:] for f in folders], every)
     return False
 
@@ -341,8 +343,7 @@ def read_input(spark: SparkSession, sources: list[str], fmt: str, cfg: DselConfi
     try:
         if kind == "json":
             for source in sources:
-                check_decompressible(_local_files(source))
-                check_labelled(_local_files(source), role)
+                check_json_files(_local_files(source), role)
             reader = spark.read.options(**JSON_OPTIONS, **file_options(spark, sources))
             if schema is not None:
                 if CORRUPT not in schema.fieldNames():

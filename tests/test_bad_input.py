@@ -287,7 +287,7 @@ def test_text_is_never_taken_for_a_compressed_file(tmp_path):
     # every local JSON-lines file's first bytes are checked: a tar header's "ustar" at byte 257 alone
     # would have refused a file whose first record says "gustar" there, and "PAR1" or "BZh9" opening a
     # line would have refused a file for one malformed line
-    from dsel.read import _mislabelled, check_labelled
+    from dsel.read import _mislabelled, check_json_files
 
     start = '{"id": 1, "text": "'
     texts = {"gustar.jsonl": start + "x" * (256 - len(start)) + 'gustar mucho"}', "par1.jsonl": "PAR1 in a line",
@@ -295,7 +295,7 @@ def test_text_is_never_taken_for_a_compressed_file(tmp_path):
     for name, first in texts.items():
         (tmp_path / name).write_text(first + '\n{"id": 2, "text": "fine"}\n', encoding="utf-8")
     assert (tmp_path / "gustar.jsonl").read_bytes()[257:262] == b"ustar"
-    check_labelled([str(tmp_path / name) for name in texts])  # no refusal
+    check_json_files([str(tmp_path / name) for name in texts])  # no refusal
     packed = tmp_path / "raw.jsonl"
     with tarfile.open(packed, "w") as tar:
         tar.add(tmp_path / "gustar.jsonl", arcname="gustar.jsonl")
