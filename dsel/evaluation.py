@@ -44,7 +44,7 @@ from dsel.evaluate import histograms_by_group, kl_summary
 from dsel.read import HASH, ID, REASON, TEXT, clashes, column, quoted
 from dsel.report import hint_lines, record_counts
 from dsel.select import Filters, eligible, with_raw_columns
-from dsel.write import OutputPaths, mapping_names, write_table
+from dsel.write import OutputPaths, driver_rows, mapping_names, write_table
 
 from dsel.cli_extra import EVALUATE_METHODS as METHODS  # noqa: E402  (one list for the CLI and the API)
 
@@ -200,7 +200,7 @@ def _write_results(spark: SparkSession, cfg: DselConfig, result: dict[str, Any])
              result["label_column"], result["target_label"], list(result["targets"]), float(r["seconds"]),
              result["run_id"]) for m, r in result["methods"].items()]
     path = _evaluation_path(cfg.out, "results")
-    write_table(spark.createDataFrame(rows, schema), path,
+    write_table(driver_rows(spark, rows, schema), path,
                 {"run_id": result["run_id"], "command": "evaluate", "params": cfg.to_dict()})
     return path
 

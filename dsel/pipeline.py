@@ -40,8 +40,9 @@ from dsel.evaluate import run_kl_reduction
 from dsel.featurize import LOCATION_COLUMNS, features as raw_features
 from dsel.runs import claim, record_run, release
 from dsel.write import (PARQUET_WRITER_SCHEMA, STAGING, OutputPaths, Written, check_outputs, commit_metadata,
-                        commit_stamp, export, interrupted_write, last_commit, load_state, local_dir, parquet_writer,
-                        prefetch_commits, publish_parquet, read_table, remembering, remembering_commits, write_table)
+                        commit_stamp, driver_rows, export, interrupted_write, last_commit, load_state, local_dir,
+                        parquet_writer, prefetch_commits, publish_parquet, read_table, remembering, remembering_commits,
+                        write_table)
 
 
 def read_raw(spark: SparkSession, cfg: DselConfig, schema: Optional[StructType] = None,
@@ -550,8 +551,8 @@ def _fast_weights(spark: SparkSession, paths: OutputPaths, fitted: Fit,
         return None, None, None
     if drop is None:
         return weight_records(usable), None, None
-    rows = spark.createDataFrame([(i, "duplicate_id", source, None) for i, source, _ in drop],
-                                 "id string, reason string, source_file string, detail string")
+    rows = driver_rows(spark, [(i, "duplicate_id", source, None) for i, source, _ in drop],
+                       "id string, reason string, source_file string, detail string")
     return unique_weights(usable), rows, drop
 
 

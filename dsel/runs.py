@@ -30,7 +30,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from dsel.errors import DselError
-from dsel.write import check_schema, sql_path
+from dsel.write import check_schema, driver_rows, sql_path
 
 RUNS_SCHEMA = T.StructType([
     T.StructField("run_id", T.StringType()),
@@ -67,7 +67,7 @@ def record_run(spark: SparkSession, path: str, row: dict[str, Any]) -> None:
     """Insert or replace the run's row in the run table: one commit overwriting its ``run_id`` partition."""
     from delta.tables import DeltaTable
 
-    frame = spark.createDataFrame([tuple(row.get(f.name) for f in RUNS_SCHEMA.fields)], RUNS_SCHEMA)
+    frame = driver_rows(spark, [tuple(row.get(f.name) for f in RUNS_SCHEMA.fields)], RUNS_SCHEMA)
     if not DeltaTable.isDeltaTable(spark, path):
         try:
             frame.write.format("delta").mode("errorifexists").partitionBy("run_id").save(path)
@@ -125,7 +125,7 @@ def claim(spark: SparkSession, path: str, run_id: str, timeout_hours: float, for
     from delta.tables import DeltaTable
 
     row = ("lock", run_id, socket.gethostname(), os.getpid(), dt.datetime.now().replace(microsecond=0))
-    me = spark.createDataFrame([row], LOCK_SCHEMA)
+    me = driver_rows(spark, [row], LOCK_SCHEMA)
     conflict = tuple(getattr(conflicts, n) for n in _CONFLICTS)
     if not DeltaTable.isDeltaTable(spark, path):
         try:

@@ -42,6 +42,7 @@ from pyspark.sql import functions as F
 from dsel.errors import DselError
 from dsel.featurize import LOCATION_COLUMNS, STAT_COLUMNS
 from dsel.read import HASH, ID, quoted, user_columns
+from dsel.write import driver_rows
 
 KEY = "_dsel_key"
 #: Selections up to this size use Spark's top-k directly; larger ones use threshold selection.
@@ -452,8 +453,8 @@ def select(weights: DataFrame, target_names: Sequence[str], proportions: Sequenc
             taken += part_ids.count()
             pool = pool.join(part_ids, "id", "left_anti")
     if not parts:
-        chosen = weights.sparkSession.createDataFrame(
-            [], "id string, doc_hash long, num_words long, log_weight double, rank long, target string")
+        chosen = driver_rows(weights.sparkSession, [],
+                             "id string, doc_hash long, num_words long, log_weight double, rank long, target string")
     else:
         chosen = parts[0]
         for part in parts[1:]:

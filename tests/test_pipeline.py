@@ -1,6 +1,7 @@
 """The end-to-end contract: `dsel run` on JSON lines writes the four Delta tables, deterministically."""
 from __future__ import annotations
 
+import datetime as dt
 import json
 from concurrent.futures import ThreadPoolExecutor
 
@@ -109,6 +110,28 @@ def test_rerun_replaces_rows_and_keeps_one_run_row(spark, corpus, contract_run):
     after = delta(spark, out / "selected").orderBy("rank").collect()
     assert [r["id"] for r in after] == [r["id"] for r in before]
     assert delta(spark, out / "runs").count() == 1
+
+
+def test_rows_made_on_the_driver_are_createdataframes_rows_without_a_python_worker(spark):
+    """The run row, the lock, the dropped duplicates and the evaluation results are made on the driver
+    and sent as Arrow: the same rows and instants as ``createDataFrame`` of Python rows, under a session
+    time zone other than the process's, and no Python worker pool of their own (no PythonRDD)."""
+    when = dt.datetime(2026, 7, 1, 12, 30, 45)
+    schema = ("name string, at timestamp, words array<string>, score double, ok boolean, n long, "
+              "nested struct<k: string, v: array<long>>")
+    rows = [("a", when, ["x", "y"], 0.5, True, 2 ** 40, ("k", [1, None])), (None,) * 7]
+    zone = spark.conf.get("spark.sql.session.timeZone")
+    spark.conf.set("spark.sql.session.timeZone", "Asia/Kathmandu" if zone != "Asia/Kathmandu" else "UTC")
+    try:
+        ours, theirs = dsel.write.driver_rows(spark, rows, schema), spark.createDataFrame(rows, schema)
+        assert_df_equality(ours.withColumn("u", F.unix_timestamp("at")), theirs.withColumn("u", F.unix_timestamp("at")))
+        assert ours.collect()[0]["at"] == when
+    finally:
+        spark.conf.set("spark.sql.session.timeZone", zone)
+    assert "PythonRDD" in theirs._jdf.rdd().toDebugString()
+    assert "PythonRDD" not in ours._jdf.rdd().toDebugString()
+    empty = dsel.write.driver_rows(spark, [], "id string, n long")
+    assert empty.count() == 0 and empty.columns == ["id", "n"]
 
 
 def _selected_ids(spark, out):
