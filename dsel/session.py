@@ -21,6 +21,7 @@ from __future__ import annotations
 import atexit
 import hashlib
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -133,12 +134,33 @@ QUIET_LOGGERS = ("org.apache.spark.sql.execution.window.WindowExec",
                  "org.apache.spark.util.SparkStringUtils")
 
 
+#: Loggers that, where a failed task fails its job at once, print the error the driver's exception
+#: then carries whole (the Python traceback and the Java stack), each with its stack trace again: a
+#: truncated ``.gz`` gave five traces, about 250 lines, above dsel's one-line message.  Silenced (with
+#: Spark's "Aborting task" lines) in ``local`` and ``local[N]`` sessions, where no task is retried; a
+#: session that retries tasks (``local[N,F]``, a cluster) keeps them, as its retries are logged there.
+TASK_FAILURE_LOGGERS = ("org.apache.spark.executor.Executor",
+                        "org.apache.spark.scheduler.TaskSetManager",
+                        "org.apache.spark.sql.execution.datasources.FileFormatWriter",
+                        "org.apache.spark.sql.delta.files.DeltaFileFormatWriter")
+
+
 def quiet(spark: SparkSession) -> SparkSession:
-    """Raise :data:`QUIET_LOGGERS` to ERROR in the driver of a session dsel built (their errors still show)."""
+    """Raise :data:`QUIET_LOGGERS` to ERROR in the driver of a session dsel built (their errors still show),
+    and, when no task is retried, silence :data:`TASK_FAILURE_LOGGERS` and Spark's "Aborting task" lines."""
     try:
         log4j = spark.sparkContext._jvm.org.apache.logging.log4j  # type: ignore[union-attr]
         for name in QUIET_LOGGERS:
             log4j.core.config.Configurator.setLevel(name, log4j.Level.ERROR)
+        if re.fullmatch(r"local(\[(\*|\d+)\])?", spark.sparkContext.master or ""):
+            for name in TASK_FAILURE_LOGGERS:
+                log4j.core.config.Configurator.setLevel(name, log4j.Level.FATAL)
+            # org.apache.spark.util.Utils logs errors it does not rethrow too: only this one line goes
+            result = log4j.core.Filter.Result
+            context = log4j.LogManager.getContext(False)
+            context.getConfiguration().getRootLogger().addFilter(log4j.core.filter.RegexFilter.createFilter(
+                "Aborting task", None, False, result.DENY, result.NEUTRAL))
+            context.updateLoggers()
     except Exception:  # Spark Connect (no JVM here), or another logging backend: the warnings stay
         pass
     return spark

@@ -19,15 +19,27 @@ assert spark.conf.get("spark.sql.shuffle.partitions") == "8"  # local mode: 4 pe
 from pyspark.sql import Window, functions as F
 # a window over one partition, as dsel ranks a small selection: Spark's warning about it is quieted
 assert spark.range(5).withColumn("r", F.row_number().over(Window.orderBy("id"))).count() == 5
+# a task that fails fails its job at once here (local[1]): its error reaches the driver whole, once
+def fail(batches):
+    raise ValueError("dsel-test: a task failed")
+    yield from batches
+try:
+    spark.range(2).mapInArrow(fail, "id long").write.format("delta").save(sys.argv[2])
+except Exception as exc:
+    assert "ValueError: dsel-test: a task failed" in str(exc), str(exc)[-500:]
+else:
+    raise AssertionError("the task did not fail")
 """
 
 
 def _session(cache: Path, log: Path) -> None:
     env = dict(os.environ, XDG_CACHE_HOME=str(cache), PYTHONPATH=str(REPO))
-    done = subprocess.run([sys.executable, "-c", SCRIPT, str(log)], env=env, capture_output=True, text=True,
-                          timeout=600)
+    done = subprocess.run([sys.executable, "-c", SCRIPT, str(log), str(log.parent / "failed")], env=env,
+                          capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "WARN" in done.stderr and "No Partition Defined" not in done.stderr  # Spark logs here, not that warning
+    # nor, without task retries, the failed task's error again with its stack traces (see dsel.session.quiet)
+    assert "dsel-test" not in done.stderr and "Aborting task" not in done.stderr, done.stderr[-3000:]
 
 
 def test_a_first_session_writes_the_class_archive_and_the_next_one_maps_it(tmp_path):
