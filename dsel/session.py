@@ -158,9 +158,11 @@ def quiet(spark: SparkSession) -> SparkSession:
             # org.apache.spark.util.Utils logs errors it does not rethrow too: only this one line goes
             result = log4j.core.Filter.Result
             context = log4j.LogManager.getContext(False)
-            context.getConfiguration().getRootLogger().addFilter(log4j.core.filter.RegexFilter.createFilter(
-                "Aborting task", None, False, result.DENY, result.NEUTRAL))
-            context.updateLoggers()
+            root = context.getConfiguration().getRootLogger()
+            if "pattern=Aborting task" not in str(root.getFilter()):  # once per JVM, however many sessions
+                root.addFilter(log4j.core.filter.RegexFilter.createFilter(
+                    "Aborting task", None, False, result.DENY, result.NEUTRAL))
+                context.updateLoggers()
     except Exception:  # Spark Connect (no JVM here), or another logging backend: the warnings stay
         pass
     return spark

@@ -437,8 +437,8 @@ def driver_rows(spark: SparkSession, rows: Sequence[Sequence[Any]], schema: Unio
     ``spark.createDataFrame`` of Python rows re-serializes them in a Python worker pool of its own,
     apart from the one the Arrow UDFs use: a second daemon and a worker per core, started by the first
     run-table write of every session (about 1.3 s and 2 CPU s of a fresh 1 GB run).  An Arrow table goes
-    to the JVM without a Python worker.  Timestamps are naive local times, as ``createDataFrame`` reads
-    them.
+    to the JVM without a Python worker.  A naive ``datetime`` is taken as local time, as
+    ``createDataFrame`` takes it, and sent as that instant.
     """
     import datetime as dt
 
