@@ -392,12 +392,16 @@ def commit_metadata(spark: SparkSession, path: str) -> Optional[dict[str, Any]]:
     return json.loads(raw) if raw else None
 
 
+#: A path that starts with a URI scheme (``s3a:``, ``dbfs:``, ``file:``).
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
+
+
 def sql_path(spark: SparkSession, path: str) -> str:
     """``path`` as Delta's SQL names a table (``delta.`path```), quoted: SQL takes only an absolute path
     there (a relative one is "Unsupported data source type for direct query on files: delta"), so a
     relative path is qualified as Spark's readers and writers resolve it, against the default file
     system's working directory."""
-    if not (path.startswith("/") or re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:", path)):
+    if not (path.startswith("/") or _SCHEME.match(path)):
         try:
             hadoop = spark.sparkContext._jvm.org.apache.hadoop.fs.Path(path)
             conf = spark.sparkContext._jsc.hadoopConfiguration()
@@ -412,7 +416,7 @@ def write_file(spark: SparkSession, path: str, text: str) -> None:
     with Python, creating its directory; any other (``s3a://``, ``abfss://``, ``dbfs:/``) through the
     Hadoop file system Spark uses for it, as the tables are written."""
     local = local_dir(path)
-    if local is not None and not re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:", local):
+    if local is not None and not _SCHEME.match(local):
         os.makedirs(os.path.dirname(os.path.abspath(local)), exist_ok=True)
         with open(local, "w", encoding="utf-8") as fh:
             fh.write(text)
