@@ -846,32 +846,71 @@ def plan(spark: SparkSession, cfg: DselConfig) -> tuple[Optional[Plan], str]:
 
 
 def _pack(spark: SparkSession, files: list[str], sizes: dict[str, int]) -> list[list[dict]]:
-    """Splits packed into tasks as Spark packs file splits (maxPartitionBytes, openCostInBytes)."""
+    """The splits of ``files`` in tasks of about equal cost, as many as a multiple of the cores.
+
+    A file costs its bytes plus ``openCostInBytes``, as in Spark's packing of file splits, and the
+    number of tasks is the one Spark's packing starts from (the cost over ``maxPartitionBytes``, or
+    over less on a small input) rounded up to a multiple of the cores. Spark's own packing, greedy
+    in descending size, can leave a core idle for its last task (four plain files of 57 to 66 MB on
+    two cores: tasks of 66, 66 and 119 MB). Here each compressed file goes whole to the task that
+    costs least so far, largest first; the plain files, in order, then fill the tasks to one level,
+    cut at byte offsets (a split owns the lines that start inside it) into pieces of at least
+    ``openCostInBytes`` (or half the split size, if smaller). Tasks left empty are dropped, and the
+    costliest task comes first."""
     max_bytes = int(_conf_bytes(spark, "spark.sql.files.maxPartitionBytes", 128 << 20))
     open_cost = int(_conf_bytes(spark, "spark.sql.files.openCostInBytes", 4 << 20))
-    total = sum(sizes.values()) + open_cost * len(files)
-    split_bytes = min(max_bytes, max(open_cost, total // parallelism(spark)))
-    splits = []
-    for name in files:
-        size, codec = sizes[name], _codec(name)
-        if codec or size <= split_bytes:
-            splits.append({"uri": name, "source": name, "codec": codec, "start": 0, "end": None, "size": size})
-            continue
-        for start in range(0, size, split_bytes):
-            end = min(size, start + split_bytes)
-            splits.append({"uri": name, "source": name, "codec": None, "start": start,
-                           "end": None if end == size else end, "size": end - start})
-    splits.sort(key=lambda s: -s["size"])
-    tasks, current, filled = [], [], 0
-    for split in splits:
-        if current and filled + split["size"] > split_bytes:
-            tasks.append(current)
-            current, filled = [], 0
-        current.append(split)
-        filled += split["size"] + open_cost
-    if current:
-        tasks.append(current)
-    return tasks
+    cores = parallelism(spark)
+    total = sum(sizes[name] for name in files) + open_cost * len(files)
+    split_bytes = max(1, min(max_bytes, max(open_cost, total // cores)))
+    count = max(1, -(-(-(-total // split_bytes)) // cores) * cores)
+    loads, tasks = [0] * count, [[] for _ in range(count)]
+    for name in sorted((name for name in files if _codec(name)), key=lambda name: -sizes[name]):
+        i = loads.index(min(loads))
+        tasks[i].append({"uri": name, "source": name, "codec": _codec(name), "start": 0, "end": None,
+                         "size": sizes[name]})
+        loads[i] += sizes[name] + open_cost
+    plain = [name for name in files if not _codec(name)]
+    level = _level(sorted(loads), sum(sizes[name] + open_cost for name in plain))
+    # each bin takes the next stretch of the plain files' costs laid end to end; a file's bytes
+    # follow its opening cost
+    order = sorted(range(count), key=loads.__getitem__)
+    bounds, at = [], 0
+    for n, i in enumerate(order):
+        room = max(0, level - loads[i])
+        bounds.append((i, at, float("inf") if n == count - 1 else at + room))
+        at += room
+    smallest = max(1, min(open_cost, split_bytes // 2))  # no piece of a file smaller, but a whole small file
+    b, at = 0, 0
+    for name in plain:
+        size, first, start = sizes[name], at + open_cost, 0  # first: where the file's bytes begin
+        while bounds[b][2] <= first and (bounds[b][2] < first or size > 0):
+            b += 1
+        while True:
+            i, hi = bounds[b][0], bounds[b][2]
+            stop = int(min(size, hi - first))
+            if stop < size and stop - start < smallest:  # too little room here: the next task takes it
+                b += 1
+                continue
+            stop = size if size - stop < smallest else stop
+            tasks[i].append({"uri": name, "source": name, "codec": None, "start": start,
+                             "end": None if stop == size else stop, "size": stop - start})
+            loads[i] += stop - start + (open_cost if start == 0 else 0)
+            if stop == size:
+                break
+            start, b = stop, b + 1
+        at = first + size
+    return [tasks[i] for i in sorted(range(count), key=lambda i: -loads[i]) if tasks[i]]
+
+
+def _level(loads: list[int], extra: int) -> int:
+    """The level to which ``extra`` fills bins already holding ``loads`` (ascending), rounded up."""
+    used = 0
+    for n, load in enumerate(loads):
+        step = (loads[n + 1] - load) * (n + 1) if n + 1 < len(loads) else None
+        if step is None or used + step > extra:
+            return load + -(-(extra - used) // (n + 1))
+        used += step
+    return 0
 
 
 def _conf_bytes(spark: SparkSession, key: str, default: int) -> int:

@@ -420,6 +420,43 @@ def test_texts_past_jacksons_default_string_cap_are_read_by_both_readers(spark, 
     assert selected["long"] == docs[7]["text"]
 
 
+def _covered(tasks, sizes):
+    """Check that the tasks' splits hold each compressed file whole and each plain file's bytes once."""
+    for name, size in sizes.items():
+        pieces = sorted((s["start"], size if s["end"] is None else s["end"]) for t in tasks for s in t if s["uri"] == name)
+        if jsonread._codec(name):
+            assert pieces == [(0, size)], (name, pieces)
+        else:
+            assert pieces[0][0] == 0 and pieces[-1][1] == size, (name, pieces)
+            assert all(a[1] == b[0] for a, b in zip(pieces, pieces[1:])), (name, pieces)
+            assert all(a < b for a, b in pieces) or pieces == [(0, 0)], (name, pieces)
+
+
+def test_raw_splits_make_tasks_of_equal_cost_in_a_multiple_of_the_cores(spark):
+    """The fast reader's tasks: four plain files of 57 to 66 MB on two cores are four tasks of one
+    size, not Spark's three (66, 66 and 119 MB, one core idle for the last); compressed files stay
+    whole; many small files are spread by their opening cost; one small file is one task."""
+    mb, cores = 1 << 20, spark.sparkContext.defaultParallelism
+    assert cores == 2
+    sizes = {f"/d/part-{i}.jsonl": int(m * mb) for i, m in enumerate((62.5, 66.2, 65.9, 56.6))}
+    tasks = jsonread._pack(spark, list(sizes), sizes)
+    _covered(tasks, sizes)
+    costs = [sum(s["size"] + (4 * mb if s["start"] == 0 else 0) for s in t) for t in tasks]
+    assert len(tasks) % cores == 0 and max(costs) - min(costs) <= 8 * mb, costs  # no piece under 4 MB
+    sizes = {"/d/a.json.gz": 500 * mb, "/d/b.jsonl.zst": 100 * mb, "/d/c.jsonl": 300 * mb}
+    tasks = jsonread._pack(spark, list(sizes), sizes)
+    _covered(tasks, sizes)
+    assert [s["uri"] for s in tasks[0]] == ["/d/a.json.gz"] and len(tasks) % cores == 0
+    sizes = {f"/d/{i:04d}.jsonl": 1000 + i for i in range(1000)}
+    tasks = jsonread._pack(spark, list(sizes), sizes)
+    _covered(tasks, sizes)
+    assert len(tasks) == 32 and all(31 <= len(t) <= 32 for t in tasks)  # 1,000 files of 4 MB's opening cost each
+    sizes = {"/d/one.jsonl": 3000, "/d/empty.jsonl": 0}
+    tasks = jsonread._pack(spark, list(sizes), sizes)
+    _covered(tasks, sizes)
+    assert len(tasks) == 1
+
+
 def test_xxhash64_matches_spark(spark):
     rng = random.Random(3)
     alphabet = "ab é日\n\t😀"
