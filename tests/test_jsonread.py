@@ -423,7 +423,8 @@ def test_texts_past_jacksons_default_string_cap_are_read_by_both_readers(spark, 
 def _covered(tasks, sizes):
     """Check that the tasks' splits hold each compressed file whole and each plain file's bytes once."""
     for name, size in sizes.items():
-        pieces = sorted((s["start"], size if s["end"] is None else s["end"]) for t in tasks for s in t if s["uri"] == name)
+        pieces = sorted((s["start"], size if s["end"] is None else s["end"])
+                        for t in tasks for s in t if s["uri"] == name)
         if jsonread._codec(name):
             assert pieces == [(0, size)], (name, pieces)
         else:
