@@ -18,6 +18,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Callable, Optional
 
+from pyspark import StorageLevel
 from pyspark.sql import DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import to_arrow_schema
@@ -52,6 +53,36 @@ def read_raw(spark: SparkSession, cfg: DselConfig, schema: Optional[StructType] 
     df = prepare(read_input(spark, cfg.raw, cfg.raw_format, cfg, "raw", schema, state), cfg)
     if summary is not None:
         summary.inputs["raw"] = state
+    return df
+
+
+def checkpoint_is_safe(conf: Callable[[str, str], str]) -> bool:
+    """Whether a local checkpoint's blocks stay while the run needs them, given a getter of Spark's
+    configuration: not under dynamic allocation with a finite
+    ``spark.dynamicAllocation.cachedExecutorIdleTimeout``, which removes idle executors with their
+    cached blocks (Spark's default keeps them, its timeout being infinite)."""
+    if conf("spark.dynamicAllocation.enabled", "false").strip().lower() != "true":
+        return True
+    return conf("spark.dynamicAllocation.cachedExecutorIdleTimeout", "infinity").strip().lower() == "infinity"
+
+
+def materialized(df: DataFrame, conf: Optional[Callable[[str, str], str]] = None) -> DataFrame:
+    """``df`` computed now and kept on the executors for the jobs that read it next: a local
+    checkpoint (which also cuts the plan's lineage), or, where executors holding cached blocks can be
+    removed (:func:`checkpoint_is_safe` of ``conf``, by default the application's configuration),
+    ``df`` persisted and counted, whose lost blocks Spark recomputes from their lineage (a lost local
+    checkpoint block fails the job)."""
+    spark = df.sparkSession
+    if conf is None:
+        try:
+            spark_conf = spark.sparkContext.getConf()
+            conf = lambda key, default: spark_conf.get(key, default)  # noqa: E731
+        except Exception:  # Spark Connect: the session's view of the configuration
+            conf = lambda key, default: spark.conf.get(key, default)  # noqa: E731
+    if checkpoint_is_safe(conf):
+        return df.localCheckpoint()
+    df = df.persist(StorageLevel.MEMORY_AND_DISK)
+    df.count()
     return df
 
 
@@ -617,10 +648,10 @@ def _score_appended(spark: SparkSession, paths: OutputPaths, fitted: Fit, append
     between the two is repaired by the rerun, which redoes both.
     """
     # Each computed once (eagerly): several of the jobs below read them at the same time.
-    scored = score_records(appended, fitted).localCheckpoint()
+    scored = materialized(score_records(appended, fitted))
     table = spark.read.format("delta").load(paths.weights)
     stored = table.select("id", F.col("doc_hash").alias("_dsel_h"), F.col("source_file").alias("_dsel_s"))
-    pairs = weight_records(scored).join(stored, "id", "left").localCheckpoint()
+    pairs = materialized(weight_records(scored).join(stored, "id", "left"))
     first = F.col("_dsel_h").isNull() | (F.struct("doc_hash", "source_file") < F.struct("_dsel_h", "_dsel_s"))
     replacing = first & F.col("_dsel_h").isNotNull()
     duplicate = [F.lit("duplicate_id").alias("reason"), F.lit(None).cast("string").alias("detail")]
@@ -689,7 +720,7 @@ def select(spark: SparkSession, cfg: DselConfig, summary: Summary, fitted: Optio
     small = cfg.num_samples is not None and cfg.num_samples <= SMALL_K
     # Materialized once (it is used to find or join the records, and counted): counting then costs
     # nothing, and the count tells when the raw input no longer holds some chosen records.
-    selection.chosen = selection.chosen.localCheckpoint()
+    selection.chosen = materialized(selection.chosen)
     chosen_rows, chosen_words = selection.chosen.agg(F.count("*"), F.sum("num_words")).first()
     if raw is None:
         raw, located = _selected_raw(spark, cfg, paths, selection)
@@ -697,7 +728,7 @@ def select(spark: SparkSession, cfg: DselConfig, summary: Summary, fitted: Optio
             rows = carried_rows(raw, summary.run_id) if located else None
     # A few records, the chosen rows one for one: kept in memory, then written and measured at once.
     measured = rows is not None and small
-    rows = rows.localCheckpoint() if measured else rows
+    rows = materialized(rows) if measured else rows
     if raw is None:
         raw = _stored_raw(spark, cfg, paths.weights, summary) or read_raw(spark, cfg, summary=summary)
     if rows is None:

@@ -9,6 +9,7 @@ import sys
 import time
 
 import pytest
+from pyspark.sql import functions as F
 
 from dsel.cli import main
 from dsel.config import DselConfig
@@ -217,3 +218,27 @@ def test_tables_whose_first_write_was_interrupted_are_written_anew(spark, small,
     (out / "skipped" / "notes.txt").write_text("mine")
     with pytest.raises(DselError, match="skipped exists but is not a Delta table"):
         execute(spark, DselConfig.from_mapping({**cfg, "out": str(out)}), "run")
+
+
+def test_kept_frames_are_persisted_where_executors_with_cached_blocks_can_be_removed(spark):
+    """A local checkpoint's blocks cannot be recomputed; under dynamic allocation with a finite
+    cachedExecutorIdleTimeout executors are removed with them, so there a frame is persisted instead
+    (Spark recomputes lost blocks), computed at once either way and with the same rows."""
+    from dsel.pipeline import checkpoint_is_safe, materialized
+
+    def getter(conf):
+        return lambda key, default: conf.get(key, default)
+
+    assert checkpoint_is_safe(getter({}))
+    assert checkpoint_is_safe(getter({"spark.dynamicAllocation.enabled": "true"}))  # Spark's timeout: infinity
+    assert checkpoint_is_safe(getter({"spark.dynamicAllocation.enabled": "false",
+                                      "spark.dynamicAllocation.cachedExecutorIdleTimeout": "60s"}))
+    removable = {"spark.dynamicAllocation.enabled": "true", "spark.dynamicAllocation.cachedExecutorIdleTimeout": "60s"}
+    assert not checkpoint_is_safe(getter(removable))
+    df = spark.range(0, 1000, 1, 4).withColumn("square", F.col("id") * F.col("id"))
+    local = materialized(df)  # the test session has no dynamic allocation
+    assert not local.is_cached and "LogicalRDD" in local._jdf.queryExecution().analyzed().toString()
+    persisted = materialized(df, getter(removable))
+    assert persisted.is_cached and persisted.storageLevel.useDisk
+    assert sorted(persisted.collect()) == sorted(local.collect()) == sorted(df.collect())
+    persisted.unpersist()
