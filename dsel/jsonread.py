@@ -862,7 +862,8 @@ def _pack(spark: SparkSession, files: list[str], sizes: dict[str, int]) -> list[
     cores = parallelism(spark)
     total = sum(sizes[name] for name in files) + open_cost * len(files)
     split_bytes = max(1, min(max_bytes, max(open_cost, total // cores)))
-    count = max(1, -(-(-(-total // split_bytes)) // cores) * cores)
+    count = -(-total // split_bytes)  # Spark's, rounded up to a multiple of the cores:
+    count = max(1, -(-count // cores) * cores)
     loads, tasks = [0] * count, [[] for _ in range(count)]
     for name in sorted((name for name in files if _codec(name)), key=lambda name: -sizes[name]):
         i = loads.index(min(loads))
