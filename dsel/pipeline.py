@@ -75,10 +75,9 @@ def materialized(df: DataFrame, conf: Optional[Callable[[str, str], str]] = None
     spark = df.sparkSession
     if conf is None:
         try:
-            spark_conf = spark.sparkContext.getConf()
-            conf = lambda key, default: spark_conf.get(key, default)  # noqa: E731
+            conf = spark.sparkContext.getConf().get
         except Exception:  # Spark Connect: the session's view of the configuration
-            conf = lambda key, default: spark.conf.get(key, default)  # noqa: E731
+            conf = spark.conf.get
     if checkpoint_is_safe(conf):
         return df.localCheckpoint()
     df = df.persist(StorageLevel.MEMORY_AND_DISK)

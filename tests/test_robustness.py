@@ -220,7 +220,7 @@ def test_tables_whose_first_write_was_interrupted_are_written_anew(spark, small,
         execute(spark, DselConfig.from_mapping({**cfg, "out": str(out)}), "run")
 
 
-def test_kept_frames_are_persisted_where_executors_with_cached_blocks_can_be_removed(spark):
+def test_materialized_frames_are_persisted_where_executors_with_cached_blocks_can_be_removed(spark):
     """A local checkpoint's blocks cannot be recomputed; under dynamic allocation with a finite
     cachedExecutorIdleTimeout executors are removed with them, so there a frame is persisted instead
     (Spark recomputes lost blocks), computed at once either way and with the same rows."""
