@@ -3,7 +3,9 @@
 Library functions never call this: they take the session they are given.  Entry points call
 :func:`build_session`, which adds the Delta extension and catalog, bounds Arrow batches, and
 defaults to embedded ``local[*]`` when no master is given and the process was not started by
-spark-submit.  The Delta jars come from Maven Central through Spark's Ivy resolver
+spark-submit.  dsel's defaults give way to the settings the application already has (spark-submit's
+``--conf`` and ``spark-defaults.conf``, a running session's), and the ``conf`` passed in (the CLI's
+``--conf``) overrides both.  The Delta jars come from Maven Central through Spark's Ivy resolver
 (``delta.configure_spark_with_delta_pip``) unless spark-submit already put them on the classpath.
 Ivy resolves them again at every JVM start (about 1 s and 1 CPU s even when they are downloaded), so
 the first session records the jar files Ivy resolved in a small cache file, and later sessions put
@@ -27,26 +29,37 @@ import sys
 from pathlib import Path
 from typing import Iterable, Optional
 
-from pyspark import SparkContext
+from pyspark import SparkConf, SparkContext
 from pyspark.sql import SparkSession
 
 from dsel.errors import DselError
 
 #: Arrow batches sent to the featurize kernel: at most this many bytes (a 50 MB document still fits alone).
 ARROW_BATCH_BYTES = 64 * 1024 * 1024
+DELTA_EXTENSION = "io.delta.sql.DeltaSparkSessionExtension"
 
 
 def default_conf() -> dict[str, str]:
     """Settings dsel needs on any session: the Delta extension and catalog, and bounded Arrow batches."""
     return {
-        "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
+        "spark.sql.extensions": DELTA_EXTENSION,
         "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
         "spark.sql.execution.arrow.maxRecordsPerBatch": "10000",
         "spark.sql.execution.arrow.maxBytesPerBatch": str(ARROW_BATCH_BYTES),
         "spark.sql.adaptive.enabled": "true",
-        # Spark's console progress bar (stage, tasks done/total) on stderr during long stages.
-        "spark.ui.showConsoleProgress": "true",
+        # Spark's console progress bar (stage, tasks done/total) during long stages, on a terminal only:
+        # it redraws one line with carriage returns, which a log file keeps as one line running into
+        # the next message.
+        "spark.ui.showConsoleProgress": str(_terminal(sys.stderr)).lower(),
     }
+
+
+def _terminal(stream: object) -> bool:
+    """True when ``stream`` is an interactive terminal (not a file, a pipe or a notebook's capture)."""
+    try:
+        return bool(stream.isatty())  # type: ignore[attr-defined]
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
 
 
 def local_conf(master: Optional[str]) -> dict[str, str]:
@@ -99,7 +112,8 @@ def build_session(master: Optional[str] = None, conf: Optional[dict[str, str]] =
     if (master or "local").startswith("local") and not under_submit:
         # Embedded Spark: Python workers run in this interpreter's environment (numpy, numba, dsel).
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    settings = {**default_conf(), **(local_conf(master) if not under_submit else {}), **(conf or {})}
+    defaults = {**default_conf(), **(local_conf(master) if not under_submit else {})}
+    settings = {**_unless_given(defaults, _given_conf(under_submit)), **(conf or {})}
     publish = None
     if not under_submit and (master or "local").startswith("local") and SparkContext._gateway is None:
         options, publish = class_sharing(settings.get("spark.driver.extraJavaOptions", ""))
@@ -122,6 +136,33 @@ def build_session(master: Optional[str] = None, conf: Optional[dict[str, str]] =
     if conf.get("spark.jars.packages", "") == packages:
         _remember_jars(cache, conf.get("spark.jars", ""))
     return quiet(spark)
+
+
+def _given_conf(under_submit: bool) -> dict[str, str]:
+    """The settings the application already has: a running session's (a notebook, a Databricks job, a
+    test), or those spark-submit started it with (its ``--conf`` and ``spark-defaults.conf``).  An
+    embedded session is launched with the builder's settings, so it has none of its own."""
+    active = SparkContext._active_spark_context
+    if active is None and not under_submit:
+        return {}
+    if active is None:
+        SparkContext._ensure_initialized()  # attach to spark-submit's JVM, whose properties hold its --conf
+        return dict(SparkConf().getAll())
+    given = dict(active.getConf().getAll())
+    session = SparkSession.getActiveSession()
+    if session is not None:  # settings changed at run time (spark.conf.set) on the running session
+        given.update({k: v for k in default_conf() if (v := session.conf.get(k, None)) is not None})
+    return given
+
+
+def _unless_given(defaults: dict[str, str], given: dict[str, str]) -> dict[str, str]:
+    """dsel's defaults without those the application was given otherwise, which they would silently
+    override; Delta's extension is added to the given ones instead."""
+    kept = {k: v for k, v in defaults.items() if k not in given}
+    extensions = [e.strip() for e in given.get("spark.sql.extensions", "").split(",") if e.strip()]
+    if extensions and DELTA_EXTENSION not in extensions:
+        kept["spark.sql.extensions"] = ",".join(extensions + [DELTA_EXTENSION])
+    return kept
 
 
 #: Driver loggers whose warnings dsel's own queries raise by design, which would only alarm a user:

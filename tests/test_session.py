@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from dsel.session import DELTA_EXTENSION, _unless_given, build_session
+
 REPO = Path(__file__).resolve().parents[1]
 
 SCRIPT = """
@@ -16,6 +18,7 @@ spark = build_session("local[1]", {"spark.ui.enabled": "false",
                                    "spark.driver.extraJavaOptions": "-Xlog:class+load=info:file=" + sys.argv[1]})
 assert spark.range(5).count() == 5
 assert spark.conf.get("spark.sql.shuffle.partitions") == "8"  # local mode: 4 per core, at least 8
+assert spark.conf.get("spark.ui.showConsoleProgress") == "false"  # stderr is a pipe, not a terminal
 from pyspark.sql import Window, functions as F
 # a window over one partition, as dsel ranks a small selection: Spark's warning about it is quieted
 assert spark.range(5).withColumn("r", F.row_number().over(Window.orderBy("id"))).count() == 5
@@ -55,3 +58,24 @@ def test_a_first_session_writes_the_class_archive_and_the_next_one_maps_it(tmp_p
     loaded = log.read_text()
     assert "source: shared objects file (top)" in loaded  # classes came from the archive this time
     assert "org.apache.spark.SparkContext source: shared objects file" in loaded
+
+
+def test_settings_the_application_was_given_win_over_dsels_defaults(spark):
+    """On a running session (a notebook, a Databricks job; spark-submit's --conf likewise, see
+    dsel.session._given_conf) build_session keeps what the application set, where dsel's defaults
+    used to overwrite it; the conf passed in (the CLI's --conf) still wins."""
+    key = "spark.sql.execution.arrow.maxRecordsPerBatch"
+    before = spark.conf.get(key)
+    try:
+        spark.conf.set(key, "777")
+        assert build_session() is spark
+        assert spark.conf.get(key) == "777"
+        build_session(conf={key: "555"})
+        assert spark.conf.get(key) == "555"
+    finally:
+        spark.conf.set(key, before)
+    defaults = {"spark.sql.extensions": DELTA_EXTENSION, key: "10000"}
+    assert _unless_given(defaults, {"spark.sql.extensions": "x.Ext", key: "5"}) == {
+        "spark.sql.extensions": "x.Ext," + DELTA_EXTENSION}  # Delta's extension joins the given one
+    assert _unless_given(defaults, {"spark.sql.extensions": f"x.Ext, {DELTA_EXTENSION}"}) == {key: "10000"}
+    assert _unless_given(defaults, {}) == defaults

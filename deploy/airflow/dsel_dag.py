@@ -20,7 +20,6 @@ DELTA_PACKAGE = "io.delta:delta-spark_4.2_2.13:4.4.0"
 SPARK_CONF = {
     # Executors run Python from the packed environment, unpacked as ./env in their work dir.
     "spark.pyspark.python": "./env/bin/python",
-    "spark.ui.showConsoleProgress": "true",
 }
 COMMON = dict(
     conn_id="spark_default",
