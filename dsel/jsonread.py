@@ -416,6 +416,8 @@ def _read_split(split: dict, block: int) -> Iterator[tuple[int, bytes]]:
         stream.seek(start - 1)
         if stream.read(1) != b"\n":  # the line under way belongs to the split before
             while True:
+                if end is not None and start >= end:
+                    return  # no line starts in the split (say one long line, or lines ending in lone \r)
                 chunk = stream.read(block)
                 if not chunk:
                     return
@@ -424,6 +426,8 @@ def _read_split(split: dict, block: int) -> Iterator[tuple[int, bytes]]:
                     start += i + 1
                     break
                 start += len(chunk)
+            if end is not None and start >= end:
+                return
             stream.seek(start)
     yield from _line_pieces(stream, start, float("inf") if end is None else end, block)
 

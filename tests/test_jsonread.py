@@ -458,6 +458,34 @@ def test_raw_splits_make_tasks_of_equal_cost_in_a_multiple_of_the_cores(spark):
     assert len(tasks) == 1
 
 
+def _bytes_read() -> int:
+    """Bytes this process has read through system calls so far (Linux)."""
+    with open("/proc/self/io") as fh:
+        return int(next(line for line in fh if line.startswith("rchar:")).split()[1])
+
+
+def test_a_split_owning_no_line_start_reads_no_further_than_its_end(tmp_path):
+    """A split owns the lines that start in it; in a file whose lines end in lone carriage returns
+    (one \\n-line to the end of the file) the later splits own none, and stop at their own end
+    instead of reading to the end of the file looking for a \\n."""
+    mb, block = 1 << 20, 1 << 20
+    path = tmp_path / "mac.jsonl"
+    record = json.dumps({"id": "x", "text": "lorem ipsum " * 40}).encode()
+    path.write_bytes(b"\r".join([record] * (24 * mb // len(record))))
+    size = path.stat().st_size
+    cuts = [0, 8 * mb, 16 * mb, None]
+    pieces = []
+    for start, end in zip(cuts, cuts[1:]):
+        split = {"uri": str(path), "codec": None, "start": start, "end": end}
+        before = _bytes_read()
+        pieces.append(list(jsonread._read_split(split, block)))
+        if start:
+            read_here = _bytes_read() - before
+            assert read_here <= (end or size) - start + 2 * block, (start, read_here)
+    assert [len(p) for p in pieces[1:]] == [0, 0]
+    assert b"".join(piece for _, piece in pieces[0]) == path.read_bytes()
+
+
 def test_xxhash64_matches_spark(spark):
     rng = random.Random(3)
     alphabet = "ab é日\n\t😀"
