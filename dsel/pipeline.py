@@ -40,10 +40,10 @@ from dsel.select import (SMALL_K, Counts, Filters, carried_rows, filter_counts, 
 from dsel.evaluate import run_kl_reduction
 from dsel.featurize import LOCATION_COLUMNS, features as raw_features
 from dsel.runs import claim, record_run, release
-from dsel.write import (PARQUET_WRITER_SCHEMA, STAGING, OutputPaths, Written, check_outputs, commit_metadata,
-                        commit_stamp, driver_rows, export, interrupted_write, last_commit, load_state, local_dir,
-                        parquet_writer, prefetch_commits, publish_parquet, read_table, remembering, remembering_commits,
-                        write_table)
+from dsel.write import (PARQUET_WRITER_SCHEMA, STAGING, OutputPaths, Written, check_export, check_outputs,
+                        commit_metadata, commit_stamp, driver_rows, export, interrupted_write, last_commit, load_state,
+                        local_dir, parquet_writer, prefetch_commits, publish_parquet, read_table, remembering,
+                        remembering_commits, write_table)
 
 
 def read_raw(spark: SparkSession, cfg: DselConfig, schema: Optional[StructType] = None,
@@ -917,6 +917,8 @@ def execute(spark: SparkSession, cfg: DselConfig, command: str, **options: str) 
     paths = OutputPaths(cfg.out)
     paths.check_apart({"raw": cfg.raw or [], "target": cfg.target or []})
     paths.check_owned()
+    if cfg.export and command in ("run", "select", "reproduce"):
+        check_export(cfg.export, cfg.out, {"raw": cfg.raw or [], "target": cfg.target or []})
     local = local_dir(cfg.out)
     fresh = local is not None and not os.path.exists(local)
     check_outputs(spark, paths)

@@ -97,6 +97,53 @@ class OutputPaths:
                                 "not write; choose an empty or new directory for --out")
 
 
+#: What Spark's file writers leave in a directory they wrote: an earlier export, which --export replaces.
+_WRITER_FILES = re.compile(r"^(\.?part-.*|\.?_SUCCESS(\.crc)?|_committed_.*|_started_.*)$")
+
+
+def check_export(export: str, out: str, inputs: dict[str, Sequence[str]]) -> None:
+    """Refuse an ``--export`` path whose overwrite would delete what is not an earlier export: dsel's
+    tables (``out``, or a directory holding it), an input (``inputs``: role -> paths), or a file or a
+    directory of files Spark's writers did not leave there; nor one inside an input directory, which
+    the next read would take for input."""
+    target = _comparable(export)
+    if _within(target, _comparable(out)) or _within(_comparable(out), target):
+        raise DselError(f"--export {export} would overwrite dsel's tables in --out {out}; give --export a path "
+                        "outside --out")
+    for role, sources in inputs.items():
+        for source in sources:
+            root = _comparable(_glob_root(source))
+            if _within(root, target) or _within(target, root):
+                raise DselError(f"--export {export} overlaps the {role} input {source}, which its overwrite would "
+                                f"delete or the next read take for {role} input; give --export a path of its own")
+    local = local_dir(export)
+    if local is None or not os.path.exists(local):
+        return
+    if not os.path.isdir(local):
+        raise DselError(f"--export {export} is a file, which dsel would replace with a directory of part files; "
+                        "give --export a new or empty directory")
+    foreign = sorted(n for n in os.listdir(local) if not _WRITER_FILES.match(n))
+    if foreign:
+        raise DselError(f"--export {export} already holds {', '.join(foreign[:3])}, which dsel did not write and "
+                        "its overwrite would delete; give --export a new or empty directory")
+
+
+def _comparable(path: str) -> str:
+    """``path`` resolved (links, ``..``) when it is local, else as given without a trailing slash."""
+    local = local_dir(path)
+    return os.path.realpath(local) if local is not None else path.rstrip("/")
+
+
+def _within(inner: str, outer: str) -> bool:
+    return inner == outer or inner.startswith(outer.rstrip("/") + "/")
+
+
+def _glob_root(path: str) -> str:
+    """The directory a glob lists (the path itself when it has no wildcard)."""
+    cut = min((path.find(c) for c in "*?[{" if c in path), default=-1)
+    return path if cut < 0 else (path[:cut].rsplit("/", 1)[0] or "/")
+
+
 #: Where the workers write a new table's Parquet files before it becomes a Delta table (see
 #: :func:`parquet_writer`); it is left behind only by a run that was killed, and the next one removes it.
 STAGING = "_staging_parquet"

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 from concurrent.futures import ThreadPoolExecutor
 
 import pyarrow.parquet as pq
@@ -341,3 +342,20 @@ def test_export_jsonl_and_parquet(spark, corpus, contract_run, tmp_path):
         reader = spark.read.json if fmt == "jsonl" else spark.read.parquet
         exported = reader(str(tmp_path / fmt))
         assert exported.count() == 10 and {"id", "text", "domain", "log_weight", "rank"} <= set(exported.columns)
+    (tmp_path / "notes.txt").write_text("keep")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "keep.json").write_text("{}")
+    refused = {str(out): "would overwrite dsel's tables", str(out.parent): "would overwrite dsel's tables",
+               corpus["raw_dir"]: "overlaps the raw input", str(tmp_path / "notes.txt"): "is a file",
+               str(tmp_path / "mine"): "already holds keep.json"}
+    for path, message in refused.items():  # an overwrite would have deleted each of these
+        cfg = DselConfig.from_mapping({"raw": [corpus["raw_dir"]], "target": [corpus["target"]], "out": str(out),
+                                       "num_samples": 10, "seed": 3, "export": path})
+        with pytest.raises(DselError, match=message):
+            execute(spark, cfg, "select")
+    assert (tmp_path / "notes.txt").read_text() == "keep" and (tmp_path / "mine" / "keep.json").exists()
+    assert delta(spark, out / "selected").count() == 10 and len(os.listdir(corpus["raw_dir"])) > 0
+    cfg = DselConfig.from_mapping({"raw": [corpus["raw_dir"]], "target": [corpus["target"]], "out": str(out),
+                                   "num_samples": 7, "seed": 3, "export": str(tmp_path / "jsonl")})
+    execute(spark, cfg, "select")  # an earlier export is replaced
+    assert spark.read.json(str(tmp_path / "jsonl")).count() == 7
