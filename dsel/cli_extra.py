@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 
 from dsel.config import DselConfig
 from dsel.errors import DselError
@@ -35,6 +36,8 @@ def run_command(spark, cfg: DselConfig, ns: argparse.Namespace) -> str:
 
         if ns.k is not None and ns.k <= 0:
             raise DselError("--k must be a positive number of documents")
+        if ns.json_path:
+            _check_destination(ns.json_path, "--json", directory=False)
         result = evaluate(spark, cfg, ns.label_column, ns.target_label, methods=ns.methods, k=ns.k)
         if ns.json_path:
             from dsel.write import write_file
@@ -44,4 +47,19 @@ def run_command(spark, cfg: DselConfig, ns: argparse.Namespace) -> str:
     from dsel.report_html import format_summary, write_report
 
     cfg.require("out")
+    if ns.report_dir:
+        _check_destination(ns.report_dir, "--report-dir", directory=True)
     return format_summary(write_report(spark, cfg.out, ns.report_dir, ns.label_column))
+
+
+def _check_destination(path: str, flag: str, directory: bool) -> None:
+    """Before any work: a local ``path`` that cannot take what ``flag`` writes (a directory, or a file)."""
+    from dsel.write import local_dir
+
+    local = local_dir(path)
+    if local is None:
+        return
+    if directory and os.path.isfile(local):
+        raise DselError(f"{flag} {path} is a file; give a directory for report.json and report.html")
+    if not directory and os.path.isdir(local):
+        raise DselError(f"{flag} {path} is a directory; give the path of a file for the JSON table")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Union
@@ -154,6 +155,17 @@ class DselConfig:
     # ---------------------------------------------------------------- validation
     def validate(self) -> None:
         """Check every value; raise ConfigError naming the key and the allowed values."""
+        for key in ("combine_targets", "strict", "break_lock"):
+            if not isinstance(getattr(self, key), bool):
+                raise ConfigError(key, f"must be true or false, got {getattr(self, key)!r}")
+        for key in ("out", "export", "run_id"):
+            value = getattr(self, key)
+            if value is not None and not isinstance(value, str):
+                raise ConfigError(key, f"must be a string, got {value!r}")
+        for key in ("refit_growth", "lock_timeout_hours", "json_sampling_ratio"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ConfigError(key, f"must be a number, got {value!r}")
         for key in ("raw", "target"):
             value = getattr(self, key)
             if isinstance(value, str):
@@ -233,7 +245,7 @@ class DselConfig:
             if self.target and not self.combine_targets and len(props) != len(self.target):
                 raise ConfigError("target_proportions", f"has {len(props)} values but there are "
                                   f"{len(self.target)} targets; give one proportion per --target")
-        if not 0.0 < float(self.json_sampling_ratio) <= 1.0:
+        if not 0.0 < self.json_sampling_ratio <= 1.0:
             raise ConfigError("json_sampling_ratio", "must be in (0, 1]")
         if self.run_id is not None and (not self.run_id or len(self.run_id) > 128
                                         or not all(c.isalnum() or c in "-_." for c in self.run_id)):

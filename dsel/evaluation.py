@@ -111,6 +111,9 @@ def evaluate(spark: SparkSession, cfg: DselConfig, label_column: str, target_lab
         if k <= 0:
             raise DselError(f"no eligible raw document has {label_column} = {target_label!r}; check --target-label "
                             f"and --min-length")
+        if k > eligible_count:  # every method would take the whole pool: the precisions would compare nothing
+            raise DselError(f"--k {k:,} is more than the {eligible_count:,} eligible raw documents; give --k at most "
+                            f"{eligible_count:,} (or lower --min-length)")
         proportions = [float(s) for s in fitted.target_sizes]
         seconds: dict[str, float] = {}
         model = None

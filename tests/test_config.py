@@ -56,6 +56,15 @@ def test_toml_takes_the_same_keys_and_flags_win(tmp_path):
     ({"min_informative_ratio": -0.1}, "min_informative_ratio"),
     ({"max_numeric_ratio": "lots"}, "max_numeric_ratio"),
     ({"max_numeric_ratio": True}, "max_numeric_ratio"),
+    ({"strict": "false"}, "strict"),  # a string would count as true
+    ({"break_lock": "no"}, "break_lock"),
+    ({"combine_targets": 1}, "combine_targets"),
+    ({"out": 5}, "out"),
+    ({"export": ["a"]}, "export"),
+    ({"run_id": 7}, "run_id"),
+    ({"json_sampling_ratio": "abc"}, "json_sampling_ratio"),
+    ({"refit_growth": float("nan")}, "refit_growth"),  # never a refit
+    ({"lock_timeout_hours": float("nan")}, "lock_timeout_hours"),  # a dead run's lock never taken over
 ])
 def test_bad_values_name_the_key(values, key):
     with pytest.raises(ConfigError) as err:

@@ -187,3 +187,15 @@ def test_evaluate_refuses_an_out_it_does_not_own_before_any_work(pool, tmp_path,
                  "domain", "--target-label", "python_peps", "--out", str(foreign)]) == 2
     assert "which dsel did not write" in capsys.readouterr().err
     assert sorted(p.name for p in foreign.iterdir()) == ["notes.txt"]
+    # a --json path that is a directory is told before the evaluation, not after it
+    assert main(["evaluate", "--raw", pool["raw"], "--target", pool["targets"]["python_peps"], "--label-column",
+                 "domain", "--target-label", "python_peps", "--out", str(tmp_path / "o"), "--json",
+                 str(foreign)]) == 2
+    assert "--json" in capsys.readouterr().err and not (tmp_path / "o").exists()
+
+
+def test_evaluate_refuses_a_k_beyond_the_eligible_documents(pool, tmp_path, capsys):
+    """Every method would take the whole pool, and precision@k would be hits / k of nothing chosen."""
+    assert main(["evaluate", "--raw", pool["raw"], "--target", pool["targets"]["python_peps"], "--label-column",
+                 "domain", "--target-label", "python_peps", "--out", str(tmp_path / "o"), "--k", "1000000"]) == 2
+    assert "eligible raw documents; give --k at most" in capsys.readouterr().err

@@ -47,6 +47,11 @@ def report(spark, tmp_path_factory):
             "raw": raw}
 
 
+def test_a_report_dir_that_is_a_file_is_refused(report, capsys):
+    assert main(["report", "--out", str(report["out"]), "--report-dir", str(report["html"])]) == 2
+    assert "--report-dir" in capsys.readouterr().err and report["html"].read_text().startswith("<!")
+
+
 def test_report_json_holds_the_kl_reduction_and_the_label_mix(spark, report):
     data = report["json"]
     cfg = DselConfig.from_mapping({**data["params"], "out": str(report["out"])})
