@@ -79,7 +79,8 @@ def target_histogram(df: DataFrame, cfg: DselConfig, per_bucket: int) -> DataFra
 
     Rows ``bucket, count, ngram, key``: one per non-empty bucket with its count (``ngram`` null),
     up to ``per_bucket`` per bucket with a sampled n-gram (``count`` null), and the records counted
-    in the same pass: bucket -1, ``ngram`` the skip reason ("" for usable records), ``count`` the
+    in the same pass: bucket -1, ``ngram`` the skip reason ("" for usable records; ``empty_text`` for a
+    text without tokens, as :func:`featurize_batch` marks raw ones), ``count`` the
     records (see :data:`RECORDS_BUCKET`).  The sample is the
     bottom-k of :class:`dsel.kernel.NgramSample`, kept per task while counting (the same pass over
     the text) and merged across tasks by keeping, per bucket, the ``per_bucket`` n-grams with the
@@ -99,9 +100,13 @@ def target_histogram(df: DataFrame, cfg: DselConfig, per_bucket: int) -> DataFra
             seen = pc.value_counts(pc.fill_null(reason, ""))
             records.update(dict(zip(seen.field("values").to_pylist(), seen.field("counts").to_pylist())))
             batch = batch.filter(pc.is_null(reason))
-            kernel.count_batch(batch.column(0), np.zeros(batch.num_rows, np.int64), counts, n=n, seed=seed,
-                               hash_kind=kind, sample=sample,
-                               doc_hashes=batch.column(1).to_numpy(zero_copy_only=False).astype(np.int64))
+            _, words = kernel.count_batch(batch.column(0), np.zeros(batch.num_rows, np.int64), counts, n=n,
+                                          seed=seed, hash_kind=kind, sample=sample,
+                                          doc_hashes=batch.column(1).to_numpy(zero_copy_only=False).astype(np.int64))
+            empty = int(np.count_nonzero(words == 0))  # a text with no tokens, as the raw side counts it
+            if empty:
+                records[""] -= empty
+                records["empty_text"] += empty
         if records:
             yield pa.RecordBatch.from_arrays(
                 [pa.array([RECORDS_BUCKET] * len(records), pa.int32()), pa.array(list(records.values()), pa.int64()),

@@ -441,8 +441,9 @@ def _strict_targets(targets: list[tuple[str, DataFrame]], records: dict[str, dic
                          for r in rows]
     counts = "; ".join(f"{name}: " + ", ".join(f"{k}={v:,}" for k, v in seen.items())
                        for name, seen in skipped.items() if seen)
-    raise DselError(f"strict mode: target records were skipped ({counts}), for example "
-                    f"{'; '.join(examples[:5])}. Fix the target, or run without --strict to skip them")
+    example = f", for example {'; '.join(examples[:5])}" if examples else ""  # an empty text has no reason row
+    raise DselError(f"strict mode: target records were skipped ({counts}){example}. Fix the target, or run "
+                    "without --strict to skip them")
 
 
 def load_fit(spark: SparkSession, cfg: DselConfig, summary: Optional[Summary] = None,

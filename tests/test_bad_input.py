@@ -51,21 +51,26 @@ def test_bad_records_are_counted_and_nothing_else_is_lost(spark, good):
     # the target's bad records are counted as well, in the pass that counts its n-grams
     target = root / "target_bad.jsonl"
     target.write_bytes(open(good["target"], "rb").read() + b'{"id": "t-broken", "text": "unterminated\n'
-                       + json.dumps({"id": "t-null", "text": None}).encode() + b"\n" + latin1 + b"\n")
+                       + json.dumps({"id": "t-null", "text": None}).encode() + b"\n" + latin1 + b"\n"
+                       + json.dumps({"id": "t-empty", "text": ""}).encode() + b"\n"
+                       + json.dumps({"id": "t-blank", "text": " \n\t "}).encode() + b"\n")
     summary = run(spark, raw=[str(path)], target=[str(target)], out=str(root / "out1"), num_samples=10)
     assert summary.skipped == {"malformed_json": 1, "not_utf8": 1, "null_text": 2, "empty_text": 2, "null_id": 1,
                                "duplicate_id": 1}
     assert summary.read == len(lines) + 1
     assert summary.read == summary.scored + sum(summary.skipped.values())
     targets = summary.counts()["targets"]
-    assert targets == {str(target): {"read": 40 + 3, "skipped": {"malformed_json": 1, "not_utf8": 1, "null_text": 1}}}
+    assert targets == {str(target): {"read": 40 + 5, "skipped": {"empty_text": 2, "malformed_json": 1, "not_utf8": 1,
+                                                                 "null_text": 1}}}
     text = summary.format()
-    assert "target read                  43  (skipped 3: malformed_json=1, not_utf8=1, null_text=1)" in text
+    assert ("target read                  45  (skipped 5: empty_text=2, malformed_json=1, not_utf8=1, "
+            "null_text=1)") in text
     assert text.count("not_utf8: lines holding bytes that are not UTF-8") == 1 and "iconv -f LATIN1" in text
     # a later command that uses the fit says what the fit read of the target (the run table counts this run's)
     again = execute(spark, DselConfig.from_mapping({"raw": [str(path)], "out": str(root / "out1"), "num_samples": 5}),
                     "select")
-    assert re.search(r"\n  target read at fit +43  \(skipped 3: malformed_json=1, not_utf8=1, null_text=1\)\n",
+    assert re.search(r"\n  target read at fit +45  \(skipped 5: empty_text=2, malformed_json=1, not_utf8=1, "
+                     r"null_text=1\)\n",
                      again.format()) and again.counts()["targets"] == {}
     not_utf8 = spark.read.format("delta").load(str(root / "out1" / "skipped")).where("reason = 'not_utf8'").first()
     assert not_utf8["detail"].startswith('{"id": "latin1", "text": "caf')

@@ -146,6 +146,11 @@ def test_strict_mode_fails_on_skipped_records(spark, small, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "target records were skipped" in err[0] and "null_text=1" in err[0], err
     assert "null_text in file://" in err[0] and "id 't-null'" in err[0]
+    # so does a target text without a single token, as a raw one would
+    target.write_bytes(open(small["target"], "rb").read() + b'{"id": "t-blank", "text": " \\n "}\n')
+    assert main(argv[:6] + [str(tmp_path / "o3")] + argv[7:]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "target records were skipped" in err[0] and "empty_text=1" in err[0], err
 
 
 def test_the_lock_is_released_when_the_last_run_row_cannot_be_written(spark, small, tmp_path, monkeypatch):
