@@ -47,8 +47,15 @@ def user_error(exc: BaseException) -> Optional[DselError]:
     if "Relative path in absolute URI" in cause:  # Hadoop's checksum file (.NAME.crc) of a name holding ':'
         return DselError(f"cannot read {path}: Hadoop's file system, which Spark's readers use, cannot open a file "
                          f"whose name holds ':' ({cause}); rename the file without ':'")
+    if "Permission denied" in cause or "PermissionError" in cause or "AccessDenied" in cause:
+        return DselError(f"cannot read {path}: permission denied ({cause}); make it readable by the user dsel runs "
+                         "as (say chmod a+r), or take it out of the input")
+    if "is not a Parquet file" in cause:
+        return DselError(f"cannot read {path}: it is not a Parquet file ({cause}); if it holds JSON lines, pass "
+                         "--raw-format or --target-format json (or auto), or take it out of the input")
     if "FileNotFound" in cause or "No such file" in cause:
         return DselError(f"cannot read {path}: it went away while dsel was reading the input ({cause}); "
                          "run again once the input no longer changes")
-    return DselError(f"cannot read {path} ({cause}): the file is damaged or not in the format its name says "
-                     "(a .gz file must be one whole gzip stream); replace it, or take it out of the input")
+    whole = " (a .gz file must be one whole gzip stream)" if path.endswith(".gz") else ""
+    return DselError(f"cannot read {path} ({cause}): the file is damaged or not in the format its name says{whole}; "
+                     "replace it, or take it out of the input")

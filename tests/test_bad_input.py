@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from pyspark.sql import functions as F
 
+import dsel.errors
 from dsel.cli import main
 from dsel.config import DselConfig
 from dsel.errors import DselError
@@ -174,6 +175,7 @@ def test_target_sharing_no_ngram_warns(spark, good):
     ("output_column_in_another_case", "raw input already has column(s) Rank, which dsel adds to its output (Delta "
                                       "and Spark's columns ignore case); rename them before selecting"),
     ("tar_archive", "is a tar archive, which Spark's JSON reader does not read; extract it and pass the JSON-lines"),
+    ("jsonl_given_as_parquet", "it is not a Parquet file (RuntimeException: "),
 ])
 def test_mistakes_get_one_clear_message(spark, good, case, message, capsys):
     root = good["root"]
@@ -281,11 +283,33 @@ def test_mistakes_get_one_clear_message(spark, good, case, message, capsys):
         with tarfile.open(packed, "w:gz") as tar:
             tar.add(raw, arcname="raw.jsonl")
         argv[2] = str(packed)
+    elif case == "jsonl_given_as_parquet":
+        argv += ["--target-format", "parquet"]
+        message = f"cannot read file:{good['target']}: {message}"
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     message = message.format(root=root)
     assert len(err) == 1 and err[0].startswith("dsel: error:") and message in err[0], err
 
+
+
+def test_a_file_dsel_may_not_read_is_told_as_such_by_either_reader():
+    """Tests run as root, who reads every file: the two readers' errors for a file without read permission,
+    as a user's run gives them (the pyarrow reader's task error, Spark's FAILED_READ_FILE), are mapped."""
+    fast = ("org.apache.spark.api.python.PythonException: Traceback ...\nOSError: dsel cannot read "
+            "file:///d/secret.jsonl: PermissionError: [Errno 13] Failed to open local file '/d/secret.jsonl'. "
+            "Detail: [errno 13] Permission denied\n")
+    spark_reader = ("[FAILED_READ_FILE.NO_HINT] Encountered error while reading file file:///d/secret.jsonl. "
+                    "SQLSTATE: KD001\n\tat org.apache.spark...\nCaused by: java.io.FileNotFoundException: "
+                    "/d/secret.jsonl (Permission denied)\n\tat java.base/java.io.FileInputStream.open0\n")
+    for text in (fast, spark_reader):
+        message = str(dsel.errors.user_error(Exception(text)))
+        assert message.startswith("cannot read file:///d/secret.jsonl: permission denied (") and "chmod" in message
+        assert "went away" not in message and "damaged" not in message
+    damaged = str(dsel.errors.user_error(Exception(fast.replace("secret.jsonl", "a.jsonl.bz2").replace(
+        "PermissionError: [Errno 13] Failed to open local file '/d/a.jsonl.bz2'. Detail: [errno 13] Permission denied",
+        "IOException: unexpected end of stream"))))
+    assert "damaged" in damaged and ".gz" not in damaged  # the gzip hint only for .gz files
 
 
 def test_text_is_never_taken_for_a_compressed_file(tmp_path):
