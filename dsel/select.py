@@ -432,6 +432,10 @@ def select(weights: DataFrame, target_names: Sequence[str], proportions: Sequenc
         result.warnings.append(f"asked for {num_samples} documents but only {available} are eligible "
                                f"({rule.describe()}); selecting all {available}")
         num_samples = available
+    if num_tokens is not None and num_tokens > mean_words * available:
+        result.warnings.append(f"asked for {num_tokens:,} words but the {available:,} eligible documents "
+                               f"({rule.describe()}) hold only {round(mean_words * available):,}; selecting all "
+                               f"{available:,}")
     budgets = quotas(num_samples if num_samples is not None else num_tokens, proportions)  # type: ignore[arg-type]
     result.requested = budgets
     parts: list[DataFrame] = []

@@ -42,6 +42,12 @@ def test_token_budget_uses_the_same_order(spark, weights, monkeypatch):
     assert [r["id"] for r in large] == [r["id"] for r in plain]
     words = [r["num_words"] for r in plain]
     assert sum(words) >= 80_000 > sum(words[:-1])
+    # a budget beyond every eligible word takes them all, and says so, as a k beyond the documents does
+    eligible = weights.where("num_words >= 100").agg(F.count("*"), F.sum("num_words")).first()
+    everything = S.select(weights, ["a"], [1.0], num_tokens=10**12, seed=1)
+    assert everything.chosen.count() == eligible[0]
+    assert everything.warnings == [f"asked for {10**12:,} words but the {eligible[0]:,} eligible documents "
+                                   f"(at least 100 words) hold only {eligible[1]:,}; selecting all {eligible[0]:,}"]
 
 
 def test_noise_depends_only_on_seed_target_and_id(spark, weights):
