@@ -190,12 +190,20 @@ def _files_of(matches: list[str]) -> list[str]:
     files = []
     for match in matches:
         if not os.path.isdir(match):
-            files.append(match)
+            files.append(_linked(match))
             continue
         for root, dirs, names in os.walk(match):
             dirs[:] = [d for d in dirs if not d.startswith((".", "_"))]
-            files += [os.path.join(root, n) for n in names if not n.startswith((".", "_"))]
+            files += [_linked(os.path.join(root, n)) for n in names if not n.startswith((".", "_"))]
     return files
+
+
+def _linked(path: str) -> str:
+    """``path``, unless it is a symbolic link to nothing, which Spark's listing would silently leave out."""
+    if os.path.islink(path) and not os.path.exists(path):
+        raise DselError(f"{path} is a symbolic link to {os.readlink(path)}, which does not exist, so its records "
+                        "would be left out of the input unsaid; fix the link, or remove it")
+    return path
 
 
 def _in_subdirectories(source: str) -> bool:
@@ -263,6 +271,8 @@ def _remote_in_subdirectories(spark: SparkSession, source: str) -> bool:
 def file_options(spark: SparkSession, sources: list[str]) -> dict[str, str]:
     """Options for Spark's file readers of ``sources``: a recursive lookup when a directory keeps data
     files in subdirectories that are not partitions (which it then reads, with no partition columns)."""
+    for source in sources:
+        _local_files(source)  # raises for a link to nothing among the files
     deeper = any(_remote_in_subdirectories(spark, s) if _is_uri(s) else _in_subdirectories(s) for s in sources)
     return {"recursiveFileLookup": "true"} if deeper else {}
 

@@ -176,6 +176,9 @@ def test_target_sharing_no_ngram_warns(spark, good):
                                       "and Spark's columns ignore case); rename them before selecting"),
     ("tar_archive", "is a tar archive, which Spark's JSON reader does not read; extract it and pass the JSON-lines"),
     ("jsonl_given_as_parquet", "it is not a Parquet file (RuntimeException: "),
+    ("dangling_link_in_raw_directory", "{root}/dangling/b.jsonl is a symbolic link to {root}/gone.jsonl, which does "
+                                       "not exist, so its records would be left out of the input unsaid"),
+    ("dangling_link_in_a_glob_spark_reader", "{root}/dangling_glob/b.jsonl is a symbolic link to"),
 ])
 def test_mistakes_get_one_clear_message(spark, good, case, message, capsys):
     root = good["root"]
@@ -283,6 +286,12 @@ def test_mistakes_get_one_clear_message(spark, good, case, message, capsys):
         with tarfile.open(packed, "w:gz") as tar:
             tar.add(raw, arcname="raw.jsonl")
         argv[2] = str(packed)
+    elif case.startswith("dangling_link"):  # a file moved away from under its link: Spark lists neither
+        folder = root / ("dangling" if case == "dangling_link_in_raw_directory" else "dangling_glob")
+        write_jsonl(folder / "a.jsonl", good["raw"][:10])
+        (folder / "b.jsonl").symlink_to(root / "gone.jsonl")
+        argv[2] = str(folder) if folder.name == "dangling" else str(folder / "*.jsonl")
+        argv += ["--json-reader", "spark"] if case.endswith("spark_reader") else []
     elif case == "jsonl_given_as_parquet":
         argv += ["--target-format", "parquet"]
         message = f"cannot read file:{good['target']}: {message}"
