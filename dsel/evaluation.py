@@ -37,6 +37,7 @@ from typing import Any, Optional, Sequence
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from dsel import __version__
 from dsel.baselines import COLUMNS, dsir_selection, heuristic_classification, random_selection, train_classifier
 from dsel.config import DselConfig
 from dsel.errors import DselError
@@ -188,7 +189,8 @@ def _write_selected(spark: SparkSession, cfg: DselConfig, rows: DataFrame, run_i
     path = _evaluation_path(cfg.out, "selected")
     writer = (rows.write.format("delta").mode("overwrite").option("overwriteSchema", "true").partitionBy("method")
               .option("userMetadata", json.dumps({"run_id": run_id, "command": "evaluate", "methods": list(methods),
-                                                  "params": cfg.to_dict()}, sort_keys=True, default=str)))
+                                                  "params": cfg.to_dict(), "dsel_version": __version__},
+                                                 sort_keys=True, default=str)))
     mapping_names(writer, rows, path).save(path)  # raw columns such as 'source url' need column mapping
     return spark.read.format("delta").load(path)
 

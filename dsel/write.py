@@ -267,7 +267,9 @@ def _map_column_names(spark: SparkSession, path: str) -> None:
 def check_outputs(spark: SparkSession, paths: OutputPaths) -> None:
     """Before a run writes anything: every table already under ``--out`` must be one dsel wrote (all
     read at once, one thread each; the first failing table in :data:`TABLES` order is reported)."""
-    names = [name for name in TABLES if name not in ("runs", "lock")]
+    # OUT/evaluation is a directory of two tables (dsel evaluate --out), each checked as one
+    names = [name for name in TABLES if name not in ("runs", "lock", "evaluation")] + [
+        "evaluation/selected", "evaluation/results"]
     with ThreadPoolExecutor(len(names)) as pool:
         list(pool.map(lambda name: check_table(spark, paths.table(name), None), names))
 
@@ -288,7 +290,9 @@ def check_table(spark: SparkSession, path: str, schema: Optional[T.StructType], 
                   "they belong to no version of the table, and this run writes the table anew", flush=True)
     if not DeltaTable.isDeltaTable(spark, path):
         return
-    if "dsel_version" not in (commit_metadata(spark, path) or {}):
+    metadata = commit_metadata(spark, path) or {}
+    # dsel evaluate wrote OUT/evaluation/selected without its version before it was checked as a table
+    if "dsel_version" not in metadata and metadata.get("command") != "evaluate":
         raise DselError(f"{path} is a Delta table that dsel did not write; choose another --out")
     if schema is not None and (appending or name in FIXED_SCHEMA_TABLES):
         check_schema(spark, path, schema, name, added=not appending)

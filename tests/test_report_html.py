@@ -52,6 +52,15 @@ def test_a_report_dir_that_is_a_file_is_refused(report, capsys):
     assert "--report-dir" in capsys.readouterr().err and report["html"].read_text().startswith("<!")
 
 
+def test_an_evaluated_out_still_takes_the_pipelines_commands(report, tmp_path):
+    """OUT/evaluation is a directory of two tables, not one: it was taken for a foreign file, and every
+    later command on an evaluated --out failed."""
+    out = tmp_path / "out"
+    shutil.copytree(report["out"], out)
+    assert main(["select", "--raw", str(report["root"] / "raw.jsonl"), "--out", str(out), "--num-samples", "12",
+                 "--seed", "1"]) == 0
+
+
 def test_report_json_holds_the_kl_reduction_and_the_label_mix(spark, report):
     data = report["json"]
     cfg = DselConfig.from_mapping({**data["params"], "out": str(report["out"])})
