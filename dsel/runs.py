@@ -10,7 +10,8 @@ same ``replaceWhere`` on the column.
 
 **The lock** keeps two runs from writing one output at once.  It is a one-row Delta table; a
 run claims it with a single conditional UPDATE that changes the row only when the lock is free,
-already held by the same run id (a rerun after a crash), or held by a run that is known to be gone
+already held by the same run id in this process or on another host (a rerun after a crash there), or held
+by a run that is known to be gone
 (its process is dead on this host, or it claimed the lock more than ``lock_timeout_hours`` ago).
 Two runs that claim at the same instant both rewrite the same file, and Delta's optimistic
 concurrency lets exactly one of them commit; the other gets a clear error and writes nothing.
@@ -134,7 +135,11 @@ def claim(spark: SparkSession, path: str, run_id: str, timeout_hours: float, for
         except conflict + (AnalysisException,):
             pass  # created by a concurrent run a moment ago: compete through the UPDATE below
     check_schema(spark, path, LOCK_SCHEMA, "lock")
-    free = f"run_id IS NULL OR run_id = '{_quote(run_id)}'"
+    # Free, or held by this run id in this process, or on another host (a retry there after a crash,
+    # whose process cannot be checked from here). On this host, a live process holding the same run
+    # id (the same command started twice) keeps it.
+    free = (f"run_id IS NULL OR (run_id = '{_quote(run_id)}' AND (host <> '{_quote(row[2])}' "
+            f"OR pid = {int(row[3])}))")
     if _take(spark, path, row, free, conflict):
         return
     held = holder(spark, path)
@@ -145,15 +150,20 @@ def claim(spark: SparkSession, path: str, run_id: str, timeout_hours: float, for
              .whenMatchedUpdate(condition="l.run_id IS NULL OR l.run_id = n.run_id", set={n: f"n.{n}" for n in names})
              .whenNotMatchedInsertAll().execute())
         held = holder(spark, path)
-    if held is not None and held.run_id != run_id and (force or held.gone(timeout_hours)):
+    if held is not None and not _ours(held, run_id) and (force or held.gone(timeout_hours)):
         # Take over from exactly the holder seen here; if it changed meanwhile, the UPDATE matches nothing.
         taken = free + (f" OR (run_id = '{_quote(held.run_id)}' AND host = '{_quote(held.host)}' "
                         f"AND pid = {int(held.pid)})")
         if _take(spark, path, row, taken, conflict):
             return
         held = holder(spark, path)
-    if held is None or held.run_id != run_id or held.pid != os.getpid():
+    if held is None or not _ours(held, run_id):
         raise _busy(path, held) if held else DselError(f"another dsel run changed {path} at the same moment; rerun")
+
+
+def _ours(held: Holder, run_id: str) -> bool:
+    """Whether ``held`` is this run id in this very process."""
+    return held.run_id == run_id and held.pid == os.getpid() and held.host == socket.gethostname()
 
 
 def _take(spark: SparkSession, path: str, row: tuple, condition: str, conflict: tuple) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -15,6 +16,7 @@ from dsel.cli import main
 from dsel.config import DselConfig
 from dsel.errors import DselError
 from dsel.pipeline import execute
+from dsel.runs import claim, holder, release
 from tests.conftest import REPO, sample_docs, write_jsonl
 
 
@@ -151,6 +153,27 @@ def test_strict_mode_fails_on_skipped_records(spark, small, tmp_path, capsys):
     assert main(argv[:6] + [str(tmp_path / "o3")] + argv[7:]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "target records were skipped" in err[0] and "empty_text=1" in err[0], err
+
+
+def test_a_live_process_holding_the_same_run_id_keeps_the_lock(spark, tmp_path):
+    """The same command started twice gets the same default run id: the second used to take the lock
+    from the first, still running, and both wrote the output. A live holder on this host keeps it; a
+    dead one, or one on another host (a retry after a crash there), gives it back to the run id."""
+    path = str(tmp_path / "lock")
+    claim(spark, path, "r1", 24)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    for host, pid, taken in [(socket.gethostname(), 1, False), (socket.gethostname(), dead.pid, True),
+                             ("elsewhere", 1, True)]:
+        spark.sql(f"UPDATE delta.`{path}` SET host = '{host}', pid = {pid}")
+        if taken:
+            claim(spark, path, "r1", 24)
+            assert holder(spark, path).pid == os.getpid()
+        else:
+            with pytest.raises(DselError, match=r"another dsel run, 'r1' \(pid 1 on "):
+                claim(spark, path, "r1", 24)
+    release(spark, path, "r1")
+    assert holder(spark, path) is None
 
 
 def test_the_lock_is_released_when_the_last_run_row_cannot_be_written(spark, small, tmp_path, monkeypatch):
