@@ -10,7 +10,7 @@ import argparse
 import dataclasses
 import sys
 import typing
-from typing import Any, Optional, Sequence
+from typing import Any, NoReturn, Optional, Sequence
 
 from dsel.config import FIELD_HELP, DselConfig
 from dsel.errors import DselError, user_error
@@ -47,8 +47,16 @@ def _flag_kwargs(field: dataclasses.Field) -> dict[str, Any]:
     return {"type": str, "default": None, "help": doc}
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser whose mistakes (a flag's bad value, a missing one) print one line, as dsel's
+    own errors do, instead of the whole usage before it."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"dsel: error: {message}; see '{self.prog} --help'\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dsel", description="DSIR data selection on Apache Spark, into Delta tables.")
+    parser = _Parser(prog="dsel", description="DSIR data selection on Apache Spark, into Delta tables.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="{" + ",".join(COMMANDS) + "}")
     for name, text in COMMANDS.items():
         cmd = sub.add_parser(name, help=text, description=text)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from dsel.cli import build_parser, config_from_args
+from dsel.cli import build_parser, config_from_args, main
 from dsel.config import DselConfig
 from dsel.errors import ConfigError
 from dsel.select import quotas
@@ -133,3 +133,14 @@ def test_the_delta_jar_cache_is_used_only_while_every_jar_still_exists(tmp_path,
     jars[1].write_bytes(b"PK")
     session._remember_jars(cache, f"file://{tmp_path / 'missing.jar'}")  # never records a list it cannot use
     assert session._cached_jars(cache) == listed
+
+
+def test_a_flags_bad_value_is_told_in_one_line(capsys):
+    """argparse's own mistakes as dsel's: one line, exit status 2, not the whole usage before it."""
+    for argv, message in [(["run", "--num-samples", "abc"], "argument --num-samples: invalid int value: 'abc'; "
+                                                            "see 'dsel run --help'"),
+                          (["select", "--pin-versions", "[1]"], "argument --pin-versions: give a JSON object")]:
+        with pytest.raises(SystemExit) as stopped:
+            main(argv)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert stopped.value.code == 2 and len(err) == 1 and err[0].startswith("dsel: error: " + message), err
