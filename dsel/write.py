@@ -181,7 +181,13 @@ def write_table(df: DataFrame, path: str, metadata: dict[str, Any], mode: str = 
     table without deletion vectors, whatever a platform's default (Databricks can turn them on for
     every new table): its rows must be its Parquet files' rows, as the workers read those directly.
     """
+    from delta.tables import DeltaTable
+
     check_table(df.sparkSession, path, df.schema, appending=mode != "overwrite")
+    # the version an append starts from: an append of no rows makes no commit, and the latest is then
+    # the one before, whose rows are not this write's
+    before = (int(_latest(df.sparkSession, path)["version"])
+              if mode != "overwrite" and DeltaTable.isDeltaTable(df.sparkSession, path) else None)
     writer = (df.write.format("delta").mode(mode)
               .option("userMetadata", json.dumps(metadata, sort_keys=True, default=str)))
     if mode == "overwrite":
@@ -199,7 +205,8 @@ def write_table(df: DataFrame, path: str, metadata: dict[str, Any], mode: str = 
         writer.save(path)
     finally:
         forget_commit(path)
-    return last_commit(df.sparkSession, path)
+    written = last_commit(df.sparkSession, path)
+    return Written(written.version, 0) if written.version == before else written
 
 
 #: the characters Delta allows in column names only under column mapping

@@ -228,3 +228,17 @@ def test_outputs_of_another_kind_or_schema_are_refused(spark, growing, tmp_path)
      .option("overwriteSchema", "true").option("userMetadata", meta).save(str(old / "weights")))
     with pytest.raises(DselError, match="other columns"):
         execute(spark, DselConfig.from_mapping({**base, "out": str(old), "refit": "always"}), "run")
+
+
+def test_a_raw_commit_that_changes_no_record_featurizes_nothing(spark, growing, capsys):
+    """An OPTIMIZE of the raw table (or any commit that changes no record) is a new version with the
+    same records: the append of the new ones makes no commit, and its rows were taken from the commit
+    before it, so every record looked gone and the whole input was featurized again."""
+    base = growing["base"]
+    before = _weights(spark, base["out"])
+    spark.sql(f"OPTIMIZE delta.`{base['raw'][0]}`")
+    capsys.readouterr()
+    third = execute(spark, DselConfig.from_mapping({**base, "run_id": "day3", "refit": "never"}), "run")
+    assert "no longer in the raw input" not in capsys.readouterr().out
+    assert third.featurized == 0 and third.read == growing["second"].read
+    assert _weights(spark, base["out"]) == before
