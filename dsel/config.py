@@ -191,6 +191,12 @@ class DselConfig:
                     for k, v in pins.items()):
                 raise ConfigError("pin_versions", "must map Delta input paths or table names to versions >= 0, "
                                   'e.g. {"/data/raw": 12}')
+            # with both kinds of input given (a command that reads both), a pin must name one of them
+            inputs = {same_input(i) for i in [*self.raw, *self.target]} if self.raw and self.target else set()
+            unknown = [k for k in pins if inputs and same_input(k) not in inputs]
+            if unknown:
+                raise ConfigError("pin_versions", f"names {unknown[0]}, which is no --raw or --target input "
+                                  f"({', '.join([*self.raw, *self.target])}); name the input as it is given")
         _choice("json_reader", self.json_reader, JSON_READERS)
         _choice("features_writer", self.features_writer, FEATURES_WRITERS)
         if isinstance(self.target_text_column, str):
@@ -257,6 +263,15 @@ class DselConfig:
             value = getattr(self, key)
             if value in (None, "", []):
                 raise ConfigError(key, f"is required; pass --{key.replace('_', '-')} or set '{key}' in the TOML file")
+
+
+def same_input(path: str) -> str:
+    """An input path as ``pin_versions`` matches it: without a trailing '/' or a ``file:`` scheme."""
+    for scheme in ("file://", "file:"):
+        if path.startswith(scheme):
+            path = path[len(scheme):]
+            break
+    return path.rstrip("/") or "/"
 
 
 def _choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:

@@ -25,7 +25,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.errors import AnalysisException
 
-from dsel.config import DselConfig
+from dsel.config import DselConfig, same_input
 from dsel.errors import DselError
 from dsel.write import case_clashes
 
@@ -399,11 +399,11 @@ def _delta_version(spark: SparkSession, source: str, cfg: DselConfig, path: bool
     try:
         table = DeltaTable.forPath(spark, source) if path else DeltaTable.forName(spark, source)
     except Exception:
-        if path or source in (cfg.pin_versions or {}):
+        if path or any(same_input(k) == same_input(source) for k in cfg.pin_versions or {}):
             raise DselError(f"{source} is not a Delta table; check the path, or --raw-format/--target-format")
         return None
     latest = int(table.history(1).select("version").first()[0])
-    pinned = (cfg.pin_versions or {}).get(source)
+    pinned = next((v for k, v in (cfg.pin_versions or {}).items() if same_input(k) == same_input(source)), None)
     if pinned is not None and pinned > latest:
         raise DselError(f"{source} has no version {pinned} (latest is {latest}); fix pin_versions")
     return latest if pinned is None else int(pinned)

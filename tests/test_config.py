@@ -65,6 +65,7 @@ def test_toml_takes_the_same_keys_and_flags_win(tmp_path):
     ({"json_sampling_ratio": "abc"}, "json_sampling_ratio"),
     ({"refit_growth": float("nan")}, "refit_growth"),  # never a refit
     ({"lock_timeout_hours": float("nan")}, "lock_timeout_hours"),  # a dead run's lock never taken over
+    ({"raw": ["/d/raw"], "target": ["/d/t"], "pin_versions": {"/d/other": 1}}, "pin_versions"),  # pins nothing
 ])
 def test_bad_values_name_the_key(values, key):
     with pytest.raises(ConfigError) as err:

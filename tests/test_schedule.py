@@ -12,7 +12,7 @@ from delta.tables import DeltaTable
 from pyspark.sql import types as T
 
 from dsel.config import DselConfig
-from dsel.errors import DselError
+from dsel.errors import ConfigError, DselError
 from dsel.pipeline import execute
 from dsel.runs import RUNS_SCHEMA, claim, holder, record_run, release
 from tests.conftest import sample_docs
@@ -242,3 +242,16 @@ def test_a_raw_commit_that_changes_no_record_featurizes_nothing(spark, growing, 
     assert "no longer in the raw input" not in capsys.readouterr().out
     assert third.featurized == 0 and third.read == growing["second"].read
     assert _weights(spark, base["out"]) == before
+
+
+def test_pinned_versions_read_the_input_as_it_was_and_name_only_inputs(spark, growing, tmp_path):
+    """A pin names its input as --raw gives it, give or take a trailing '/' or a file: scheme (such a
+    key used to match nothing, and the latest version was read without a word); one that names no
+    input is refused."""
+    base = growing["base"]
+    raw = base["raw"][0]
+    pinned = DselConfig.from_mapping({**base, "out": str(tmp_path / "out"), "pin_versions": {f"file:{raw}/": 0}})
+    summary = execute(spark, pinned, "run")
+    assert summary.read == len(growing["day1"]) and summary.inputs["raw"]["version"] == 0
+    with pytest.raises(ConfigError, match=f"names {raw}-old, which is no --raw or --target input"):
+        DselConfig.from_mapping({**base, "pin_versions": {f"{raw}-old": 0}})
