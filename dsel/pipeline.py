@@ -39,7 +39,7 @@ from dsel.select import (SMALL_K, Counts, Filters, carried_rows, filter_counts, 
                          with_raw_columns)
 from dsel.evaluate import run_kl_reduction
 from dsel.featurize import LOCATION_COLUMNS, features as raw_features
-from dsel.runs import claim, record_run, release
+from dsel.runs import claim, mark_taken_over, record_run, release
 from dsel.write import (PARQUET_WRITER_SCHEMA, STAGING, OutputPaths, Written, check_export, check_outputs,
                         commit_metadata, commit_stamp, driver_rows, export, interrupted_write, last_commit, load_state,
                         local_dir, parquet_writer, prefetch_commits, publish_parquet, read_table, remembering,
@@ -923,9 +923,11 @@ def execute(spark: SparkSession, cfg: DselConfig, command: str, **options: str) 
     local = local_dir(cfg.out)
     fresh = local is not None and not os.path.exists(local)
     check_outputs(spark, paths)
-    claim(spark, paths.lock, summary.run_id, cfg.lock_timeout_hours, force=cfg.break_lock)
+    taken = claim(spark, paths.lock, summary.run_id, cfg.lock_timeout_hours, force=cfg.break_lock)
     try:
         _record(spark, cfg, summary, "running")
+        if taken is not None:
+            mark_taken_over(spark, paths.runs, taken, summary.run_id, cfg.break_lock)
         with remembering_commits():  # the lock is held: only this run writes the tables
             stages[command](summary)
     except BaseException as exc:

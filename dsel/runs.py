@@ -120,8 +120,10 @@ def _busy(path: str, held: Holder) -> DselError:
         "--break-lock (or a smaller --lock-timeout-hours)")
 
 
-def claim(spark: SparkSession, path: str, run_id: str, timeout_hours: float, force: bool = False) -> None:
-    """Take the output lock for ``run_id`` or raise DselError naming the run that holds it."""
+def claim(spark: SparkSession, path: str, run_id: str, timeout_hours: float,
+          force: bool = False) -> Optional[Holder]:
+    """Take the output lock for ``run_id`` or raise DselError naming the run that holds it; the holder
+    of another run id it was taken over from (gone, or ``force``), if any."""
     from delta import exceptions as conflicts
     from delta.tables import DeltaTable
 
@@ -155,10 +157,11 @@ def claim(spark: SparkSession, path: str, run_id: str, timeout_hours: float, for
         taken = free + (f" OR (run_id = '{_quote(held.run_id)}' AND host = '{_quote(held.host)}' "
                         f"AND pid = {int(held.pid)})")
         if _take(spark, path, row, taken, conflict):
-            return
+            return held if held.run_id != run_id else None
         held = holder(spark, path)
     if held is None or not _ours(held, run_id):
         raise _busy(path, held) if held else DselError(f"another dsel run changed {path} at the same moment; rerun")
+    return None
 
 
 def _ours(held: Holder, run_id: str) -> bool:
@@ -192,6 +195,21 @@ def _racing(spark: SparkSession, path: str, conflict: tuple) -> Iterator[None]:
 _CONFLICTS = ("ConcurrentAppendException", "ConcurrentDeleteDeleteException", "ConcurrentDeleteReadException",
               "ConcurrentTransactionException", "ConcurrentWriteException", "DeltaConcurrentModificationException",
               "MetadataChangedException", "ProtocolChangedException")
+
+
+def mark_taken_over(spark: SparkSession, path: str, held: Holder, run_id: str, broken: bool) -> None:
+    """The run table's row of a run whose lock ``run_id`` took over, when it still says 'running' (its
+    process was killed, or ``broken`` with --break-lock): 'failed', saying so, rather than running forever."""
+    from delta.tables import DeltaTable
+
+    if not DeltaTable.isDeltaTable(spark, path):
+        return
+    row = spark.read.format("delta").load(path).where(F.col("run_id") == held.run_id).first()
+    if row is None or row["status"] != "running":
+        return
+    how = "broken with --break-lock" if broken else "was taken over, its process gone"
+    record_run(spark, path, {**row.asDict(), "status": "failed", "finished_at": dt.datetime.now(),
+                             "error": f"interrupted: its lock {how}, by run '{run_id}'"})
 
 
 def release(spark: SparkSession, path: str, run_id: str) -> None:

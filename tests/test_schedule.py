@@ -2,6 +2,7 @@
 resuming, the output lock, and outputs of another kind or schema."""
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import subprocess
@@ -207,8 +208,14 @@ def test_a_held_lock_refuses_a_second_run_and_a_dead_holder_is_taken_over(spark,
     dead.wait()
     spark.sql(f"UPDATE delta.`{lock}` SET run_id = 'crashed', host = '{os.uname().nodename}', pid = {dead.pid}, "
               "claimed_at = current_timestamp()")
+    record_run(spark, f"{base['out']}/runs", {"run_id": "crashed", "command": "run", "status": "running",
+                                              "started_at": dt.datetime(2026, 11, 30, 1, 0)})  # killed mid-run
     summary = execute(spark, DselConfig.from_mapping({**base, "run_id": "mine"}), "run")
     assert summary.selected == 25 and holder(spark, lock) is None
+    crashed = _run_row(spark, base["out"], "crashed")  # not 'running' forever
+    assert crashed["status"] == "failed" and crashed["started_at"] == dt.datetime(2026, 11, 30, 1, 0)
+    assert crashed["error"] == "interrupted: its lock was taken over, its process gone, by run 'mine'"
+    assert _run_row(spark, base["out"], "mine")["status"] == "succeeded"
 
 
 def test_outputs_of_another_kind_or_schema_are_refused(spark, growing, tmp_path):
