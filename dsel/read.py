@@ -271,9 +271,12 @@ def _remote_in_subdirectories(spark: SparkSession, source: str) -> bool:
 def file_options(spark: SparkSession, sources: list[str]) -> dict[str, str]:
     """Options for Spark's file readers of ``sources``: a recursive lookup when a directory keeps data
     files in subdirectories that are not partitions (which it then reads, with no partition columns)."""
-    for source in sources:
-        _local_files(source)  # raises for a link to nothing among the files
-    deeper = any(_remote_in_subdirectories(spark, s) if _is_uri(s) else _in_subdirectories(s) for s in sources)
+    for source in sources:  # a link to nothing named directly (a glob's match); those in directories are
+        for match in [] if _is_uri(source) else _matches(_local(source)):  # checked as they are walked below
+            if not os.path.isdir(match):
+                _linked(match)
+    # every source walked (no short cut at the first deeper one): the walk also checks its files' links
+    deeper = any([_remote_in_subdirectories(spark, s) if _is_uri(s) else _in_subdirectories(s) for s in sources])
     return {"recursiveFileLookup": "true"} if deeper else {}
 
 

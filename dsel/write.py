@@ -71,14 +71,12 @@ class OutputPaths:
         local = local_dir(self.out)
         if local is None:
             return
-        out = os.path.realpath(local)
         for role, sources in inputs.items():
             for source in sources:
                 path = local_dir(source)
                 if path is None or not os.path.isdir(path):
                     continue
-                inside = os.path.realpath(path)
-                if out == inside or out.startswith(inside.rstrip(os.sep) + os.sep):
+                if _within(_comparable(self.out), _comparable(path)):
                     raise DselError(f"--out {self.out} is inside the {role} input directory {source}, where dsel's "
                                     f"tables would be read as {role} input; choose an --out outside it")
 
