@@ -30,7 +30,7 @@ def _flag_kwargs(field: dataclasses.Field) -> dict[str, Any]:
     hint = typing.get_type_hints(DselConfig)[field.name]
     args = [a for a in typing.get_args(hint) if a is not type(None)]
     base = args[0] if typing.get_origin(hint) is typing.Union and len(args) == 1 else hint
-    doc = FIELD_HELP.get(field.name, "")
+    doc = _with_default(FIELD_HELP.get(field.name, ""), field)
     if base is bool:
         return {"action": "store_true", "default": None, "help": doc}
     if typing.get_origin(base) is list:
@@ -45,6 +45,14 @@ def _flag_kwargs(field: dataclasses.Field) -> dict[str, Any]:
     if typing.get_origin(base) is dict:
         return {"type": _json_object, "default": None, "help": doc}
     return {"type": str, "default": None, "help": doc}
+
+
+def _with_default(doc: str, field: dataclasses.Field) -> str:
+    """The help text with the key's default appended, unless it says it already or there is none to say."""
+    default = field.default_factory() if field.default is dataclasses.MISSING else field.default  # type: ignore[misc]
+    if default is None or default is False or default in ("", [], {}) or "default" in doc.lower():
+        return doc
+    return f"{doc.rstrip('.')} (default {default})"
 
 
 class _Parser(argparse.ArgumentParser):

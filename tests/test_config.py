@@ -109,6 +109,11 @@ def test_quality_filters_are_off_by_default_and_are_flags():
         (500, 0.2, 0.3, 0.2)
     help_text = build_parser()._subparsers._group_actions[0].choices["run"].format_help()
     assert "--max-repetition-ratio" in help_text and "DSIR paper used 0.2" in help_text
+    # every flag with a default says it (seed 0 too), once
+    flat = " ".join(help_text.split())
+    for says in ("seed of the Gumbel noise (default 0)", "(the reference's min_example_length) (default 100)",
+                 "jsonl or parquet (default jsonl)", "(default 0.1)", "hash buckets (default 10000)"):
+        assert flat.count(says) == 1, says
     # the default run id follows the parameters and the state of the inputs, not the lock settings
     plain = DselConfig.from_mapping({"raw": ["r"]})
     assert plain.default_run_id("run", ["v1"]) == plain.replace(break_lock=True).default_run_id("run", ["v1"])
