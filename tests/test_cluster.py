@@ -158,7 +158,7 @@ def test_spark_submit_to_standalone_matches_local_mode_even_when_an_executor_die
     markers.mkdir(parents=True)
     out = root / "out"
     job = _submit(cluster, data, out, root, "spark.executorEnv.DSEL_FAULT_INJECTION=featurize:stall",
-                  f"spark.executorEnv.DSEL_FAULT_DIR={markers}", "spark.executorEnv.DSEL_FAULT_STALL=20",
+                  f"spark.executorEnv.DSEL_FAULT_DIR={markers}", "spark.executorEnv.DSEL_FAULT_STALL=8",
                   args=("--features-writer", "pyarrow"))
     try:
         deadline = time.time() + 300
