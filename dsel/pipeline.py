@@ -879,6 +879,8 @@ def reproduce(spark: SparkSession, cfg: DselConfig, summary: Summary, source_out
     feats = featurize(spark, again, summary)
     recorded = inputs.get("raw") or {}
     if "digest" in recorded and recorded.get("digest") != summary.inputs.get("raw", {}).get("digest"):
+        # nothing of this run is kept: a new --out is removed whole (see execute), features and all
+        summary.tables.pop(OutputPaths(cfg.out).features, None)
         raise DselError(f"the raw files {', '.join(recorded['sources'])} changed since run '{source_run}' "
                         "read them, and only Delta inputs can be read as they were; restore the files, or "
                         "keep raw data in Delta tables to make runs reproducible")

@@ -589,6 +589,11 @@ def test_a_directory_that_gains_files_featurizes_only_those(spark, tmp_path, cap
     _same_outputs(spark, out, fresh)
     # A file it holds changed: everything is featurized again.
     write_jsonl(raw / "day1.jsonl", docs[:49])
+    # ... and day 2 can no longer be reproduced from JSON files: refused, and the new --out left absent
+    with pytest.raises(DselError, match="changed since run 'day2' read them"):
+        execute(spark, DselConfig.from_mapping({"out": str(tmp_path / "refused")}), "reproduce", source_out=str(out),
+                source_run="day2")
+    assert not (tmp_path / "refused").exists()
     again = execute(spark, DselConfig.from_mapping({**base, "out": str(out), "run_id": "day3"}), "run")
     assert "1 raw files changed or went" in capsys.readouterr().out
     assert again.featurized == again.read == 49 + len(day2)
