@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="{" + ",".join(COMMANDS) + "}")
     for name, text in COMMANDS.items():
         cmd = sub.add_parser(name, help=text, description=text)
-        cmd.add_argument("--config", help="TOML file with the same keys as the flags")
+        cmd.add_argument("--config", help="TOML file with the same keys as the flags but --master and --conf")
         cmd.add_argument("--master", help="Spark master URL, as spark-submit's --master (default local[*])")
         cmd.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE",
                          help="Spark setting, as spark-submit's --conf (repeatable)")

@@ -77,6 +77,10 @@ class DselConfig:
     lock_timeout_hours: float = 24.0
     break_lock: bool = False
 
+    def __post_init__(self) -> None:
+        # a config built directly (the Python API) is checked as one from flags, TOML or a mapping is
+        self.validate()
+
     # ---------------------------------------------------------------- construction
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> "DselConfig":
@@ -84,9 +88,7 @@ class DselConfig:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ConfigError(unknown[0], f"unknown key; allowed keys are: {', '.join(sorted(known))}")
-        cfg = cls(**{k: v for k, v in values.items()})
-        cfg.validate()
-        return cfg
+        return cls(**{k: v for k, v in values.items()})
 
     @classmethod
     def from_toml(cls, path: str, overrides: Optional[Mapping[str, Any]] = None) -> "DselConfig":
@@ -97,6 +99,10 @@ class DselConfig:
             raise ConfigError("config", f"file not found: {path}; pass an existing TOML file to --config") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError("config", f"{path} is not valid TOML ({exc}); fix the file") from None
+        if isinstance(values.get("dsel"), dict) and len(values) > 1:
+            outside = sorted(k for k in values if k != "dsel")
+            raise ConfigError(outside[0], f"is outside the [dsel] table of {path}, where it would be ignored; put "
+                              "every key under [dsel], or leave the table out")
         values = dict(values.get("dsel", values))
         values.update({k: v for k, v in (overrides or {}).items() if v is not None})
         return cls.from_mapping(values)
@@ -111,9 +117,7 @@ class DselConfig:
         return self if name == self.text_column else dataclasses.replace(self, text_column=name)
 
     def replace(self, **changes: Any) -> "DselConfig":
-        cfg = dataclasses.replace(self, **changes)
-        cfg.validate()
-        return cfg
+        return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -253,6 +257,12 @@ class DselConfig:
                                   f"{len(self.target)} targets; give one proportion per --target")
         if not 0.0 < self.json_sampling_ratio <= 1.0:
             raise ConfigError("json_sampling_ratio", "must be in (0, 1]")
+        # numbers are floats however they were written (TOML's 1 is the flags' 1.0): one run id for one run
+        for key in ("refit_growth", "lock_timeout_hours", "json_sampling_ratio", *QUALITY_FILTERS[1:]):
+            if getattr(self, key) is not None:
+                setattr(self, key, float(getattr(self, key)))
+        if self.target_proportions is not None:
+            self.target_proportions = [float(p) for p in self.target_proportions]
         if self.run_id is not None and (not self.run_id or len(self.run_id) > 128
                                         or not all(c.isalnum() or c in "-_." for c in self.run_id)):
             raise ConfigError("run_id", "must be 1-128 characters of letters, digits, '-', '_' or '.'")

@@ -35,6 +35,31 @@ def test_toml_takes_the_same_keys_and_flags_win(tmp_path):
                     'num_buckets = 500\n')
     cfg = parse("run", "--config", str(path), "--seed", "4")
     assert (cfg.raw, cfg.num_samples, cfg.seed, cfg.num_buckets) == (["r.jsonl"], 10, 4, 500)
+    # a number written as an integer in TOML is the flag's float: the same run gets the same run id
+    numbers = tmp_path / "n.toml"
+    numbers.write_text('raw = ["r.jsonl"]\ntarget = ["t.jsonl"]\nout = "o"\nnum_samples = 10\n'
+                       'json_sampling_ratio = 1\ntarget_proportions = [1]\nmax_repetition_ratio = 0\n')
+    flags = parse("run", "--raw", "r.jsonl", "--target", "t.jsonl", "--out", "o", "--num-samples", "10",
+                  "--json-sampling-ratio", "1", "--target-proportions", "1", "--max-repetition-ratio", "0")
+    from_toml = parse("run", "--config", str(numbers))
+    assert from_toml == flags and from_toml.default_run_id("run", [["x"]]) == flags.default_run_id("run", [["x"]])
+    # keys beside a [dsel] table would be ignored: refused, naming the first
+    mixed = tmp_path / "m.toml"
+    mixed.write_text('num_samples = 10\n[dsel]\nraw = ["r.jsonl"]\n')
+    with pytest.raises(ConfigError, match="'num_samples'.*outside the \\[dsel\\] table"):
+        DselConfig.from_toml(str(mixed))
+
+
+def test_a_config_built_directly_is_checked_as_the_flags_are():
+    """The Python API builds DselConfig(...) itself: its values are checked and normalized there too."""
+    assert DselConfig(raw="r.jsonl", target="t.jsonl").raw == ["r.jsonl"]  # not read a character at a time
+    for values, message in (({"num_samples": 0}, "'num_samples': must be >= 1"),
+                            ({"num_samples": "150"}, "'num_samples': must be an integer"),
+                            ({"method": "top-k"}, "'method': must be one of gumbel, topk")):
+        with pytest.raises(ConfigError, match=message):
+            DselConfig(raw=["r"], **values)
+    with pytest.raises(ConfigError, match="'seed'"):
+        DselConfig(raw=["r"]).replace(seed="7")
 
 
 @pytest.mark.parametrize("values, key", [
