@@ -45,6 +45,7 @@ from dsel.evaluate import histograms_by_group, kl_summary
 from dsel.read import HASH, ID, REASON, TEXT, clashes, column, quoted
 from dsel.report import hint_lines, record_counts
 from dsel.select import Filters, eligible, with_raw_columns
+from dsel.session import require_delta
 from dsel.write import OutputPaths, driver_rows, mapping_names, write_table
 
 from dsel.cli_extra import EVALUATE_METHODS as METHODS  # noqa: E402  (one list for the CLI and the API)
@@ -73,6 +74,8 @@ def evaluate(spark: SparkSession, cfg: DselConfig, label_column: str, target_lab
     if unknown:
         raise DselError(f"unknown method {unknown[0]!r}; choose from {', '.join(METHODS)}")
     cfg.require("raw", "target")
+    if cfg.out:
+        require_delta(spark)
     started = time.time()
     what = json.dumps([cfg.default_run_id("evaluate"), label_column, target_label, list(methods), k])
     run_id = cfg.run_id or "evaluate-" + hashlib.sha256(what.encode()).hexdigest()[:16]

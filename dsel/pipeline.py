@@ -40,6 +40,7 @@ from dsel.select import (SMALL_K, Counts, Filters, carried_rows, filter_counts, 
 from dsel.evaluate import run_kl_reduction
 from dsel.featurize import LOCATION_COLUMNS, features as raw_features
 from dsel.runs import claim, mark_taken_over, record_run, release
+from dsel.session import require_delta
 from dsel.write import (PARQUET_WRITER_SCHEMA, STAGING, OutputPaths, Written, check_export, check_outputs,
                         commit_metadata, commit_stamp, driver_rows, export, interrupted_write, last_commit, load_state,
                         local_dir, parquet_writer, prefetch_commits, publish_parquet, read_table, remembering,
@@ -909,6 +910,7 @@ def execute(spark: SparkSession, cfg: DselConfig, command: str, **options: str) 
     if command not in stages:
         raise DselError(f"unknown command {command!r}; use {', '.join(stages)}")
     cfg.require("out")
+    require_delta(spark)
     if command in ("run", "fit"):
         cfg.require("raw", "target")
     if command in ("run", "select") and cfg.num_samples is None and cfg.num_tokens is None:

@@ -79,3 +79,30 @@ def test_settings_the_application_was_given_win_over_dsels_defaults(spark):
         "spark.sql.extensions": "x.Ext," + DELTA_EXTENSION}  # Delta's extension joins the given one
     assert _unless_given(defaults, {"spark.sql.extensions": f"x.Ext, {DELTA_EXTENSION}"}) == {key: "10000"}
     assert _unless_given(defaults, {}) == defaults
+
+
+NO_DELTA = """
+import sys
+from pyspark.sql import SparkSession
+from dsel.config import DselConfig
+from dsel.errors import DselError
+from dsel.pipeline import execute
+spark = SparkSession.builder.master("local[1]").config("spark.ui.enabled", "false").getOrCreate()
+try:
+    execute(spark, DselConfig(raw=sys.argv[1], target=sys.argv[1], out=sys.argv[2], num_samples=1), "run")
+except DselError as exc:
+    print("DselError:", exc)
+"""
+
+
+def test_a_session_without_delta_is_told_how_to_add_it(tmp_path):
+    """A user's own session (or spark-submit without --packages) has no Delta classes: one line names the
+    fix, where Delta's Python API failed with "'JavaPackage' object is not callable"."""
+    raw = tmp_path / "raw.jsonl"
+    raw.write_text('{"id": "1", "text": "one document"}\n')
+    done = subprocess.run([sys.executable, "-c", NO_DELTA, str(raw), str(tmp_path / "out")], capture_output=True,
+                          text=True, timeout=600, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "DselError: this Spark session has no Delta Lake jars" in done.stdout, done.stdout[-2000:]
+    assert "--packages io.delta:delta-spark_" in done.stdout and "build_session()" in done.stdout
+    assert not (tmp_path / "out").exists()
