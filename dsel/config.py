@@ -104,7 +104,11 @@ class DselConfig:
             raise ConfigError(outside[0], f"is outside the [dsel] table of {path}, where it would be ignored; put "
                               "every key under [dsel], or leave the table out")
         values = dict(values.get("dsel", values))
-        values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+        overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+        for one, other in (("num_samples", "num_tokens"), ("num_tokens", "num_samples")):
+            if one in overrides:  # the flag wins over the file's other kind of budget too
+                values.pop(other, None)
+        values.update(overrides)
         return cls.from_mapping(values)
 
     def for_target(self, index: int) -> "DselConfig":
@@ -255,6 +259,15 @@ class DselConfig:
             if self.target and not self.combine_targets and len(props) != len(self.target):
                 raise ConfigError("target_proportions", f"has {len(props)} values but there are "
                                   f"{len(self.target)} targets; give one proportion per --target")
+            if self.combine_targets and len(props) != 1:
+                raise ConfigError("target_proportions", f"has {len(props)} values but combine_targets makes one "
+                                  "target; give one proportion, or leave combine_targets off")
+        if not self.combine_targets:
+            twice = sorted({t for t in self.target if self.target.count(t) > 1})
+            if twice:
+                raise ConfigError("target", f"names {twice[0]} twice, and targets are told apart by their path "
+                                  "(OUT/selected's target column); give each target once, or combine_targets to "
+                                  "merge them into one")
         if not 0.0 < self.json_sampling_ratio <= 1.0:
             raise ConfigError("json_sampling_ratio", "must be in (0, 1]")
         # numbers are floats however they were written (TOML's 1 is the flags' 1.0): one run id for one run

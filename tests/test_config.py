@@ -50,6 +50,20 @@ def test_toml_takes_the_same_keys_and_flags_win(tmp_path):
         DselConfig.from_toml(str(mixed))
 
 
+def test_targets_must_be_told_apart_and_a_flag_budget_wins_over_the_files(tmp_path):
+    with pytest.raises(ConfigError, match="'target': names t.jsonl twice"):
+        parse("run", "--target", "t.jsonl", "--target", "t.jsonl")
+    assert parse("run", "--target", "t.jsonl", "--target", "t.jsonl", "--combine-targets").target == ["t.jsonl"] * 2
+    with pytest.raises(ConfigError, match="'target_proportions': has 2 values but combine_targets makes one"):
+        parse("run", "--target", "a", "--target", "b", "--combine-targets", "--target-proportions", "0.5", "0.5")
+    path = tmp_path / "budget.toml"
+    path.write_text("num_samples = 100\n")
+    assert (parse("select", "--config", str(path), "--num-tokens", "5000").num_tokens,
+            parse("select", "--config", str(path), "--num-tokens", "5000").num_samples) == (5000, None)
+    path.write_text("num_tokens = 100\n")
+    assert parse("select", "--config", str(path), "--num-samples", "7").num_samples == 7
+
+
 def test_a_config_built_directly_is_checked_as_the_flags_are():
     """The Python API builds DselConfig(...) itself: its values are checked and normalized there too."""
     assert DselConfig(raw="r.jsonl", target="t.jsonl").raw == ["r.jsonl"]  # not read a character at a time
