@@ -436,6 +436,8 @@ def select(weights: DataFrame, target_names: Sequence[str], proportions: Sequenc
         result.warnings.append(f"asked for {num_tokens:,} words but the {available:,} eligible documents "
                                f"({rule.describe()}) hold only {round(mean_words * available):,}; selecting all "
                                f"{available:,}")
+        # the words there are, split by the quotas as documents are when k is beyond them
+        num_tokens = max(1, round(mean_words * available)) if available else 0
     budgets = quotas(num_samples if num_samples is not None else num_tokens, proportions)  # type: ignore[arg-type]
     result.requested = budgets
     parts: list[DataFrame] = []

@@ -48,6 +48,12 @@ def test_token_budget_uses_the_same_order(spark, weights, monkeypatch):
     assert everything.chosen.count() == eligible[0]
     assert everything.warnings == [f"asked for {10**12:,} words but the {eligible[0]:,} eligible documents "
                                    f"(at least 100 words) hold only {eligible[1]:,}; selecting all {eligible[0]:,}"]
+    # ... and with two targets the words there are go by the quotas, as documents do when k is beyond them
+    both = S.select(weights, ["a", "b"], [2.0, 1.0], num_tokens=10**12, seed=1).chosen
+    words = {r["target"]: (r["n"], r["w"]) for r in
+             both.groupBy("target").agg(F.count("*").alias("n"), F.sum("num_words").alias("w")).collect()}
+    assert words["a"][0] + words["b"][0] == eligible[0] and words["b"][0] > 0
+    assert 2 * eligible[1] // 3 <= words["a"][1] < 2 * eligible[1] // 3 + 450  # its quota, and one document more
 
 
 def test_noise_depends_only_on_seed_target_and_id(spark, weights):
