@@ -194,6 +194,16 @@ def test_evaluate_refuses_an_out_it_does_not_own_before_any_work(pool, tmp_path,
     assert "--json" in capsys.readouterr().err and not (tmp_path / "o").exists()
 
 
+def test_evaluate_gives_the_targets_their_proportions(spark, pool, tmp_path):
+    """--target-proportions 0 1: every DSIR pick goes to the second target (they were split by size)."""
+    cfg = DselConfig.from_mapping({"raw": [pool["raw"]], "out": str(tmp_path / "o"), "target_proportions": [0, 1],
+                                   "target": [pool["targets"]["sci_abstracts"], pool["targets"]["python_peps"]]})
+    evaluate(spark, cfg, "domain", "python_peps", methods=["dsir-topk"], k=20)
+    picks = spark.read.format("delta").load(str(tmp_path / "o" / "evaluation" / "selected"))
+    assert {r["target"]: r["n"] for r in picks.groupBy("target").agg(F.count("*").alias("n")).collect()} == {
+        pool["targets"]["python_peps"]: 20}
+
+
 def test_evaluate_refuses_a_k_beyond_the_eligible_documents(pool, tmp_path, capsys):
     """Every method would take the whole pool, and precision@k would be hits / k of nothing chosen."""
     assert main(["evaluate", "--raw", pool["raw"], "--target", pool["targets"]["python_peps"], "--label-column",
