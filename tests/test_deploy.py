@@ -9,7 +9,9 @@ from __future__ import annotations
 import ast
 import re
 import sys
+from pathlib import Path
 
+import pyspark
 import pytest
 import yaml
 
@@ -119,7 +121,10 @@ def test_airflow_dag_submits_real_jobs_with_real_flags():
     assert consts[common_kw["packages"].id] == "io.delta:delta-spark_4.2_2.13:4.4.0"
     conf = next(n for n in ast.walk(tree) if isinstance(n, ast.Assign)
                 and any(getattr(t, "id", None) == "SPARK_CONF" for t in n.targets))
-    assert ast.literal_eval(conf.value)["spark.pyspark.python"] == "./env/bin/python"
+    conf = {k.value: v for k, v in zip(conf.value.keys, conf.value.values)}
+    assert ast.literal_eval(conf["spark.pyspark.python"]) == "./env/bin/python"
+    # the client-mode driver cannot use ./env (it exists on the executors only): it is given its own Python
+    assert "build/dsel-env/bin/python" in ast.unparse(conf["spark.pyspark.driver.python"])
     dag = next(n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", None) == "DAG")
     dag_kw = {k.arg: k.value for k in dag.keywords}
     assert ast.literal_eval(dag_kw["schedule"]) == "@daily"
@@ -150,7 +155,15 @@ def test_k8s_manifests_run_real_jobs_with_real_flags(name):
         assert doc["kind"] == "SparkApplication"
         spec = doc["spec"]
     assert spec["type"] == "Python" and spec["sparkVersion"] == "4.2.0"
-    assert spec["deps"]["packages"] == ["io.delta:delta-spark_4.2_2.13:4.4.0"]
+    # s3a:// needs hadoop-aws of the Hadoop that Spark ships
+    hadoop = next(p.name for p in (Path(pyspark.__file__).parent / "jars").glob("hadoop-client-api-*.jar"))
+    assert spec["deps"]["packages"] == ["io.delta:delta-spark_4.2_2.13:4.4.0",
+                                        f"org.apache.hadoop:hadoop-aws:{hadoop[len('hadoop-client-api-'):-4]}"]
+    # a remote directory's format cannot be guessed: each remote input names it
+    args = spec["arguments"]
+    for flag in ("--raw", "--target"):
+        if "://" in args[args.index(flag) + 1]:
+            assert args[args.index(f"{flag}-format") + 1] in ("json", "parquet", "delta"), (name, flag)
     prefix = "local:///opt/dsel/"
     assert spec["mainApplicationFile"].startswith(prefix)
     app = spec["mainApplicationFile"][len(prefix):]

@@ -3,7 +3,8 @@
 Needs the ``apache-airflow-providers-apache-spark`` provider and a Spark connection (``spark_default``,
 for example ``spark://HOST:7077``, or ``yarn`` / ``k8s://...``).  The workers submit from a checkout of
 dsel at ``DSEL_HOME`` (for the jobs/ scripts) and ship the packed environment that
-``deploy/package.sh`` builds (``dist/dsel-env.tar.gz``) to the executors.  Paths and sizes are DAG
+``deploy/package.sh`` builds (``dist/dsel-env.tar.gz``) to the executors; the driver runs in the same
+environment unpacked at ``DSEL_HOME/build/dsel-env`` (package.sh leaves it there).  Paths and sizes are DAG
 params: trigger with ``{"raw": ..., "target": ..., "out": ..., "num_samples": ..., "seed": ...}``
 to override them.
 """
@@ -20,6 +21,9 @@ DELTA_PACKAGE = "io.delta:delta-spark_4.2_2.13:4.4.0"
 SPARK_CONF = {
     # Executors run Python from the packed environment, unpacked as ./env in their work dir.
     "spark.pyspark.python": "./env/bin/python",
+    # The driver runs where the worker submits (client mode), where ./env does not exist: it uses the
+    # same environment unpacked beside the checkout (deploy/package.sh), as deploy/README.md does.
+    "spark.pyspark.driver.python": os.path.join(DSEL_HOME, "build/dsel-env/bin/python"),
 }
 COMMON = dict(
     conn_id="spark_default",
