@@ -158,6 +158,9 @@ def collect_report(spark: SparkSession, out: str, label_column: Optional[str] = 
     table = ratios.select("target", "target_name", "bucket", "raw_count", "target_count", "log_ratio",
                           *(["ngrams"] if stored else [])).toArrow()
     cols = {name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names}
+    if not report["params"]["target"]:  # 'dsel select' is given no --target: the fit's targets are the run's
+        names = {int(t): str(n) for t, n in zip(cols["target"], cols["target_name"])}
+        report["params"]["target"] = [names[t] for t in sorted(names)]
     raw_prepared = prepare(read_input(spark, cfg.raw, cfg.raw_format, cfg, "raw"), cfg)
     report["buckets"] = {}
     for t in sorted(set(cols["target"].tolist())):
@@ -176,8 +179,12 @@ def collect_report(spark: SparkSession, out: str, label_column: Optional[str] = 
     # Label mix.
     if label_column and label_column in selected.columns and label_column in raw_prepared.columns:
         label = F.col(quoted(label_column)).cast("string")
-        raw_mix = {r["l"]: int(r["count"]) for r in
-                   raw_prepared.where(F.col(REASON).isNull()).groupBy(label.alias("l")).count().collect()}
+        # the scored records: one per id, the one OUT/weights kept (not those skipped as duplicate_id)
+        kept = weights.select(F.col("id").alias("_r_id"), F.col("doc_hash").alias("_r_hash"))
+        scored = (raw_prepared.where(F.col(REASON).isNull())
+                  .join(kept, (raw_prepared[ID] == kept["_r_id"]) & (raw_prepared["_dsel_hash"] == kept["_r_hash"]),
+                        "left_semi").dropDuplicates([ID]))
+        raw_mix = {r["l"]: int(r["count"]) for r in scored.groupBy(label.alias("l")).count().collect()}
         sel_mix = {r["l"]: int(r["count"]) for r in selected.groupBy(label.alias("l")).count().collect()}
         report["label_mix"] = {"column": label_column, "raw": raw_mix, "selected": sel_mix}
 

@@ -34,7 +34,10 @@ def report(spark, tmp_path_factory):
         if domain == "sci_abstracts":
             target, docs = docs[:40], docs[40:]
         raw += docs
-    raw_path, target_path = write_jsonl(root / "raw.jsonl", raw), write_jsonl(root / "target.jsonl", target)
+    # a record repeating an id with another text and label: skipped as duplicate_id, so in no raw figure
+    duplicate = {"id": raw[0]["id"], "text": raw[1]["text"] + " again", "domain": "DUPLICATE"}
+    raw_path = write_jsonl(root / "raw.jsonl", raw + [duplicate])
+    target_path = write_jsonl(root / "target.jsonl", target)
     out = root / "out"
     assert main(["run", "--raw", raw_path, "--target", target_path, "--out", str(out), "--num-samples", "30",
                  "--seed", "0"]) == 0
@@ -59,6 +62,11 @@ def test_an_evaluated_out_still_takes_the_pipelines_commands(report, tmp_path):
     shutil.copytree(report["out"], out)
     assert main(["select", "--raw", str(report["root"] / "raw.jsonl"), "--out", str(out), "--num-samples", "12",
                  "--seed", "1"]) == 0
+    # its report names the run's target, from the fit (the select was given none)
+    assert main(["report", "--out", str(out), "--report-dir", str(tmp_path / "rep")]) == 0
+    target = str(report["root"] / "target.jsonl")
+    assert json.loads((tmp_path / "rep" / "report.json").read_text())["params"]["target"] == [target]
+    assert f"; target {escape(target)}; method" in (tmp_path / "rep" / "report.html").read_text()
 
 
 def test_report_json_holds_the_kl_reduction_and_the_label_mix(spark, report):
