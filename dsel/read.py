@@ -470,6 +470,13 @@ def _binary_hint(kind: T.DataType) -> str:
             "and some older writers do), pass --conf spark.sql.parquet.binaryAsString=true; else ")
 
 
+def _decimal_hint(kind: T.DataType) -> str:
+    if not isinstance(kind, T.DecimalType) or kind.scale != 0:
+        return ""
+    return ("Whole numbers Spark reads as a decimal (a Parquet uint64 column, or decimal(p,0)) are ids once "
+            "the input holds them as strings or signed integers (CAST(id AS STRING) when writing it); else ")
+
+
 def field_type(schema: T.StructType, name: str) -> Optional[T.DataType]:
     """The type of column ``name`` in ``schema``: a top-level column of that name, or else a field
     inside struct columns (``meta.body``); None when there is neither."""
@@ -546,7 +553,8 @@ def _check_columns(df: DataFrame, cfg: DselConfig, role: str,
     id_type = field_type(df.schema, cfg.id_column)
     if id_type is not None and not isinstance(id_type, (T.StringType, T.IntegralType)):
         raise DselError(f"{role} column '{cfg.id_column}' has type {id_type.simpleString()}; "
-                        f"ids must be strings or integers. {_binary_hint(id_type)}Pass --id-column NAME"
+                        f"ids must be strings or integers. {_binary_hint(id_type)}{_decimal_hint(id_type)}"
+                        "Pass --id-column NAME"
                         f"{_struct_hint(id_type, cfg.id_column, '--id-column')}")
     if cfg.id_column != "id" and id_type is None:
         raise DselError(f"{role} input has no id column '{cfg.id_column}'; its columns are {', '.join(visible)}"

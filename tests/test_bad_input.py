@@ -136,6 +136,9 @@ def test_target_sharing_no_ngram_warns(spark, good):
                     "the string annotation (Impala, Hive and some older writers do), pass --conf "
                     "spark.sql.parquet.binaryAsString=true; else point --text-column"),
     ("bad_id_column", "has no id column 'doc'"),
+    ("uint64_id", "raw column 'id' has type decimal(20,0); ids must be strings or integers. Whole numbers Spark "
+                  "reads as a decimal (a Parquet uint64 column, or decimal(p,0)) are ids once the input holds them "
+                  "as strings or signed integers"),
     ("nested_text_column", "raw input has no column 'meta.text'; its columns are id, meta ('meta' is a struct with "
                            "the fields body, lang: pass --text-column meta.FIELD for a field inside it). Pass "
                            "--text-column NAME"),
@@ -233,6 +236,10 @@ def test_mistakes_get_one_clear_message(spark, good, case, message, capsys):
         argv += ["--text-column", "meta.text", "--target-text-column", "text"]
     elif case == "bad_id_column":
         argv += ["--id-column", "doc"]
+    elif case == "uint64_id":
+        argv[2] = str(root / "uint64.parquet")
+        pq.write_table(pa.table({"id": pa.array(range(len(good["raw"])), pa.uint64()),
+                                 "text": [d["text"] for d in good["raw"]]}), argv[2])
     elif case == "pretty_printed_json":
         pretty = root / "pretty.json"
         pretty.write_text(json.dumps(good["raw"][:10], indent=2))
