@@ -126,7 +126,7 @@ def build_session(master: Optional[str] = None, conf: Optional[dict[str, str]] =
         return quiet(builder.getOrCreate())
     from delta import configure_spark_with_delta_pip
 
-    packages = configure_spark_with_delta_pip(SparkSession.Builder())._options["spark.jars.packages"]
+    packages = delta_package()
     cache = jar_cache(packages, settings.get("spark.jars.repositories", ""))
     jars = _cached_jars(cache)
     if jars:
@@ -138,23 +138,27 @@ def build_session(master: Optional[str] = None, conf: Optional[dict[str, str]] =
     return quiet(spark)
 
 
+def delta_package() -> str:
+    """The Maven coordinates of the Delta jars for the installed delta-spark and Spark."""
+    from delta import configure_spark_with_delta_pip
+
+    return configure_spark_with_delta_pip(SparkSession.Builder())._options["spark.jars.packages"]
+
+
 def require_delta(spark: SparkSession) -> None:
     """Fail with one line naming the fix when the session's JVM has no Delta Lake classes (a session
     built without the Delta jars, or spark-submit without ``--packages``), where Delta's Python API
     would fail with "'JavaPackage' object is not callable".  Spark Connect sessions (no JVM here)
     and builds with Delta inside (Databricks) pass."""
-    from py4j.java_gateway import JavaPackage
-
     try:
+        from py4j.java_gateway import JavaPackage
+
         found = spark.sparkContext._jvm.io.delta.tables.DeltaTable  # type: ignore[union-attr]
     except Exception:  # Spark Connect: the server has the tables, or says so itself
         return
     if isinstance(found, JavaPackage):
-        from delta import configure_spark_with_delta_pip
-
-        package = configure_spark_with_delta_pip(SparkSession.Builder())._options["spark.jars.packages"]
         raise DselError(f"this Spark session has no Delta Lake jars; start it with dsel.session.build_session(), "
-                        f"or give spark-submit --packages {package} with --conf spark.sql.extensions="
+                        f"or give spark-submit --packages {delta_package()} with --conf spark.sql.extensions="
                         f"{DELTA_EXTENSION} --conf spark.sql.catalog.spark_catalog="
                         "org.apache.spark.sql.delta.catalog.DeltaCatalog")
 
