@@ -85,10 +85,7 @@ def test_bad_records_are_counted_and_nothing_else_is_lost(spark, good):
     # ten documents: the smoothing's 10,000 counts outweigh their n-grams, and the summary says so
     share = summary.counts()["kl_smoothing_share"]
     assert 0.5 < share < 1 and f"add-one smoothing: {share:.0%} of the selection's smoothed counts" in summary.format()
-    # with a byte limit the large document is skipped and counted, not dropped silently
-    summary = run(spark, raw=[str(path)], target=[good["target"]], out=str(root / "out2"), num_samples=10,
-                  max_doc_bytes=1_000_000)
-    assert summary.skipped["too_large"] == 1
+    # (a byte limit's too_large skip: test_jsonread's texts past Jackson's string cap, under both readers)
 
 
 def test_k_larger_than_pool_takes_all_and_warns(spark, good):

@@ -58,14 +58,16 @@ def test_dsel_recovers_the_target_domain_at_least_as_well_as_the_reference(spark
     precision = lambda ids: sum(pool["docs"][i]["domain"] == domain for i in ids) / K  # noqa: E731
     reference = _reference(pool["raw"], pool["targets"][domain], root, seed=0)
     ours = _dsel(spark, pool["raw"], pool["targets"][domain], root / "dsel")
-    ours_sha_topk = _dsel(spark, pool["raw"], pool["targets"][domain], root / "dsel-sha", hash_kind="sha256",
-                          method="topk")
     figures = {"dsel_gumbel": precision(ours), "reference_gumbel": precision(reference["gumbel"]),
-               "dsel_sha256_topk": precision(ours_sha_topk), "reference_topk": precision(reference["topk"])}
+               "reference_topk": precision(reference["topk"])}
+    if domain == TARGETS[0]:  # (test_parity checks sha256 mode's weights document by document on other text)
+        ours_sha_topk = _dsel(spark, pool["raw"], pool["targets"][domain], root / "dsel-sha", hash_kind="sha256",
+                              method="topk")
+        figures["dsel_sha256_topk"] = precision(ours_sha_topk)
+        # In sha256 mode, top-k picks exactly the reference's documents.
+        assert set(ours_sha_topk) == set(reference["topk"])
     record_property("precision_at_k", figures)
     print(f"\nprecision@{K} target={domain}: " + " ".join(f"{k}={v:.2f}" for k, v in figures.items()))
-    # In sha256 mode, top-k picks exactly the reference's documents.
-    assert set(ours_sha_topk) == set(reference["topk"])
     # Far above random (1/12), and at least as good as the reference's Gumbel-top-k up to sampling noise.
     assert figures["dsel_gumbel"] >= 0.5
     assert figures["dsel_gumbel"] >= figures["reference_gumbel"] - 0.05
