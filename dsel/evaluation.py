@@ -118,10 +118,8 @@ def evaluate(spark: SparkSession, cfg: DselConfig, label_column: str, target_lab
         if k > eligible_count:  # every method would take the whole pool: the precisions would compare nothing
             raise DselError(f"--k {k:,} is more than the {eligible_count:,} eligible raw documents; give --k at most "
                             f"{eligible_count:,} (or lower --min-length)")
+        # (their number is checked with the config's, and again by dsel.select.select)
         proportions = list(cfg.target_proportions or [float(s) for s in fitted.target_sizes])
-        if len(proportions) != len(fitted.target_names):
-            raise DselError(f"target_proportions has {len(proportions)} values for {len(fitted.target_names)} "
-                            "targets; give one proportion per target")
         seconds: dict[str, float] = {}
         model = None
         for method in methods:

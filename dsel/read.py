@@ -399,14 +399,14 @@ def _delta_version(spark: SparkSession, source: str, cfg: DselConfig, path: bool
     """The version to read a Delta input at: the pinned one, else the latest (None: not a Delta table)."""
     from delta.tables import DeltaTable
 
+    pinned = next((v for k, v in (cfg.pin_versions or {}).items() if same_input(k) == same_input(source)), None)
     try:
         table = DeltaTable.forPath(spark, source) if path else DeltaTable.forName(spark, source)
     except Exception:
-        if path or any(same_input(k) == same_input(source) for k in cfg.pin_versions or {}):
+        if path or pinned is not None:
             raise DselError(f"{source} is not a Delta table; check the path, or --raw-format/--target-format")
         return None
     latest = int(table.history(1).select("version").first()[0])
-    pinned = next((v for k, v in (cfg.pin_versions or {}).items() if same_input(k) == same_input(source)), None)
     if pinned is not None and pinned > latest:
         raise DselError(f"{source} has no version {pinned} (latest is {latest}); fix pin_versions")
     return latest if pinned is None else int(pinned)
