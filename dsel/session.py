@@ -101,8 +101,12 @@ def parse_conf(pairs: Iterable[str]) -> dict[str, str]:
 
 
 def build_session(master: Optional[str] = None, conf: Optional[dict[str, str]] = None,
-                  app_name: str = "dsel") -> SparkSession:
-    """Get or create the SparkSession that entry points hand to the library."""
+                  app_name: str = "dsel", write_class_archive: bool = True) -> SparkSession:
+    """Get or create the SparkSession that entry points hand to the library.
+
+    ``write_class_archive=False``: an embedded session maps a class-data-sharing archive when there is
+    one but does not write one as its JVM exits (writing it takes 20-30 s at exit, which pays off only
+    for later sessions that start with the same java, pyspark and JVM options)."""
     builder = SparkSession.builder.appName(app_name)
     under_submit = "PYSPARK_GATEWAY_PORT" in os.environ
     if master:
@@ -116,7 +120,7 @@ def build_session(master: Optional[str] = None, conf: Optional[dict[str, str]] =
     settings = {**_unless_given(defaults, _given_conf(under_submit)), **(conf or {})}
     publish = None
     if not under_submit and (master or "local").startswith("local") and SparkContext._gateway is None:
-        options, publish = class_sharing(settings.get("spark.driver.extraJavaOptions", ""))
+        options, publish = class_sharing(settings.get("spark.driver.extraJavaOptions", ""), write_class_archive)
         settings["spark.driver.extraJavaOptions"] = options
     for key, value in settings.items():
         builder = builder.config(key, value)
@@ -271,15 +275,17 @@ def class_archive(java_options: str) -> Optional[Path]:
     return _cache_dir() / f"jvm-{hashlib.sha256(key.encode()).hexdigest()[:16]}.jsa"
 
 
-def class_sharing(java_options: str):
-    """(JVM options, publish) for an embedded session: map the archive when there is one; else have
-    this JVM write one as it exits, and ``publish`` (to run at exit) moves it into place once the JVM
-    exited cleanly.  ``publish`` is None when nothing is to be published."""
+def class_sharing(java_options: str, write: bool = True):
+    """(JVM options, publish) for an embedded session: map the archive when there is one; else (when
+    ``write``) have this JVM write one as it exits, and ``publish`` (to run at exit) moves it into place
+    once the JVM exited cleanly.  ``publish`` is None when nothing is to be published."""
     archive = class_archive(java_options)
     if archive is None:
         return java_options, None
     if _whole_archive(archive):
         return f"{java_options} -XX:SharedArchiveFile={archive} {_QUIET_CDS}".strip(), None
+    if not write:
+        return java_options, None
     try:
         archive.parent.mkdir(parents=True, exist_ok=True)
     except OSError:

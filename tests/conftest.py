@@ -25,7 +25,7 @@ def spark():
         "spark.databricks.delta.snapshotPartitions": "2",
         "spark.sql.sources.parallelPartitionDiscovery.parallelism": "2",
         "spark.driver.memory": "4g",
-    }, app_name="dsel-tests")
+    }, app_name="dsel-tests", write_class_archive=False)  # exiting last, its archive would only serve later runs
     session.sparkContext.setLogLevel("ERROR")
     yield session
     session.stop()

@@ -60,6 +60,22 @@ def test_a_first_session_writes_the_class_archive_and_the_next_one_maps_it(tmp_p
     assert "org.apache.spark.SparkContext source: shared objects file" in loaded
 
 
+def test_a_session_told_not_to_write_an_archive_maps_one_but_writes_none(tmp_path, monkeypatch):
+    """The test session's JVM (the last to exit) is built with write_class_archive=False: it would spend
+    20-30 s at exit writing an archive only later runs could map."""
+    from dsel.session import _ARCHIVE_MAGIC, class_archive, class_sharing
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert class_sharing("-Xss4m", write=False) == ("-Xss4m", None)
+    options, publish = class_sharing("-Xss4m")
+    assert "-XX:ArchiveClassesAtExit=" in options and publish is not None
+    archive = class_archive("-Xss4m")
+    archive.write_bytes(_ARCHIVE_MAGIC + bytes(16))
+    for write in (False, True):
+        options, publish = class_sharing("-Xss4m", write=write)
+        assert options.startswith(f"-Xss4m -XX:SharedArchiveFile={archive} ") and publish is None
+
+
 def test_settings_the_application_was_given_win_over_dsels_defaults(spark):
     """On a running session (a notebook, a Databricks job; spark-submit's --conf likewise, see
     dsel.session._given_conf) build_session keeps what the application set, where dsel's defaults
