@@ -209,8 +209,11 @@ def collect_report(spark: SparkSession, out: str, label_column: Optional[str] = 
     results = OutputPaths(out).table("evaluation") + "/results"
     if DeltaTable.isDeltaTable(spark, results):
         report["methods"] = [
-            {k: r[k] for k in ("method", "precision", "kl_reduction", "k", "selected", "target_label")}
+            {k: r[k] for k in ("method", "precision", "kl_reduction", "k", "selected", "target_label", "targets",
+                               "run_id")}
             for r in spark.read.format("delta").load(results).orderBy("method").collect()]
+        # the evaluation is a run of its own: the page says which, and when, as a later select leaves it as it was
+        report["methods_written"] = str(DeltaTable.forPath(spark, results).history(1).first()["timestamp"])
     report["seconds"] = round(time.time() - started, 2)
     return report
 
@@ -351,8 +354,11 @@ def render_html(report: dict[str, Any], images: dict[str, str]) -> str:
         "<h2>Document lengths</h2>", _img(images, "num_words", "length distribution"),
         *([
             '<h2 id="methods">Methods side by side</h2>',
-            "<p>From <code>dsel evaluate --out</code> on this output: every method picked k documents of the same "
-            "pool; precision is the share of them labelled with the target label.</p>",
+            "<p>From <code>dsel evaluate --out</code> on this output, its run <code>"
+            + _e(report["methods"][0]["run_id"]) + "</code> (targets " + _e(", ".join(report["methods"][0]["targets"]))
+            + ", written " + _e(report.get("methods_written", "")) + "; a later run or select does not change it): "
+            "every method picked k documents of the same pool; precision is the share of them labelled with the "
+            "target label.</p>",
             "<table><tr><th>method</th><th>KL reduction</th><th>precision at k</th><th>k</th></tr>"
             + "".join(f"<tr><td>{_e(m['method'])}</td><td class=n>{m['kl_reduction']:.4f}</td>"
                       f"<td class=n>{m['precision']:.3f}</td><td class=n>{m['k']:,}</td></tr>"

@@ -145,6 +145,10 @@ def test_report_html_renders_in_headless_chromium(report):
     assert methods["dsir-gumbel"]["kl_reduction"] > methods["random"]["kl_reduction"]
     for m in methods.values():
         assert re.search(rf"<td>{m['method']}</td><td class=\"n\">{m['kl_reduction']:.4f}</td>", dom), m
+    # the page names the evaluation's own run and targets: a later select would not change that section
+    evaluated = {m["run_id"] for m in methods.values()}
+    assert len(evaluated) == 1 and evaluated.isdisjoint({report["json"]["params"].get("run_id"), None})
+    assert f"its run <code>{evaluated.pop()}</code> (targets {report['root'] / 'target.jsonl'}, written 20" in dom
     from PIL import Image
 
     for alt, data in images:
