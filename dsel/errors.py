@@ -40,13 +40,16 @@ def user_error(exc: BaseException) -> Optional[DselError]:
     else:
         found = re.search(r"FAILED_READ_FILE[.\w]*\] Encountered error while reading file (\S+?)\.?\s", text)
         if not found:
-            return None
+            return _listing_error(text)
         path = found.group(1)
         causes = re.findall(r"Caused by: ([\w.$]+): ([^\n]*)", text)
         cause = f"{causes[-1][0].rsplit('.', 1)[-1]}: {causes[-1][1].strip()}" if causes else "read error"
     if "Relative path in absolute URI" in cause:  # Hadoop's checksum file (.NAME.crc) of a name holding ':'
         return DselError(f"cannot read {path}: Hadoop's file system, which Spark's readers use, cannot open a file "
                          f"whose name holds ':' ({cause}); rename the file without ':'")
+    if "ChecksumException" in cause:
+        return DselError(f"cannot read {path}: its Hadoop checksum file (.NAME.crc beside it) no longer matches it "
+                         f"({cause}), as when another tool changed the file after Spark wrote it; delete the .crc file")
     if "Permission denied" in cause or "PermissionError" in cause or "AccessDenied" in cause:
         return DselError(f"cannot read {path}: permission denied ({cause}); make it readable by the user dsel runs "
                          "as (say chmod a+r), or take it out of the input")
@@ -59,3 +62,14 @@ def user_error(exc: BaseException) -> Optional[DselError]:
     whole = " (a .gz file must be one whole gzip stream)" if path.endswith(".gz") else ""
     return DselError(f"cannot read {path} ({cause}): the file is damaged or not in the format its name says{whole}; "
                      "replace it, or take it out of the input")
+
+
+def _listing_error(text: str) -> Optional[DselError]:
+    """The :class:`DselError` for an input Spark's file listing cannot list (a glob's directory holding a
+    name with ':', which Hadoop's paths cannot hold), or None."""
+    found = re.search(r"URISyntaxException: Relative path in absolute URI: ([^\n]+)", text)
+    if not found:
+        return None
+    return DselError(f"Hadoop's file system, which Spark's file listing uses, cannot list a name holding ':' "
+                     f"({found.group(1).strip()}) in a directory the input names or a glob looks into; rename it "
+                     "without ':', or move it out of that directory")

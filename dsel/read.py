@@ -69,7 +69,13 @@ _MAGIC = (
     (rb"\x1f\x8b\x08", "gzip-compressed", ".gz"),
     (rb"\x28\xb5\x2f\xfd", "zstd-compressed", ".zst"),  # or .zstd
     (rb"BZh[1-9](1AY&SY|\x17rE8P\x90)", "bzip2-compressed", ".bz2"),
-    (rb"\x04\x22\x4d\x18", "lz4-compressed", ".lz4"),
+    # the lz4 and snzip tools' formats: Hadoop's codecs, which Spark's reader uses for .lz4 and .snappy,
+    # read only their own block formats (they take these headers for block lengths of ~1.6 GB and the
+    # JVM runs out of memory)
+    (rb"\x04\x22\x4d\x18", "in the LZ4 frame format (the lz4 tool's), which Hadoop's lz4 codec does not read",
+     None),
+    (rb"\xff\x06\x00\x00sNaPpY", "in the framed snappy format (the snzip tool's), which Hadoop's snappy codec "
+     "does not read", None),
     (rb"PAR1[^\x00]*\x00", "a Parquet file", ".parquet"),
     (rb"\xfd7zXZ\x00", "xz-compressed", None),
     (rb"PK\x03\x04", "a zip archive", None),
@@ -96,7 +102,8 @@ def _mislabelled(name: str, head: bytes, role: str) -> Optional[str]:
             fix = (f"pass --{role}-format parquet" if suffix == ".parquet" else
                    f"name it to end in .jsonl{suffix} (the codec is chosen by the name)" if suffix else
                    _unread_fix(kind))
-            return f"{name} is {kind}, which its name does not say; {fix}"
+            unsaid = "" if not suffix and name.lower().endswith(_CODEC_SUFFIXES) else ", which its name does not say"
+            return f"{name} is {kind}{unsaid}; {fix}"
     return None
 
 
@@ -153,7 +160,10 @@ def _is_uri(path: str) -> bool:
 
 
 def _local(path: str) -> str:
-    return path[len("file://"):] if path.startswith("file://") else path
+    """A local path as the file system names it: ``file:///x`` and ``file:/x`` (Hadoop's form) are ``/x``."""
+    if path.startswith("file://"):
+        return path[len("file://"):]
+    return path[len("file:"):] if path.startswith("file:/") else path
 
 
 def check_decompressible(names: list[str]) -> None:
@@ -172,8 +182,66 @@ def _unread_fix(kind: str) -> str:
             "decompress it, or recompress it with gzip or zstd (.gz, .zst)")
 
 
+#: The characters that make a path a glob in Spark's (Hadoop's) file listing.
+_GLOB_CHARS = "*?[{"
+
+
 def _matches(path: str) -> list[str]:
-    return glob.glob(path) if any(c in path for c in "*?[") else ([path] if os.path.exists(path) else [])
+    """What a local path or glob names, as Hadoop's globs match: ``{a,b}`` alternatives included."""
+    if not any(c in path for c in _GLOB_CHARS):
+        return [path] if os.path.exists(path) else []
+    found = [match for pattern in _alternatives(path) for match in glob.glob(pattern)]
+    return list(dict.fromkeys(found))
+
+
+def _alternatives(pattern: str) -> list[str]:
+    """A glob's ``{a,b,...}`` alternatives spelled out (nested ones too), as Hadoop's GlobExpander does;
+    a brace without its closing one is taken as it is."""
+    depth, start = 0, None
+    for i, c in enumerate(pattern):
+        if c == "{":
+            depth += 1
+            start = i if depth == 1 else start
+        elif c == "}" and depth:
+            depth -= 1
+            if depth == 0:
+                parts, level, last = [], 0, start + 1
+                for j in range(start + 1, i):
+                    level += {"{": 1, "}": -1}.get(pattern[j], 0)
+                    if pattern[j] == "," and level == 0:
+                        parts.append(pattern[last:j])
+                        last = j + 1
+                parts.append(pattern[last:i])
+                return [head + rest for part in parts
+                        for head in _alternatives(pattern[:start] + part) for rest in _alternatives(pattern[i + 1:])]
+    return [pattern]
+
+
+def _walk(top: str) -> Iterator[tuple[str, list[str], list[str]]]:
+    """``os.walk`` of a local directory into linked subdirectories too, as Spark's recursive listing
+    goes, and not into those Spark leaves out (names starting with '.' or '_'); a link to a directory
+    the walk is already inside (which would list its files without end) is refused."""
+    above = _ancestors(os.path.realpath(top))
+    for root, dirs, names in os.walk(top, followlinks=True):
+        dirs[:] = [d for d in dirs if not d.startswith((".", "_"))]
+        rel = os.path.relpath(root, top)
+        steps = [] if rel == "." else rel.split(os.sep)
+        chain = above | {os.path.realpath(os.path.join(top, *steps[:i])) for i in range(1, len(steps) + 1)}
+        for d in dirs:
+            path = os.path.join(root, d)
+            if os.path.islink(path) and os.path.realpath(path) in chain:
+                raise DselError(f"{path} is a symbolic link to {os.readlink(path)}, a directory it is inside, so "
+                                "its files would be listed without end; remove the link")
+        yield root, dirs, names
+
+
+def _ancestors(path: str) -> set[str]:
+    """``path`` and every directory above it."""
+    parts = {path}
+    while os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+        parts.add(path)
+    return parts
 
 
 def _local_files(source: str) -> list[str]:
@@ -192,8 +260,7 @@ def _files_of(matches: list[str]) -> list[str]:
         if not os.path.isdir(match):
             files.append(_linked(match))
             continue
-        for root, dirs, names in os.walk(match):
-            dirs[:] = [d for d in dirs if not d.startswith((".", "_"))]
+        for root, _, names in _walk(match):
             files += [_linked(os.path.join(root, n)) for n in names if not n.startswith((".", "_"))]
     return files
 
@@ -426,9 +493,9 @@ def fingerprint(spark: SparkSession, sources: list[str], fmt: str, cfg: DselConf
             prints.append(source)
         else:
             path = _local(source)
-            names = glob.glob(path) if any(c in path for c in "*?[") else [path]
+            names = _matches(path) or [path]
             files = sorted(os.path.join(root, n) for name in names for root, _, found in
-                           (os.walk(name) if os.path.isdir(name) else [(os.path.dirname(name), [], [os.path.basename(name)])])
+                           (_walk(name) if os.path.isdir(name) else [(os.path.dirname(name), [], [os.path.basename(name)])])
                            for n in found)
             stats = [f"{f}:{os.stat(f).st_size}:{os.stat(f).st_mtime_ns}" for f in files if os.path.exists(f)]
             prints.append(hashlib.sha256("\n".join(stats).encode()).hexdigest())

@@ -198,10 +198,13 @@ def _unless_given(defaults: dict[str, str], given: dict[str, str]) -> dict[str, 
 #: the window that ranks a selection of at most ``dsel.select.RANK_BIN_ROWS`` rows, all in one
 #: partition ("No Partition Defined ... serious performance degradation"; larger selections are
 #: ranked in key bins), Delta's UPDATE of the one-row lock table ("Could not validate number of
-#: records due to missing statistics"), and Spark shortening a long plan in its own messages.
+#: records due to missing statistics"), Spark shortening a long plan in its own messages, and Spark's
+#: file sources looking for a streaming sink's metadata under every glob given as an input (a warning
+#: with a FileNotFoundException's stack trace for a glob that matched files).
 QUIET_LOGGERS = ("org.apache.spark.sql.execution.window.WindowExec",
                  "org.apache.spark.sql.delta.commands.UpdateCommand",
-                 "org.apache.spark.util.SparkStringUtils")
+                 "org.apache.spark.util.SparkStringUtils",
+                 "org.apache.spark.sql.execution.streaming.sinks.FileStreamSink")
 
 
 #: Loggers that, where a failed task fails its job at once, print the error the driver's exception

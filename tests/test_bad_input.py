@@ -4,6 +4,7 @@ from __future__ import annotations
 import gzip
 import json
 import lzma
+import os
 import re
 import tarfile
 
@@ -176,6 +177,15 @@ def test_target_sharing_no_ngram_warns(spark, good):
                                       "and Spark's columns ignore case); rename them before selecting"),
     ("tar_archive", "is a tar archive, which Spark's JSON reader does not read; extract it and pass the JSON-lines"),
     ("jsonl_given_as_parquet", "it is not a Parquet file (RuntimeException: "),
+    # what the lz4 and snzip tools write: Hadoop's codecs took the headers for ~1.6 GB blocks and the JVM died
+    ("lz4_frame_file", "{root}/lz4_frame_file/raw.jsonl.lz4 is in the LZ4 frame format (the lz4 tool's), which "
+                       "Hadoop's lz4 codec does not read; decompress it, or recompress it with gzip or zstd"),
+    ("framed_snappy_target", "{root}/t.jsonl.snappy is in the framed snappy format (the snzip tool's), which "
+                             "Hadoop's snappy codec does not read; decompress it"),
+    ("colon_beside_a_glob", "cannot list a name holding ':' (backup:2026) in a directory the input names or a glob "
+                            "looks into; rename it without ':'"),
+    ("link_to_an_enclosing_directory", "{root}/link_loop/sub/up is a symbolic link to {root}/link_loop, a directory "
+                                       "it is inside, so its files would be listed without end; remove the link"),
     ("dangling_link_in_raw_directory", "{root}/dangling/b.jsonl is a symbolic link to {root}/gone.jsonl, which does "
                                        "not exist, so its records would be left out of the input unsaid"),
     ("dangling_link_in_a_glob_spark_reader", "{root}/dangling_glob/b.jsonl is a symbolic link to"),
@@ -296,6 +306,22 @@ def test_mistakes_get_one_clear_message(spark, good, case, message, capsys):
         (folder / "b.jsonl").symlink_to(root / "gone.jsonl")
         argv[2] = str(folder) if folder.name == "dangling" else str(folder / "*.jsonl")
         argv += ["--json-reader", "spark"] if case.endswith("spark_reader") else []
+    elif case == "lz4_frame_file":
+        argv[2] = str(root / case / "raw.jsonl.lz4")
+        os.makedirs(root / case)
+        with pa.CompressedOutputStream(argv[2], "lz4") as fh:
+            fh.write(open(raw, "rb").read())
+    elif case == "framed_snappy_target":  # the stream identifier, then a chunk
+        argv[4] = str(root / "t.jsonl.snappy")
+        (root / "t.jsonl.snappy").write_bytes(b"\xff\x06\x00\x00sNaPpY\x01\x0c\x00\x00" + bytes(12))
+    elif case == "colon_beside_a_glob":  # Hadoop's glob lists the whole directory, this name too
+        write_jsonl(root / case / "part-0.jsonl", good["raw"][:10])
+        (root / case / "backup:2026").mkdir()
+        argv[2] = str(root / case / "part-*.jsonl")
+    elif case == "link_to_an_enclosing_directory":
+        write_jsonl(root / "link_loop" / "sub" / "a.jsonl", good["raw"][:10])
+        (root / "link_loop" / "sub" / "up").symlink_to(root / "link_loop")
+        argv[2] = str(root / "link_loop")
     elif case == "jsonl_given_as_parquet":
         argv += ["--target-format", "parquet"]
         message = f"cannot read file:{good['target']}: {message}"
@@ -323,6 +349,10 @@ def test_a_file_dsel_may_not_read_is_told_as_such_by_either_reader():
         "PermissionError: [Errno 13] Failed to open local file '/d/a.jsonl.bz2'. Detail: [errno 13] Permission denied",
         "IOException: unexpected end of stream"))))
     assert "damaged" in damaged and ".gz" not in damaged  # the gzip hint only for .gz files
+    stale = str(dsel.errors.user_error(Exception(spark_reader.replace(
+        "java.io.FileNotFoundException: /d/secret.jsonl (Permission denied)",
+        "org.apache.hadoop.fs.ChecksumException: Checksum error: file:/d/secret.jsonl at 0 exp: 6021 got: -1378"))))
+    assert "its Hadoop checksum file (.NAME.crc beside it) no longer matches it" in stale and "damaged" not in stale
 
 
 def test_text_is_never_taken_for_a_compressed_file(tmp_path):
@@ -342,6 +372,23 @@ def test_text_is_never_taken_for_a_compressed_file(tmp_path):
     with tarfile.open(packed, "w") as tar:
         tar.add(tmp_path / "gustar.jsonl", arcname="gustar.jsonl")
     assert "is a tar archive" in _mislabelled(str(packed), packed.read_bytes()[:4096], "raw")
+
+def test_linked_subdirectories_brace_globs_and_hadoop_file_uris_read_every_file(spark, good, tmp_path):
+    """A directory's linked subdirectory was left out unsaid (Spark's recursive listing follows the link,
+    dsel's walk did not, so no recursive lookup was asked for); a {a,b} glob and Hadoop's file:/PATH
+    (both of which Spark reads) were refused as "input not found"."""
+    write_jsonl(tmp_path / "kept" / "a.jsonl", good["raw"][:30])
+    write_jsonl(tmp_path / "kept" / "b.jsonl", good["raw"][30:50])
+    write_jsonl(tmp_path / "day1" / "a.jsonl", good["raw"][50:60])
+    write_jsonl(tmp_path / "elsewhere" / "c.jsonl", good["raw"][60:])
+    (tmp_path / "day1" / "more").symlink_to(tmp_path / "elsewhere")
+    summary = run(spark, raw=[f"file:{tmp_path}/{{kept/a,kept/b,day1}}*"], target=[good["target"]],
+                  out=str(tmp_path / "out"), num_samples=5)
+    assert summary.read == summary.scored == len(good["raw"])
+    files = {r[0].rsplit("/", 2)[-2] for r in spark.read.format("delta").load(str(tmp_path / "out" / "weights"))
+             .select("source_file").distinct().collect()}
+    assert files == {"kept", "day1", "more"}
+
 
 def test_output_holding_foreign_data_is_refused(spark, good, tmp_path):
     (tmp_path / "mine.txt").write_text("precious")
