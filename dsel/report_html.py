@@ -45,10 +45,11 @@ from delta.tables import DeltaTable
 from dsel import __version__
 from dsel.config import DselConfig
 from dsel.errors import DselError
+from dsel.fit import Fit
 from dsel.read import ID, REASON, TEXT, prepare, quoted, read_input
 from dsel.report import kl_text
 from dsel.select import Filters, eligible, filter_counts
-from dsel.write import OutputPaths, commit_metadata, read_table, write_file
+from dsel.write import OutputPaths, commit_metadata, last_commit, read_table, write_file
 
 NUM_BINS = 40
 TOP_BUCKETS = 15
@@ -58,15 +59,33 @@ SNIPPET_CHARS = 400
 
 
 # ------------------------------------------------------------------------------------------ data
-def run_config(spark: SparkSession, out: str) -> DselConfig:
-    """The run's DselConfig, from the userMetadata of the selected table's latest commit."""
+def run_config(spark: SparkSession, out: str) -> tuple[DselConfig, dict[str, Any]]:
+    """The run's DselConfig and the userMetadata of the selected table's latest commit (which also names
+    the versions of the fit and the weights the selection was made from)."""
     path = OutputPaths(out).selected
     read_table(spark, path, "selected")
     meta = commit_metadata(spark, path) or {}
     if "params" not in meta:
         raise DselError(f"{path} was not written by 'dsel select' or 'dsel run'; report on a dsel output directory")
     cfg = DselConfig.from_mapping(meta["params"])
-    return cfg.replace(out=out)
+    return cfg.replace(out=out), meta
+
+
+def _as_selected(spark: SparkSession, path: str, what: str, version: Optional[int],
+                 notes: list[str]) -> DataFrame:
+    """A table as the selection read it (its ``version``), so that a later fit or score does not change
+    the report of an earlier selection; the latest version, with a note, once that one is gone."""
+    latest = read_table(spark, path, what)
+    if version is None or last_commit(spark, path).version == version:
+        return latest
+    try:
+        df = spark.read.format("delta").option("versionAsOf", version).load(path)
+        df.schema  # resolves the version now
+        return df
+    except Exception:  # vacuumed or its log entries cleaned up
+        notes.append(f"{what} version {version}, which the selection was made from, is no longer in {path}'s "
+                     "history: the report shows the latest version")
+        return latest
 
 
 def binned(df: DataFrame, column: str, bins: int = NUM_BINS, log10: bool = False,
@@ -130,13 +149,16 @@ def collect_report(spark: SparkSession, out: str, label_column: Optional[str] = 
     from dsel.evaluate import run_kl_reduction
 
     started = time.time()
-    cfg = run_config(spark, out)
+    cfg, meta = run_config(spark, out)
     paths = OutputPaths(out)
-    weights = read_table(spark, paths.weights, "weights")
+    notes: list[str] = []
+    # the fit and the weights the selection was made from, not a later fit's or score's
+    weights = _as_selected(spark, paths.weights, "weights", meta.get("weights_version"), notes)
     selected = read_table(spark, paths.selected, "selected")
-    ratios = read_table(spark, paths.log_ratios, "log_ratios")
-    report: dict[str, Any] = {"out": out, "dsel_version": __version__, "params": cfg.to_dict()}
-    report["kl"] = run_kl_reduction(spark, cfg)
+    ratios = _as_selected(spark, paths.log_ratios, "log_ratios", meta.get("fit_version"), notes)
+    report: dict[str, Any] = {"out": out, "dsel_version": __version__, "params": cfg.to_dict(), "notes": notes,
+                              "fit_version": meta.get("fit_version"), "weights_version": meta.get("weights_version")}
+    report["kl"] = run_kl_reduction(spark, cfg, Fit.from_frame(ratios, cfg.fit_params()))
 
     rule = Filters.of(cfg)
     eligible_count, removed = filter_counts(weights, rule)[:2]
@@ -329,7 +351,10 @@ def render_html(report: dict[str, Any], images: dict[str, str]) -> str:
         f"<h1>dsel report</h1><p>Output <code>{_e(report['out'])}</code>, dsel {_e(report['dsel_version'])}; "
         f"raw {_e(', '.join(params['raw']))}; target {_e(', '.join(params['target']))}; method "
         f"{_e(params['method'])}, seed {_e(params['seed'])}, {_e(params['ngrams'])}-grams in "
-        f"{_e(params['num_buckets'])} buckets ({_e(params['hash_kind'])}).</p>",
+        f"{_e(params['num_buckets'])} buckets ({_e(params['hash_kind'])}); the selection's fit is "
+        f"<code>log_ratios</code> version {_e(report.get('fit_version'))}, its weights <code>weights</code> version "
+        f"{_e(report.get('weights_version'))}.</p>",
+        *(f"<p><b>Note:</b> {_e(n)}.</p>" for n in report.get("notes", [])),
         "<h2>Counts</h2><table>" + "".join(f"<tr><th>{_e(k)}</th><td class=n>{v:,}</td></tr>"
                                             for k, v in report["counts"].items())
         + "".join(f"<tr><th>not eligible: {_e(k)}</th><td class=n>{v:,}</td></tr>"

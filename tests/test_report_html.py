@@ -55,17 +55,24 @@ def test_a_report_dir_that_is_a_file_is_refused(report, capsys):
     assert "--report-dir" in capsys.readouterr().err and report["html"].read_text().startswith("<!")
 
 
-def test_an_evaluated_out_still_takes_the_pipelines_commands(report, tmp_path):
+def test_an_evaluated_out_still_takes_the_pipelines_commands(report, tmp_path, capsys):
     """OUT/evaluation is a directory of two tables, not one: it was taken for a foreign file, and every
     later command on an evaluated --out failed."""
     out = tmp_path / "out"
     shutil.copytree(report["out"], out)
-    assert main(["select", "--raw", str(report["root"] / "raw.jsonl"), "--out", str(out), "--num-samples", "12",
-                 "--seed", "1"]) == 0
+    raw = str(report["root"] / "raw.jsonl")
+    assert main(["select", "--raw", raw, "--out", str(out), "--num-samples", "12", "--seed", "1"]) == 0
+    kl = re.search(r"KL reduction +(-?[0-9.]+)", capsys.readouterr().out).group(1)
+    # a later fit with another target does not change the report of that selection: it showed the new
+    # fit's KL reduction, buckets and target for a selection made with the old one
+    other = write_jsonl(tmp_path / "other.jsonl", [d for d in report["raw"] if d["domain"] == "shakespeare"])
+    assert main(["fit", "--raw", raw, "--target", other, "--out", str(out)]) == 0
     # its report names the run's target, from the fit (the select was given none)
     assert main(["report", "--out", str(out), "--report-dir", str(tmp_path / "rep")]) == 0
     target = str(report["root"] / "target.jsonl")
-    assert json.loads((tmp_path / "rep" / "report.json").read_text())["params"]["target"] == [target]
+    made = json.loads((tmp_path / "rep" / "report.json").read_text())
+    assert made["params"]["target"] == [target] and list(made["buckets"]) == [target]
+    assert f"{made['kl']['kl_reduction']:.4f}" == kl and made["fit_version"] == 0 and not made["notes"]
     assert f"; target {escape(target)}; method" in (tmp_path / "rep" / "report.html").read_text()
 
 
