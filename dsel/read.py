@@ -356,6 +356,9 @@ def detect_format(source: str) -> str:
             if "/" not in source and _TABLE_NAME.match(source):
                 return "table"
             tilde = " (dsel does not expand ~: write the home directory out)" if source.startswith("~") else ""
+            if os.path.exists(path):  # a name holding *?[{, which Spark's listing takes as a glob
+                tilde = (" (a file of that very name exists, but Spark's file listing reads its "
+                         f"{''.join(sorted(set(_GLOB_CHARS) & set(path)))} as a glob; rename it without them)")
             raise DselError(f"input not found: {source}{tilde}. Check the path, or pass a catalog table "
                             "name (catalog.schema.table) with --raw-format/--target-format table")
         if "**" in path:  # Spark's (Hadoop's) globs take ** as *, within one directory level

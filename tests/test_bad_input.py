@@ -127,6 +127,8 @@ def test_target_sharing_no_ngram_warns(spark, good):
     ("missing_raw", "input not found"),
     ("tilde_in_a_config_path", "input not found: ~/dsel-no-such-input.jsonl (dsel does not expand ~: write the home "
                                "directory out)"),
+    ("glob_characters_in_a_real_name", "input not found: {root}/r[1].jsonl (a file of that very name exists, but "
+                                       "Spark's file listing reads its [ as a glob; rename it without them)"),
     ("missing_column", "has no column 'body'"),
     ("empty_target", "has no usable text"),
     ("numeric_text", "not string"),
@@ -199,6 +201,8 @@ def test_mistakes_get_one_clear_message(spark, good, case, message, capsys):
         argv[2] = str(root / "nope.jsonl")
     elif case == "tilde_in_a_config_path":  # a shell expands ~, a TOML file or a notebook's config does not
         argv[2] = "~/dsel-no-such-input.jsonl"
+    elif case == "glob_characters_in_a_real_name":
+        argv[2] = write_jsonl(root / "r[1].jsonl", good["raw"][:10])
     elif case == "missing_column":
         argv += ["--text-column", "body"]
     elif case == "empty_target":
