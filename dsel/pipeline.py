@@ -705,6 +705,12 @@ def select(spark: SparkSession, cfg: DselConfig, summary: Summary, fitted: Optio
         fitted = fitting.result()  # the quotas follow the targets' sizes
         names = fitted.target_names
     weights_version = last_commit(spark, paths.weights).version
+    scored_with = scored.get("fit_version")
+    if fitting and scored_with is not None and last_commit(spark, paths.log_ratios).version > scored_with:
+        summary.warnings.append(
+            f"{paths.weights} was scored with {paths.log_ratios} version {scored_with}, and a later fit "
+            f"(version {last_commit(spark, paths.log_ratios).version}) is not in these weights: this selection "
+            "follows the earlier fit; run 'dsel score' (or 'dsel run') first to select with the later one")
     proportions = cfg.target_proportions or ([float(s) for s in fitted.target_sizes] if fitted else [1.0])
     if len(proportions) != len(names):
         raise DselError(f"target_proportions has {len(proportions)} values but {paths.log_ratios} has "
