@@ -677,7 +677,8 @@ def publish_parquet(spark: SparkSession, staging: str, path: str, metadata: dict
 def export(df: DataFrame, path: str, fmt: str) -> None:
     """Write the selected documents as JSON lines or Parquet files (overwriting ``path``)."""
     writer = df.write.mode("overwrite")
-    if fmt == "jsonl":
-        writer.json(path)
+    if fmt == "jsonl":  # timestamps to the microsecond Spark keeps (its JSON default stops at milliseconds)
+        writer.option("timestampFormat", "yyyy-MM-dd'T'HH:mm:ss.SSSSSSXXX").option(
+            "timestampNTZFormat", "yyyy-MM-dd'T'HH:mm:ss.SSSSSS").json(path)
     else:
         writer.parquet(path)

@@ -332,6 +332,18 @@ def test_column_names_that_need_column_mapping_are_written(spark, tmp_path):
     assert json.loads(history[1]["userMetadata"])["command"] == "select"  # the ALTER repeats the last metadata
 
 
+def test_exported_json_lines_keep_timestamps_to_the_microsecond(spark, tmp_path):
+    """Spark's JSON writer cuts timestamps to milliseconds unless told a format: an exported value changed
+    unsaid (OUT/selected and the Parquet export kept it)."""
+    from dsel.write import export
+
+    df = spark.sql("select 'a' as id, timestamp'2026-03-29 01:30:00.123456' as ts, "
+                   "timestamp_ntz'1900-01-01 00:00:00.000001' as ntz")
+    export(df, str(tmp_path / "x"), "jsonl")
+    line = json.loads("".join(p.read_text() for p in (tmp_path / "x").glob("part-*")))
+    assert line["ts"].startswith("2026-03-29T01:30:00.123456") and line["ntz"] == "1900-01-01T00:00:00.000001"
+
+
 def test_export_jsonl_and_parquet(spark, corpus, contract_run, tmp_path):
     out, _ = contract_run
     for fmt in ("jsonl", "parquet"):
