@@ -452,7 +452,7 @@ def read_input(spark: SparkSession, sources: list[str], fmt: str, cfg: DselConfi
                             f"'{repeated.group(1)}' twice, or names that differ only in case (Spark's columns "
                             f"ignore case); {_CASE_FIX}") from None
         raise DselError(f"cannot read {role} input {', '.join(sources)} as {kind}: "
-                        f"{str(exc).splitlines()[0].rstrip(". ")}. Check the path and --{role}-format") from None
+                        f"{str(exc).splitlines()[0].rstrip('. ')}. Check the path and --{role}-format") from None
     df = _check_columns(df, cfg, role)
     if state is not None:
         state.update(input_state(df, sources, kind, version if kind in ("delta", "table") else None))
