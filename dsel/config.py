@@ -254,8 +254,10 @@ class DselConfig:
         if self.target_proportions is not None:
             props = self.target_proportions
             if (not isinstance(props, list) or not props
-                    or not all(isinstance(p, (int, float)) and p >= 0 for p in props) or sum(props) <= 0):
-                raise ConfigError("target_proportions", "must be a list of non-negative numbers with a positive sum")
+                    or not all(isinstance(p, (int, float)) and not isinstance(p, bool) and math.isfinite(p) and p >= 0
+                               for p in props) or not any(p > 0 for p in props)):
+                raise ConfigError("target_proportions",
+                                  "must be a list of finite non-negative numbers with a positive sum")
             if self.target and not self.combine_targets and len(props) != len(self.target):
                 raise ConfigError("target_proportions", f"has {len(props)} values but there are "
                                   f"{len(self.target)} targets; give one proportion per --target")

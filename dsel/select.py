@@ -233,6 +233,8 @@ def _least_key(top_weights: list, target: int, method: str, taken: int, k: int) 
 
 def quotas(total: int, proportions: Sequence[float]) -> list[int]:
     """Split ``total`` by proportions like data-selection: floor each, the remainder to the last."""
+    if not math.isfinite(sum(proportions)):  # finite values whose sum overflows (1e308 twice): scaled first
+        proportions = [p / max(proportions) for p in proportions]
     norm = [p / sum(proportions) for p in proportions]
     parts = [int(total * p) for p in norm]
     parts[-1] += total - sum(parts)

@@ -86,6 +86,7 @@ def test_a_config_built_directly_is_checked_as_the_flags_are():
     ({"text_column": "a`b"}, "text_column"),
     ({"run_id": "x; DROP TABLE y"}, "run_id"),
     ({"target": ["a", "b"], "target_proportions": [1.0]}, "target_proportions"),
+    ({"target": ["a", "b"], "target_proportions": [float("inf"), 1.0]}, "target_proportions"),  # was a traceback
     ({"colour": "red"}, "colour"),
     ({"target": ["a", "b", "c"], "target_text_column": ["x", "y"]}, "target_text_column"),  # one, or one per target
     ({"target": ["a"], "target_text_column": [""]}, "target_text_column"),
@@ -130,6 +131,7 @@ def test_quotas_follow_the_reference_rule():
     assert quotas(10, [1, 1, 1]) == [3, 3, 4]
     assert quotas(7, [0.5, 0.5]) == [3, 4]
     assert sum(quotas(1001, [3.0, 5.0, 11.0])) == 1001
+    assert quotas(40, [1e308, 1e308]) == [20, 20]  # a sum that overflows: all went to the last target
 
 
 def test_default_run_id_is_stable_and_depends_on_parameters():
