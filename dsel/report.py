@@ -105,8 +105,8 @@ class Summary:
             lines.append(f"  fit                {'log_ratios v' + str(self.fit_version):>12}  ({why})")
         if self.eligible is not None:
             lines.append(f"  eligible           {self.eligible:>12,}")
-        if self.filtered:
-            reasons = ", ".join(f"{k}={v:,}" for k, v in self.filtered.items())
+        if self.filtered and any(self.filtered.values()):  # the filters that removed some
+            reasons = ", ".join(f"{k}={v:,}" for k, v in self.filtered.items() if v)
             lines.append(f"  not eligible       {sum(self.filtered.values()):>12,}  ({reasons})")
         if self.selected is not None:
             words = f"  ({self.selected_words:,} words)" if self.selected_words is not None else ""

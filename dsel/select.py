@@ -431,8 +431,8 @@ def select(weights: DataFrame, target_names: Sequence[str], proportions: Sequenc
                                                        top.alias(TOP), *located)
     result = Selection(chosen=None, requested=[], counts=counts)  # type: ignore[arg-type]
     if num_samples is not None and num_samples > available:
-        result.warnings.append(f"asked for {num_samples} documents but only {available} are eligible "
-                               f"({rule.describe()}); selecting all {available}")
+        result.warnings.append(f"asked for {num_samples:,} documents but only {available:,} are eligible "
+                               f"({rule.describe()}); selecting all {available:,}")
         num_samples = available
     if num_tokens is not None and num_tokens > mean_words * available:
         result.warnings.append(f"asked for {num_tokens:,} words but the {available:,} eligible documents "

@@ -191,3 +191,12 @@ def test_a_flags_bad_value_is_told_in_one_line(capsys):
             main(argv)
         err = capsys.readouterr().err.strip().splitlines()
         assert stopped.value.code == 2 and len(err) == 1 and err[0].startswith("dsel: error: " + message), err
+
+
+def test_the_summary_names_only_the_filters_that_removed_documents():
+    from dsel.report import Summary
+
+    lines = Summary("select", "r", eligible=240, filtered={"min_length": 0}).format()
+    assert "not eligible" not in lines  # it printed "not eligible 0 (min_length=0)"
+    lines = Summary("select", "r", eligible=54, filtered={"min_length": 18, "max_length": 0, "numeric": 6}).format()
+    assert "(min_length=18, numeric=6)" in lines
