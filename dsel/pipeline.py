@@ -26,7 +26,7 @@ from pyspark.sql.types import StructType
 from delta.tables import DeltaTable
 
 from dsel import __version__, jsonread
-from dsel.config import DselConfig
+from dsel.config import DselConfig, same_input
 from dsel.errors import DselError, user_error
 from dsel.fit import Fit, bin_counts, fit as fit_histograms
 from dsel.read import (DETAIL, HASH, ID, INTERNAL, REASON, SOURCE, arrow_path, file_states, files_digest,
@@ -137,10 +137,24 @@ def _features_settings(cfg: DselConfig) -> dict:
 def _reusable(stored: Optional[dict], wanted: dict) -> Optional[dict]:
     """The key of a features table built as ``stored`` if it serves a run that wants ``wanted``, else None:
     the same key, or the same but with the quality statistics counted when this run does not need them."""
-    if stored == wanted or (stored and stored.get("quality_stats") == 1
-                            and {**stored, "quality_stats": wanted.get("quality_stats")} == wanted):
+    mine, wanted = _alike(stored), _alike(wanted)
+    if mine == wanted or (mine and mine.get("quality_stats") == 1
+                          and {**mine, "quality_stats": wanted.get("quality_stats")} == wanted):
         return stored
     return None
+
+
+def _alike(key: Optional[dict]) -> Optional[dict]:
+    """A features or fit key with its input paths as one spelling (``/x/dir``, ``/x/dir/``, ``file:/x/dir``
+    and ``file:///x/dir`` name one input, as for ``pin_versions``): a respelt --raw or --target featurized
+    the whole input again, or fit again, unsaid."""
+    if not key:
+        return key
+    spelt = {name: [same_input(p) for p in key[name]] for name in ("raw", "target") if isinstance(key.get(name), list)}
+    if isinstance(key.get("targets"), list):
+        spelt["targets"] = [{**state, "sources": [same_input(p) for p in state.get("sources", [])]}
+                            if isinstance(state, dict) else state for state in key["targets"]]
+    return {**key, **spelt}
 
 
 def _fast_key(cfg: DselConfig) -> dict:
@@ -392,7 +406,7 @@ def refit_reason(spark: SparkSession, cfg: DselConfig, summary: Summary) -> Opti
     if not DeltaTable.isDeltaTable(spark, path):
         return "no fit yet"
     meta = commit_metadata(spark, path) or {}
-    if meta.get("fit_of") != _fit_of(cfg, summary):
+    if _alike(meta.get("fit_of")) != _alike(_fit_of(cfg, summary)):
         return "the targets or the fit settings changed"
     if cfg.refit == "always":
         return "refit=always"

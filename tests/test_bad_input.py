@@ -392,6 +392,11 @@ def test_linked_subdirectories_brace_globs_and_hadoop_file_uris_read_every_file(
     files = {r[0].rsplit("/", 2)[-2] for r in spark.read.format("delta").load(str(tmp_path / "out" / "weights"))
              .select("source_file").distinct().collect()}
     assert files == {"kept", "day1", "more"}
+    # the same inputs spelt otherwise (file:///x for file:/x, file:/x for /x): nothing featurized or fit
+    # again (the whole input was featurized and the fit made again, unsaid)
+    again = run(spark, raw=[f"file://{tmp_path}/{{kept/a,kept/b,day1}}*"], target=[f"file:{good['target']}"],
+                out=str(tmp_path / "out"), num_samples=5)
+    assert (again.featurized, again.scored_now, again.refit) == (0, 0, None) and again.read == len(good["raw"])
 
 
 def test_output_holding_foreign_data_is_refused(spark, good, tmp_path):
