@@ -38,6 +38,9 @@ def run_command(spark, cfg: DselConfig, ns: argparse.Namespace) -> str:
             raise DselError("--k must be a positive number of documents")
         if ns.json_path:
             _check_destination(ns.json_path, "--json", directory=False)
+            from dsel.write import check_side_output
+
+            check_side_output(ns.json_path, "--json", cfg.out, {"raw": cfg.raw, "target": cfg.target})
         result = evaluate(spark, cfg, ns.label_column, ns.target_label, methods=ns.methods, k=ns.k)
         if ns.json_path:
             from dsel.write import write_file

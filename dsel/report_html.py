@@ -49,13 +49,15 @@ from dsel.fit import Fit
 from dsel.read import ID, REASON, TEXT, prepare, quoted, read_input
 from dsel.report import kl_text
 from dsel.select import Filters, eligible, filter_counts
-from dsel.write import OutputPaths, commit_metadata, last_commit, read_table, write_file
+from dsel.write import OutputPaths, check_side_output, commit_metadata, last_commit, read_table, write_file
 
 NUM_BINS = 40
 TOP_BUCKETS = 15
 NGRAM_SAMPLE_DOCS = 2000
 SHOWN_DOCS = 5
 SNIPPET_CHARS = 400
+#: The label mix's name for records without a value in the label column.
+NO_LABEL = "(no value)"
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -144,12 +146,14 @@ def _sample(df_prepared: DataFrame, total: int, limit: int) -> DataFrame:
     return df_prepared.where(uniform(0, "report-sample", ID) <= F.lit(limit / total))
 
 
-def collect_report(spark: SparkSession, out: str, label_column: Optional[str] = "domain") -> dict[str, Any]:
-    """Every number and table of the report, as a JSON-ready dict (plots are drawn from it)."""
+def collect_report(spark: SparkSession, out: str, label_column: Optional[str] = "domain",
+                   run: Optional[tuple[DselConfig, dict[str, Any]]] = None) -> dict[str, Any]:
+    """Every number and table of the report, as a JSON-ready dict (plots are drawn from it); ``run`` is
+    :func:`run_config`'s answer when the caller has it."""
     from dsel.evaluate import run_kl_reduction
 
     started = time.time()
-    cfg, meta = run_config(spark, out)
+    cfg, meta = run or run_config(spark, out)
     paths = OutputPaths(out)
     notes: list[str] = []
     # the fit and the weights the selection was made from, not a later fit's or score's
@@ -200,7 +204,7 @@ def collect_report(spark: SparkSession, out: str, label_column: Optional[str] = 
 
     # Label mix.
     if label_column and label_column in selected.columns and label_column in raw_prepared.columns:
-        label = F.col(quoted(label_column)).cast("string")
+        label = F.coalesce(F.col(quoted(label_column)).cast("string"), F.lit(NO_LABEL))
         # the scored records: one per id, the one OUT/weights kept (not those skipped as duplicate_id)
         kept = weights.select(F.col("id").alias("_r_id"), F.col("doc_hash").alias("_r_hash"))
         scored = (raw_prepared.where(F.col(REASON).isNull())
@@ -209,6 +213,9 @@ def collect_report(spark: SparkSession, out: str, label_column: Optional[str] = 
         raw_mix = {r["l"]: int(r["count"]) for r in scored.groupBy(label.alias("l")).count().collect()}
         sel_mix = {r["l"]: int(r["count"]) for r in selected.groupBy(label.alias("l")).count().collect()}
         report["label_mix"] = {"column": label_column, "raw": raw_mix, "selected": sel_mix}
+        if sum(raw_mix.values()) < report["counts"]["scored"]:
+            notes.append(f"{report['counts']['scored'] - sum(raw_mix.values()):,} scored documents are no longer in "
+                         "the raw input (it changed since they were scored): the raw label mix leaves them out")
 
     # Highest- and lowest-weighted eligible documents, truncated.
     pool = eligible(weights, rule, check=False)  # filter_counts checked the statistics above
@@ -227,6 +234,9 @@ def collect_report(spark: SparkSession, out: str, label_column: Optional[str] = 
         rows = [r.asDict() for r in docs.collect()]
         rows.sort(key=lambda r: r["log_weight"], reverse=(side == "highest"))
         report["documents"][side] = rows
+        if len(rows) < min(SHOWN_DOCS, eligible_count):
+            notes.append(f"{min(SHOWN_DOCS, eligible_count) - len(rows)} of the {side}-weighted eligible documents "
+                         "are no longer in the raw input (it changed since they were scored) and are not shown")
     # Every method of a `dsel evaluate --out OUT` on the same data, side by side.
     results = OutputPaths(out).table("evaluation") + "/results"
     if DeltaTable.isDeltaTable(spark, results):
@@ -436,9 +446,11 @@ def default_report_dir(out: str) -> str:
 def write_report(spark: SparkSession, out: str, report_dir: Optional[str] = None,
                  label_column: Optional[str] = "domain") -> dict[str, Any]:
     """Write report.json and report.html for the run under ``out``; return the report dict (with paths)."""
-    report = collect_report(spark, out, label_column)
-    images = plots(report)
     target_dir = (report_dir or default_report_dir(out)).rstrip("/")
+    run = run_config(spark, out)
+    check_side_output(target_dir, "--report-dir", out, {"raw": run[0].raw, "target": run[0].target})
+    report = collect_report(spark, out, label_column, run)
+    images = plots(report)
     report["files"] = {"json": target_dir + "/report.json", "html": target_dir + "/report.html"}
     write_file(spark, report["files"]["json"], json.dumps(report, indent=2, sort_keys=True, default=str))
     write_file(spark, report["files"]["html"], render_html(report, images))

@@ -126,6 +126,20 @@ def check_export(export: str, out: str, inputs: dict[str, Sequence[str]]) -> Non
                         "its overwrite would delete; give --export a new or empty directory")
 
 
+def check_side_output(path: str, flag: str, out: Optional[str], inputs: dict[str, Sequence[str]]) -> None:
+    """Refuse a path for a report or a JSON file inside ``out`` (whose later commands refuse files dsel's
+    tables did not write) or inside an input directory (whose next read would take them for input)."""
+    target = _comparable(path)
+    if out and _within(target, _comparable(out)):
+        raise DselError(f"{flag} {path} is inside --out {out}, where files that are not dsel's tables make later "
+                        f"commands on it refuse; give {flag} a path outside --out")
+    for role, sources in inputs.items():
+        for source in sources or []:
+            if _within(target, _comparable(_glob_root(source))):
+                raise DselError(f"{flag} {path} is inside the {role} input {source}, whose next read would take "
+                                f"what it writes for {role} input; give {flag} a path outside it")
+
+
 def _comparable(path: str) -> str:
     """``path`` resolved (links, ``..``) when it is local, else as given without a trailing slash."""
     local = local_dir(path)

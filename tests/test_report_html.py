@@ -18,6 +18,7 @@ import pytest
 
 from dsel.cli import main
 from dsel.config import DselConfig
+from dsel.errors import DselError
 from dsel.evaluate import run_kl_reduction
 from dsel.kernel import oracle_bucket, oracle_ngrams
 from tests.conftest import sample_docs, write_jsonl
@@ -36,6 +37,8 @@ def report(spark, tmp_path_factory):
         raw += docs
     # a record repeating an id with another text and label: skipped as duplicate_id, so in no raw figure
     duplicate = {"id": raw[0]["id"], "text": raw[1]["text"] + " again", "domain": "DUPLICATE"}
+    # and one without a label: counted as "(no value)" in the label mix (the report failed on it)
+    raw[-1] = {k: v for k, v in raw[-1].items() if k != "domain"}
     raw_path = write_jsonl(root / "raw.jsonl", raw + [duplicate])
     target_path = write_jsonl(root / "target.jsonl", target)
     out = root / "out"
@@ -53,6 +56,15 @@ def report(spark, tmp_path_factory):
 def test_a_report_dir_that_is_a_file_is_refused(report, capsys):
     assert main(["report", "--out", str(report["out"]), "--report-dir", str(report["html"])]) == 2
     assert "--report-dir" in capsys.readouterr().err and report["html"].read_text().startswith("<!")
+    # nor one inside --out (every later command on it refused the files) or inside an input's directory
+    assert main(["report", "--out", str(report["out"]), "--report-dir", str(report["out"] / "rep")]) == 2
+    assert "is inside --out" in capsys.readouterr().err and not (report["out"] / "rep").exists()
+    from dsel.write import check_side_output
+
+    for raw, inside in (("/d/raw", "/d/raw/rep"), ("/d/*.jsonl", "/d/rep"), ("/d/{a,b}.jsonl", "/d/rep")):
+        with pytest.raises(DselError, match=f"--report-dir {inside} is inside the raw input {re.escape(raw)}, whose"):
+            check_side_output(inside, "--report-dir", "/o", {"raw": [raw]})
+    check_side_output("/d/rep", "--report-dir", "/o", {"raw": ["/d/raw.jsonl"]})  # beside a file: no harm
 
 
 def test_an_evaluated_out_still_takes_the_pipelines_commands(report, tmp_path, capsys):
@@ -60,10 +72,11 @@ def test_an_evaluated_out_still_takes_the_pipelines_commands(report, tmp_path, c
     later command on an evaluated --out failed."""
     out = tmp_path / "out"
     shutil.copytree(report["out"], out)
-    raw = str(report["root"] / "raw.jsonl")
+    raw = str(tmp_path / "raw.jsonl")  # a copy, which loses records below
+    shutil.copy(report["root"] / "raw.jsonl", raw)
     # a fit with another target, not scored: the select follows the weights' fit and says so, and the
     # report shows that fit (it showed the later fit's KL reduction, buckets and target)
-    other = write_jsonl(tmp_path / "other.jsonl", [d for d in report["raw"] if d["domain"] == "shakespeare"])
+    other = write_jsonl(tmp_path / "other.jsonl", [d for d in report["raw"] if d.get("domain") == "shakespeare"])
     assert main(["fit", "--raw", raw, "--target", other, "--out", str(out)]) == 0
     capsys.readouterr()
     assert main(["select", "--raw", raw, "--out", str(out), "--num-samples", "12", "--seed", "1"]) == 0
@@ -77,6 +90,17 @@ def test_an_evaluated_out_still_takes_the_pipelines_commands(report, tmp_path, c
     assert made["params"]["target"] == [target] and list(made["buckets"]) == [target]
     assert f"{made['kl']['kl_reduction']:.4f}" == kl and made["fit_version"] == 0 and not made["notes"]
     assert f"; target {escape(target)}; method" in (tmp_path / "rep" / "report.html").read_text()
+    # the raw input loses the two highest-weighted documents: the report says so (it showed 3 of 5 unsaid)
+    gone = {d["id"] for d in made["documents"]["highest"][:2]}
+    with open(raw, encoding="utf-8") as fh:
+        kept = [line for line in fh if json.loads(line)["id"] not in gone]
+    with open(raw, "w", encoding="utf-8") as fh:
+        fh.writelines(kept)
+    assert main(["report", "--out", str(out), "--report-dir", str(tmp_path / "rep")]) == 0
+    notes = json.loads((tmp_path / "rep" / "report.json").read_text())["notes"]
+    assert notes == ["2 scored documents are no longer in the raw input (it changed since they were scored): the raw "
+                     "label mix leaves them out", "2 of the highest-weighted eligible documents are no longer in the "
+                     "raw input (it changed since they were scored) and are not shown"]
 
 
 def test_report_json_holds_the_kl_reduction_and_the_label_mix(spark, report):
@@ -87,7 +111,7 @@ def test_report_json_holds_the_kl_reduction_and_the_label_mix(spark, report):
     mix = data["label_mix"]
     assert mix["column"] == "domain" and sum(mix["selected"].values()) == 30 == data["counts"]["selected"]
     assert max(mix["selected"], key=mix["selected"].get) == "sci_abstracts"
-    assert sum(mix["raw"].values()) == data["counts"]["scored"] == 160
+    assert sum(mix["raw"].values()) == data["counts"]["scored"] == 160 and mix["raw"]["(no value)"] == 1
     assert sum(data["log_weight"]["selected"]) == 30 and sum(data["log_weight"]["raw"]) == 160
     highest = data["documents"]["highest"]
     assert len(highest) == 5 and highest[0]["log_weight"] >= highest[-1]["log_weight"]
