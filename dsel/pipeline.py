@@ -720,11 +720,13 @@ def select(spark: SparkSession, cfg: DselConfig, summary: Summary, fitted: Optio
         names = fitted.target_names
     weights_version = last_commit(spark, paths.weights).version
     scored_with = scored.get("fit_version")
-    if fitting and scored_with is not None and last_commit(spark, paths.log_ratios).version > scored_with:
+    latest_fit = (last_commit(spark, paths.log_ratios).version
+                  if fitting and scored_with is not None and DeltaTable.isDeltaTable(spark, paths.log_ratios) else None)
+    if latest_fit is not None and latest_fit > scored_with:
         summary.warnings.append(
             f"{paths.weights} was scored with {paths.log_ratios} version {scored_with}, and a later fit "
-            f"(version {last_commit(spark, paths.log_ratios).version}) is not in these weights: this selection "
-            "follows the earlier fit; run 'dsel score' (or 'dsel run') first to select with the later one")
+            f"(version {latest_fit}) is not in these weights: this selection follows the earlier fit; run "
+            "'dsel score' (or 'dsel run') first to select with the later one")
     proportions = cfg.target_proportions or ([float(s) for s in fitted.target_sizes] if fitted else [1.0])
     if len(proportions) != len(names):
         raise DselError(f"target_proportions has {len(proportions)} values but {paths.log_ratios} has "
