@@ -27,7 +27,7 @@ from pyspark.errors import AnalysisException
 
 from dsel.config import DselConfig, same_input
 from dsel.errors import DselError
-from dsel.write import case_clashes
+from dsel.write import GLOB_CHARS, case_clashes
 
 CORRUPT = "_corrupt_record"
 #: How dsel has Spark parse JSON lines (its reader, ``from_json``): unusable lines kept in CORRUPT, and
@@ -182,13 +182,9 @@ def _unread_fix(kind: str) -> str:
             "decompress it, or recompress it with gzip or zstd (.gz, .zst)")
 
 
-#: The characters that make a path a glob in Spark's (Hadoop's) file listing.
-_GLOB_CHARS = "*?[{"
-
-
 def _matches(path: str) -> list[str]:
     """What a local path or glob names, as Hadoop's globs match: ``{a,b}`` alternatives included."""
-    if not any(c in path for c in _GLOB_CHARS):
+    if not any(c in path for c in GLOB_CHARS):
         return [path] if os.path.exists(path) else []
     found = [match for pattern in _alternatives(path) for match in glob.glob(pattern)]
     return list(dict.fromkeys(found))
@@ -358,7 +354,7 @@ def detect_format(source: str) -> str:
             tilde = " (dsel does not expand ~: write the home directory out)" if source.startswith("~") else ""
             if os.path.exists(path):  # a name holding *?[{, which Spark's listing takes as a glob
                 tilde = (" (a file of that very name exists, but Spark's file listing reads its "
-                         f"{''.join(sorted(set(_GLOB_CHARS) & set(path)))} as a glob; rename it without them)")
+                         f"{''.join(sorted(set(GLOB_CHARS) & set(path)))} as a glob; rename it without them)")
             raise DselError(f"input not found: {source}{tilde}. Check the path, or pass a catalog table "
                             "name (catalog.schema.table) with --raw-format/--target-format table")
         if "**" in path:  # Spark's (Hadoop's) globs take ** as *, within one directory level

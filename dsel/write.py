@@ -150,9 +150,13 @@ def _within(inner: str, outer: str) -> bool:
     return inner == outer or inner.startswith(outer.rstrip("/") + "/")
 
 
+#: The characters that make a path a glob in Spark's (Hadoop's) file listing.
+GLOB_CHARS = "*?[{"
+
+
 def _glob_root(path: str) -> str:
     """The directory a glob lists (the path itself when it has no wildcard)."""
-    cut = min((path.find(c) for c in "*?[{" if c in path), default=-1)
+    cut = min((path.find(c) for c in GLOB_CHARS if c in path), default=-1)
     return path if cut < 0 else (path[:cut].rsplit("/", 1)[0] or "/")
 
 
