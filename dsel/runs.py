@@ -64,6 +64,27 @@ LOCK_SCHEMA = T.StructType([
 ])
 
 
+def bookkeeping_session(spark: SparkSession) -> SparkSession:
+    """A clone of ``spark`` (its settings, credentials and extensions) for the run table's and the lock's
+    commits, whose Spark projections are interpreted instead of compiled (``spark.sql.codegen.factoryMode``
+    ``NO_CODEGEN``, in this clone only).
+
+    Each commit to a small Delta table runs a few state-reconstruction jobs over Delta's log actions, a
+    nested schema too wide for whole-stage code generation, so every task of those jobs generates and
+    formats the Java source of a projection before it can look up the compiled class: in a profile of
+    warm claim / record / release loops that was about 40% of the JVM's sampled CPU.  The same results,
+    measured in a warm local session (one-row commits, four per command): see ``benchmarks/HISTORY.md``.
+    The whole session interpreted is slower (its select stage at 1 GB 6.0 / 6.5 s → 10.0 / 10.8 s), so
+    only these commits are.  A Spark Connect session has no JVM session to clone: it is returned as is.
+    """
+    jsession = getattr(spark, "_jsparkSession", None)
+    if jsession is None:
+        return spark
+    clone = spark.__class__(spark.sparkContext, jsession.cloneSession())
+    clone.conf.set("spark.sql.codegen.factoryMode", "NO_CODEGEN")
+    return clone
+
+
 def record_run(spark: SparkSession, path: str, row: dict[str, Any]) -> None:
     """Insert or replace the run's row in the run table: one commit overwriting its ``run_id`` partition."""
     from delta.tables import DeltaTable

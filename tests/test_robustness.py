@@ -178,16 +178,26 @@ def test_the_lock_is_released_when_the_last_run_row_cannot_be_written(spark, sma
     shutil.copytree(small["root"] / "clean", out)
     base = {"raw": [small["raw"]], "target": [small["target"]], "out": str(out), "num_samples": 30, "seed": 10}
     real = dsel.pipeline.record_run
+    modes = []
 
-    def failing(spark, path, row):
+    def failing(session, path, row):
+        # the run rows are written by a clone of the session (its settings carried), projections interpreted
+        modes.append((session is not spark, session.conf.get("spark.sql.codegen.factoryMode"),
+                      session.conf.get("spark.dsel.test.carried", None)))
         if row["status"] == "succeeded":
             raise OSError("dsel-test: the run table cannot be written")
-        return real(spark, path, row)
+        return real(session, path, row)
 
     monkeypatch.setattr(dsel.pipeline, "record_run", failing)
-    with pytest.raises(OSError, match="dsel-test"):
-        execute(spark, DselConfig.from_mapping({**base, "run_id": "first"}), "select")
+    spark.conf.set("spark.dsel.test.carried", "yes")
+    try:
+        with pytest.raises(OSError, match="dsel-test"):
+            execute(spark, DselConfig.from_mapping({**base, "run_id": "first"}), "select")
+    finally:
+        spark.conf.unset("spark.dsel.test.carried")
     monkeypatch.undo()
+    assert modes == [(True, "NO_CODEGEN", "yes")] * 2, modes
+    assert spark.conf.get("spark.sql.codegen.factoryMode") == "FALLBACK"  # the session itself compiles them
     # the lock is free: another run needs no --break-lock
     assert execute(spark, DselConfig.from_mapping({**base, "run_id": "second"}), "select").selected == 30
 
