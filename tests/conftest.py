@@ -30,6 +30,13 @@ def spark():
         # Six small runs in one session on a 2-core machine: the warm ones 12.2-15.7 s with C2,
         # 17.9-19.9 s with C1 alone (the first 41.7 s against 34.6 s).
         "spark.driver.extraJavaOptions": "-XX:ReservedCodeCacheSize=240m -XX:+UseSerialGC",
+        # Expressions outside whole-stage code generation are interpreted (Spark's fallback path): each
+        # test's input is a few hundred documents, where generating a projection's source in every task
+        # costs more than its rows (tests/test_pipeline.py and test_select.py 237.6 -> 178.6 s).  Generated
+        # code still runs in whole-stage plans, and dsel's default (compiled) in the tests that start a
+        # driver of their own: the standalone cluster's run, compared table for table with this session's,
+        # and the CLI processes of test_robustness, compared with runs of this session.
+        "spark.sql.codegen.factoryMode": "NO_CODEGEN",
     }, app_name="dsel-tests", write_class_archive=False)  # exiting last, its archive would only serve later runs
     session.sparkContext.setLogLevel("ERROR")
     yield session

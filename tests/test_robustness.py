@@ -190,14 +190,17 @@ def test_the_lock_is_released_when_the_last_run_row_cannot_be_written(spark, sma
 
     monkeypatch.setattr(dsel.pipeline, "record_run", failing)
     spark.conf.set("spark.dsel.test.carried", "yes")
+    factory = spark.conf.get("spark.sql.codegen.factoryMode")  # the test session interprets (conftest)
+    spark.conf.set("spark.sql.codegen.factoryMode", "FALLBACK")  # Spark's default: compiled
     try:
         with pytest.raises(OSError, match="dsel-test"):
             execute(spark, DselConfig.from_mapping({**base, "run_id": "first"}), "select")
+        assert spark.conf.get("spark.sql.codegen.factoryMode") == "FALLBACK"  # the session itself compiles them
     finally:
         spark.conf.unset("spark.dsel.test.carried")
+        spark.conf.set("spark.sql.codegen.factoryMode", factory)
     monkeypatch.undo()
     assert modes == [(True, "NO_CODEGEN", "yes")] * 2, modes
-    assert spark.conf.get("spark.sql.codegen.factoryMode") == "FALLBACK"  # the session itself compiles them
     # the lock is free: another run needs no --break-lock
     assert execute(spark, DselConfig.from_mapping({**base, "run_id": "second"}), "select").selected == 30
 
