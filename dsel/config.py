@@ -157,6 +157,11 @@ class DselConfig:
                    "features_writer")
         params = {k: v for k, v in self.to_dict().items() if k not in ignored
                   and not (k in QUALITY_FILTERS and v is None)}  # unset filters keep earlier run ids
+        # one input or output spelt otherwise (/x/dir/, file:/x/dir) is the same run, as for the features key
+        params.update({k: [same_input(p) for p in params[k]]
+                       for k in ("raw", "target") if isinstance(params.get(k), list)})
+        if isinstance(params.get("out"), str):
+            params["out"] = same_input(params["out"])
         digest = hashlib.sha256(json.dumps([command, params, inputs], sort_keys=True, default=str).encode()).hexdigest()
         return f"{command}-{digest[:16]}"
 

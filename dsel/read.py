@@ -487,9 +487,9 @@ def fingerprint(spark: SparkSession, sources: list[str], fmt: str, cfg: DselConf
         if kind == "table":
             _check_table_name([source])
         if kind in ("delta", "table"):
-            prints.append(f"{source}@{_delta_version(spark, source, cfg, path=kind == 'delta')}")
+            prints.append(f"{same_input(source)}@{_delta_version(spark, source, cfg, path=kind == 'delta')}")
         elif _is_uri(source):
-            prints.append(source)
+            prints.append(same_input(source))
         else:
             path = _local(source)
             names = _matches(path) or [path]

@@ -397,6 +397,7 @@ def test_linked_subdirectories_brace_globs_and_hadoop_file_uris_read_every_file(
     again = run(spark, raw=[f"file://{tmp_path}/{{kept/a,kept/b,day1}}*"], target=[f"file:{good['target']}"],
                 out=str(tmp_path / "out"), num_samples=5)
     assert (again.featurized, again.scored_now, again.refit) == (0, 0, None) and again.read == len(good["raw"])
+    assert again.run_id == summary.run_id  # the same run: its row in OUT/runs replaced, not a second one
 
 
 def test_output_holding_foreign_data_is_refused(spark, good, tmp_path):

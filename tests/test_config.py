@@ -138,6 +138,13 @@ def test_default_run_id_is_stable_and_depends_on_parameters():
     a = DselConfig.from_mapping({"raw": ["r"], "num_samples": 5})
     assert a.default_run_id("run") == DselConfig.from_mapping({"raw": ["r"], "num_samples": 5}).default_run_id("run")
     assert a.default_run_id("run") != a.replace(seed=1).default_run_id("run")
+    # one path spelt otherwise is the same run; another path is not
+    plain = DselConfig.from_mapping({"raw": ["/x/dir", "db.docs"], "target": ["/t/a.jsonl"], "out": "/o"})
+    respelt = DselConfig.from_mapping({"raw": ["file:/x/dir/", "db.docs"], "target": ["file:///t/a.jsonl"],
+                                       "out": "/o/"})
+    assert respelt.default_run_id("run", [["/t@3"]]) == plain.default_run_id("run", [["/t@3"]])
+    assert plain.replace(out="/o2").default_run_id("run") != plain.default_run_id("run")
+    assert plain.replace(raw=["/x/dir2"]).default_run_id("run") != plain.default_run_id("run")
 
 
 def test_quality_filters_are_off_by_default_and_are_flags():
