@@ -158,8 +158,7 @@ class DselConfig:
         params = {k: v for k, v in self.to_dict().items() if k not in ignored
                   and not (k in QUALITY_FILTERS and v is None)}  # unset filters keep earlier run ids
         # one input or output spelt otherwise (/x/dir/, file:/x/dir) is the same run, as for the features key
-        params.update({k: [same_input(p) for p in params[k]]
-                       for k in ("raw", "target") if isinstance(params.get(k), list)})
+        params = same_inputs(params)
         if isinstance(params.get("out"), str):
             params["out"] = same_input(params["out"])
         digest = hashlib.sha256(json.dumps([command, params, inputs], sort_keys=True, default=str).encode()).hexdigest()
@@ -302,6 +301,12 @@ def same_input(path: str) -> str:
             path = path[len(scheme):]
             break
     return path.rstrip("/") or "/"
+
+
+def same_inputs(key: dict) -> dict:
+    """``key`` with its ``raw`` and ``target`` path lists in ``same_input``'s one spelling."""
+    return {**key, **{name: [same_input(p) for p in key[name]]
+                      for name in ("raw", "target") if isinstance(key.get(name), list)}}
 
 
 def _choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:

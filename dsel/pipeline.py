@@ -26,7 +26,7 @@ from pyspark.sql.types import StructType
 from delta.tables import DeltaTable
 
 from dsel import __version__, jsonread
-from dsel.config import DselConfig, same_input
+from dsel.config import DselConfig, same_input, same_inputs
 from dsel.errors import DselError, user_error
 from dsel.fit import Fit, bin_counts, fit as fit_histograms
 from dsel.read import (DETAIL, HASH, ID, INTERNAL, REASON, SOURCE, arrow_path, file_states, files_digest,
@@ -150,11 +150,11 @@ def _alike(key: Optional[dict]) -> Optional[dict]:
     the whole input again, or fit again, unsaid."""
     if not key:
         return key
-    spelt = {name: [same_input(p) for p in key[name]] for name in ("raw", "target") if isinstance(key.get(name), list)}
+    key = same_inputs(key)
     if isinstance(key.get("targets"), list):
-        spelt["targets"] = [{**state, "sources": [same_input(p) for p in state.get("sources", [])]}
-                            if isinstance(state, dict) else state for state in key["targets"]]
-    return {**key, **spelt}
+        key["targets"] = [{**state, "sources": [same_input(p) for p in state.get("sources", [])]}
+                          if isinstance(state, dict) else state for state in key["targets"]]
+    return key
 
 
 def _fast_key(cfg: DselConfig) -> dict:
